@@ -1,0 +1,273 @@
+"""AdaLoRA: adaptive budget allocation (Zhang et al. 2023, arXiv:2303.10512).
+
+    y = W x + b + (α / r_init) · P (Λ ⊙ keep) Q x,   P = B ∈ R^{d_out×r}, Λ = E ∈ R^{r}, Q = A ∈ R^{r×d_in}
+    extra loss  = w_orth · mean over layers of (‖QQᵀ − I‖_F, ‖PᵀP − I‖_F)
+    importance  I(p) = |p · ∇p|, smoothed Ī = β1 Ī + (1−β1) I, uncertainty Ū = β2 Ū + (1−β2)|I − Ī|,
+    triplet score S_i = Ī·Ū of Λ_i + mean of row Q_i + mean of column P_i;
+    budget b(t) = b_T + (b_0 − b_T)(1 − (t − t_i)/(T − t_f − t_i))³ between tinit and T − tfinal;
+    every deltaT steps the lowest-scoring triplets are masked (Λ_i ← 0) down to b(t); at T − tfinal the
+    pattern is fixed and enforced in the forward pass.
+
+The reallocation runs in ``on_step`` and the regulariser is ``extra_loss``: the project's training loop calls both.
+A loop that forgets ``on_step`` gets a warning, not silently plain LoRA.
+
+Trainable elements per adapted layer: r_init · (d_in + d_out + 1); after pruning, the effective count is
+Σ kept triplets · (d_in + d_out + 1) (``summary()["effective"]``).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from peftzoo.adapters.base import AdapterConfig, AdapterLayer
+from peftzoo.adapters.layered import LayerAdapter
+
+
+@dataclass
+class AdaLoraConfig(AdapterConfig):
+    init_r: int = 12  # starting rank of every layer: the initial budget is init_r per layer
+    target_r: int = 8  # average rank left after pruning: the final budget is target_r per layer
+    alpha: float = 8.0  # the update is scaled by alpha / init_r (PEFT's lora_alpha)
+    tinit: int = 0  # steps of warm-up before any pruning
+    tfinal: int = 0  # last steps train the fixed final pattern
+    deltaT: int = 1  # steps between two reallocations
+    beta1: float = 0.85  # EMA of the sensitivity
+    beta2: float = 0.85  # EMA of the uncertainty
+    orth_reg_weight: float = 0.5  # weight of the orthogonality regulariser (extra_loss)
+    total_steps: int | None = None  # schedule length; the training loop sets it via set_total_steps
+    dropout: float = 0.0  # dropout on the adapter's input only
+    rank_pattern: dict | None = None  # per-layer kept triplets of a pruned adapter being loaded
+
+
+class AdaLoraLayer(AdapterLayer):
+    peft_names = {"A": "lora_A", "B": "lora_B", "E": "lora_E"}
+
+    def __init__(self, name, base, config: AdaLoraConfig, shared, gen):
+        super().__init__(base)
+        w = base.weight
+        r = self.rank_of(name, config)
+        kw = dict(dtype=w.dtype, device=w.device)
+        self.A = nn.Parameter(torch.randn(r, self.in_features, generator=gen).mul_(0.02).to(**kw))
+        self.B = nn.Parameter(torch.randn(self.out_features, r, generator=gen).mul_(0.02).to(**kw))
+        self.E = nn.Parameter(torch.zeros(r, 1, **kw))
+        self.register_buffer("keep", torch.ones(r, 1, **kw))  # 1 = triplet kept, 0 = pruned
+        self.enforce = config.rank_pattern is not None  # forward multiplies by keep once the pattern is final
+        self.scaling = (config.alpha if config.alpha > 0 else config.init_r) / (config.init_r + 1e-5)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
+
+    @staticmethod
+    def rank_of(name, config):
+        pattern = (config.rank_pattern or {}).get(name)
+        return int(sum(pattern)) if pattern is not None else config.init_r
+
+    @classmethod
+    def check(cls, name, base, config):
+        lim = min(base.in_features, base.out_features)
+        if config.init_r > lim:
+            raise ValueError(f"init_r={config.init_r} does not fit layer {name!r}: need init_r <= {lim}")
+
+    @classmethod
+    def count(cls, name, in_features, out_features, config):
+        return cls.rank_of(name, config) * (in_features + out_features + 1)
+
+    def state_tensors(self):
+        return {"A": self.A, "B": self.B, "E": self.E, "keep": self.keep}
+
+    def roles(self):
+        return {"A": [self.A], "B": [self.B], "E": [self.E]}
+
+    def lam(self):
+        return self.E * self.keep if self.enforce else self.E
+
+    def delta_weight(self):
+        return self.B @ (self.A * self.lam()) * self.scaling
+
+    def forward(self, x):
+        y = self.base(x)
+        if self.merged:
+            return y
+        h = self.dropout(x) if self.dropout is not None else x
+        return y + (h @ (self.A * self.lam()).t() @ self.B.t()) * self.scaling
+
+    def peft_state(self):
+        idx = self.keep.view(-1).bool()
+        return {"lora_A": self.A[idx].detach(), "lora_B": self.B[:, idx].detach(), "lora_E": self.lam()[idx].detach()}
+
+
+class AdaLora(LayerAdapter):
+    name = "adalora"
+    config_cls = AdaLoraConfig
+    layer_cls = AdaLoraLayer
+    peft_type = "ADALORA"
+    default_lr = 1e-3
+    paper = "Zhang et al. 2023, arXiv:2303.10512"
+    equation = "W x + (α/r)·P diag(Λ) Q x, ranks pruned by importance"
+    formula = "r_init·(d_in + d_out + 1)"
+
+    def __init__(self, model, config):
+        super().__init__(model, config)
+        self.ipt, self.avg_ipt, self.avg_unc = {}, {}, {}
+        self.steps_seen, self.extra_loss_calls, self._warned = 0, 0, False
+        self.init_bgt = sum(layer.A.shape[0] for layer in self.layers.values())
+        self.target_bgt = config.target_r * len(self.layers)
+        first = next(iter(self.layers.values()))
+        first.register_forward_pre_hook(self._count_forward)
+
+    @classmethod
+    def validate(cls, c):
+        if not (isinstance(c.init_r, int) and c.init_r >= 1):
+            raise ValueError(f"init_r={c.init_r} must be a positive integer")
+        if not 1 <= c.target_r <= c.init_r:
+            raise ValueError(f"target_r={c.target_r} must be in [1, init_r={c.init_r}]: AdaLoRA only prunes ranks")
+        if c.deltaT < 1 or c.tinit < 0 or c.tfinal < 0:
+            raise ValueError(f"need deltaT >= 1, tinit >= 0, tfinal >= 0 (got {c.deltaT}, {c.tinit}, {c.tfinal})")
+        if not (0 < c.beta1 < 1 and 0 < c.beta2 < 1):
+            raise ValueError(f"beta1={c.beta1}, beta2={c.beta2} must lie in (0, 1)")
+        if c.orth_reg_weight < 0:
+            raise ValueError(f"orth_reg_weight={c.orth_reg_weight} must be >= 0")
+        if c.total_steps is not None and c.total_steps <= c.tinit + c.tfinal:
+            raise ValueError(f"total_steps={c.total_steps} leaves no budgeting phase: it must exceed "
+                             f"tinit + tfinal = {c.tinit + c.tfinal}")
+
+    def set_total_steps(self, total_steps):
+        cfg = self.config
+        old, cfg.total_steps = cfg.total_steps, total_steps
+        try:
+            self.validate(cfg)
+        except ValueError:
+            cfg.total_steps = old
+            raise
+
+    def _count_forward(self, module, args):
+        if module.training and torch.is_grad_enabled() and not self._warned:
+            self._forwards = getattr(self, "_forwards", 0) + 1
+            if self.steps_seen == 0 and self._forwards > self.config.tinit + 10 * self.config.deltaT:
+                self._warned = True
+                warnings.warn(f"AdaLoRA: {self._forwards} training forward passes and on_step() was never called: "
+                              "ranks are not being reallocated (this is plain SVD-LoRA). Call ad.on_step(step) "
+                              "after optimizer.step() and add ad.extra_loss() to the loss, or train with "
+                              "peftzoo.bench.train.", stacklevel=2)
+
+    def extra_loss(self):
+        self.extra_loss_calls += 1
+        if self.config.orth_reg_weight == 0:
+            return None
+        terms = []
+        for layer in self.layers.values():
+            for m in (layer.A @ layer.A.t(), layer.B.t() @ layer.B):
+                terms.append(torch.linalg.matrix_norm(m - torch.eye(m.shape[0], device=m.device, dtype=m.dtype)))
+        return self.config.orth_reg_weight * torch.stack(terms).mean()
+
+    # ---- the rank allocator ------------------------------------------------------------------------------------
+    def budget(self, step: int) -> tuple[int, bool]:
+        c = self.config
+        if step <= c.tinit:
+            return self.init_bgt, False
+        if step > c.total_steps - c.tfinal:
+            return self.target_bgt, True
+        mul = 1 - (step - c.tinit) / (c.total_steps - c.tfinal - c.tinit)
+        return int((self.init_bgt - self.target_bgt) * mul ** 3 + self.target_bgt), step % c.deltaT == 0
+
+    @torch.no_grad()
+    def _update_importance(self):
+        b1, b2 = self.config.beta1, self.config.beta2
+        for p in self.adapter_parameters():
+            if p.grad is None:
+                raise RuntimeError("AdaLoRA on_step() found no gradients: call it after backward() and "
+                                   "optimizer.step(), before zero_grad()")
+            k = id(p)
+            ipt = (p * p.grad).abs()
+            avg = self.avg_ipt.get(k, torch.zeros_like(p))
+            self.avg_ipt[k] = b1 * avg + (1 - b1) * ipt
+            self.avg_unc[k] = b2 * self.avg_unc.get(k, torch.zeros_like(p)) + (1 - b2) * (ipt - self.avg_ipt[k]).abs()
+
+    def _score(self, p):
+        return self.avg_ipt[id(p)] * self.avg_unc[id(p)]
+
+    @torch.no_grad()
+    def _mask_to_budget(self, budget: int):
+        scores = {n: (self._score(l.E).view(-1) + self._score(l.A).mean(1) + self._score(l.B).mean(0))
+                  for n, l in self.layers.items()}
+        allsc = torch.cat([s.float().cpu() for s in scores.values()])
+        k = self.init_bgt - budget
+        if k <= 0:
+            return
+        threshold = torch.kthvalue(allsc, min(k, allsc.numel())).values.item()
+        for n, layer in self.layers.items():
+            keep = (scores[n] > threshold).to(layer.keep.dtype).view(-1, 1)
+            layer.keep.copy_(keep)
+            layer.E.mul_(keep)
+
+    def on_step(self, step: int) -> None:
+        c = self.config
+        if c.total_steps is None:
+            raise RuntimeError("AdaLoRA needs the schedule length: ad.set_total_steps(n) before training "
+                               "(peftzoo's training loop does this)")
+        if self.steps_seen >= 10 and self.extra_loss_calls == 0 and c.orth_reg_weight > 0 and not self._warned:
+            self._warned = True
+            warnings.warn("AdaLoRA: on_step() runs but extra_loss() was never added to the loss", stacklevel=2)
+        self.steps_seen += 1
+        final = c.total_steps - c.tfinal
+        if step < final:
+            self._update_importance()
+            budget, mask = self.budget(step)
+            if mask:
+                self._mask_to_budget(budget)
+        elif step == final or not all(layer.enforce for layer in self.layers.values()):
+            if not self.avg_ipt:
+                self._update_importance()
+            self._mask_to_budget(self.target_bgt)
+            for layer in self.layers.values():
+                layer.enforce = True
+            self.ipt, self.avg_ipt, self.avg_unc = {}, {}, {}
+
+    # ---- reporting and files --------------------------------------------------------------------------------------
+    def ranks(self) -> dict[str, int]:
+        return {n: int(layer.keep.sum().item()) for n, layer in self.layers.items()}
+
+    def effective_count(self):
+        return sum(int(l.keep.sum()) * (l.in_features + l.out_features + 1) for l in self.layers.values())
+
+    def summary(self):
+        return {**super().summary(), "initial_budget": self.init_bgt, "rank_budget_now": sum(self.ranks().values()),
+                "target_budget": self.target_bgt}
+
+    def extra_state(self):
+        return {"enforce": {n: l.enforce for n, l in self.layers.items()}, "ranks": self.ranks()}
+
+    def load_extra_state(self, extra):
+        for n, flag in extra.get("enforce", {}).items():
+            self.layers[n].enforce = flag
+
+    @classmethod
+    def peft_config(cls, c):
+        total = c.total_steps or c.tinit + c.tfinal + 1
+        return {"init_r": c.init_r, "target_r": c.target_r, "lora_alpha": c.alpha, "tinit": c.tinit,
+                "tfinal": c.tfinal, "deltaT": c.deltaT, "beta1": c.beta1, "beta2": c.beta2,
+                "orth_reg_weight": c.orth_reg_weight, "total_step": total, "lora_dropout": c.dropout}
+
+    def peft_extra_config(self):
+        if all(bool(l.keep.all()) for l in self.layers.values()):
+            return {"rank_pattern": None}
+        return {"rank_pattern": {f"{n}.lora_E": [bool(v) for v in l.keep.view(-1).tolist()]
+                                 for n, l in self.layers.items()}}
+
+    @classmethod
+    def accepts_peft(cls, peft):
+        return peft.get("peft_type") == "ADALORA"
+
+    @classmethod
+    def from_peft_config(cls, p):
+        pattern = p.get("rank_pattern")
+        if pattern:
+            pattern = {k.removeprefix("base_model.model.").removesuffix(".lora_E").replace(".default", ""): v
+                       for k, v in pattern.items()}
+        return {"init_r": int(p.get("init_r", 12)), "target_r": int(p.get("target_r", 8)),
+                "alpha": float(p.get("lora_alpha", 8)), "tinit": int(p.get("tinit", 0)),
+                "tfinal": int(p.get("tfinal", 0)), "deltaT": int(p.get("deltaT", 1)),
+                "beta1": float(p.get("beta1", 0.85)), "beta2": float(p.get("beta2", 0.85)),
+                "orth_reg_weight": float(p.get("orth_reg_weight", 0.5)), "total_steps": p.get("total_step"),
+                "dropout": float(p.get("lora_dropout", 0.0)), "rank_pattern": pattern or None}

@@ -1,0 +1,218 @@
+"""The one contract every peftzoo method answers.
+
+Two kinds of methods share it:
+
+* per-layer methods (LoRA family, DoRA, VeRA, AdaLoRA) implement a small :class:`AdapterLayer` that wraps one
+  frozen ``nn.Linear``; :class:`peftzoo.adapters.layered.LayerAdapter` injects them and answers the contract;
+* whole-model methods (the random-subspace method) implement :class:`Adapter` directly.
+
+Hooks the training loop calls explicitly (nothing hidden in ``forward``):
+
+* ``set_total_steps(n)`` once before training (schedules, e.g. AdaLoRA's budget);
+* ``extra_loss()`` added to the task loss (``None`` when the method has none);
+* ``on_step(step)`` after ``optimizer.step()`` and before ``zero_grad()`` (gradients are still there).
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class AdapterConfig:
+    """Fields every method has. Subclasses add the method's own hyperparameters."""
+
+    targets: Any = ("query", "value")  # nn.Linear modules to adapt: name suffixes, a regex string, or "all-linear"
+    train: Any = ()  # modules trained in full (e.g. the classification head); PEFT's modules_to_save
+    seed: int = 0  # seeds every random initialisation of the adapter (a torch.Generator, never the global RNG)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+
+class Adapter(ABC):
+    """An adapter attached to one model. Owns its trainable state; ``model`` is the module to call."""
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[AdapterConfig]] = AdapterConfig
+    default_lr: ClassVar[float] = 1e-3  # a sensible AdamW learning rate for this method (bench presets read it)
+
+    def __init__(self, model: nn.Module, config: AdapterConfig):
+        self.model = model
+        self.config = config
+
+    # ---- what the method owns -------------------------------------------------------------------------------
+    @abstractmethod
+    def roles(self) -> dict[str, list[nn.Parameter]]:
+        """The adapter's trainable tensors grouped by role (e.g. LoRA: {"A": [...], "B": [...]})."""
+
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multiplier per role (LoRA+ gives "B" its ratio). Roles not named get 1."""
+        return {}
+
+    @abstractmethod
+    def state(self) -> dict[str, torch.Tensor]:
+        """Tensors that, with ``extra_state()`` and the config, rebuild the adapter (no base weights)."""
+
+    @abstractmethod
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of ``state()``; raises ValueError naming the first tensor that does not fit."""
+
+    def extra_state(self) -> dict:
+        """JSON-serialisable state beyond tensors (seeds, rank patterns). Restored by ``load_extra_state``."""
+        return {}
+
+    def load_extra_state(self, extra: dict) -> None:  # noqa: B027 - optional hook
+        pass
+
+    @abstractmethod
+    def merge(self) -> None:
+        """Fold the adapter into the frozen weights (outputs unchanged). Twice is a no-op."""
+
+    @abstractmethod
+    def unmerge(self) -> None:
+        """Undo ``merge`` (restores the frozen weights)."""
+
+    @classmethod
+    @abstractmethod
+    def count(cls, model: nn.Module, config: AdapterConfig) -> int:
+        """Trainable adapter elements attaching would add, computed without touching the model."""
+
+    # ---- training-loop hooks (no-ops unless a method needs them) ---------------------------------------------
+    def set_total_steps(self, total_steps: int) -> None:  # noqa: B027
+        pass
+
+    def extra_loss(self) -> torch.Tensor | None:
+        return None
+
+    def on_step(self, step: int) -> None:  # noqa: B027
+        pass
+
+    # ---- derived answers: the same for every method -----------------------------------------------------------
+    @property
+    def train_modules(self) -> dict[str, nn.Module]:
+        return getattr(self, "_train_modules", {})
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return [p for ps in self.roles().values() for p in ps]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        seen, out = set(), []
+        for p in self.adapter_parameters() + [p for m in self.train_modules.values() for p in m.parameters()]:
+            if id(p) not in seen and p.requires_grad:
+                seen.add(id(p))
+                out.append(p)
+        return out
+
+    def num_trainable(self) -> int:
+        """Trainable elements: adapter tensors + the modules named in ``train``."""
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    def summary(self) -> dict:
+        """Counts, honestly labelled. ``effective`` differs from ``adapter`` only for methods that prune."""
+        adapter = sum(p.numel() for p in self.adapter_parameters())
+        head = self.num_trainable() - adapter
+        return {"method": self.name, "adapter": adapter, "effective": self.effective_count(), "train_modules": head,
+                "trainable": adapter + head}
+
+    def effective_count(self) -> int:
+        return sum(p.numel() for p in self.adapter_parameters())
+
+    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """Groups for ``torch.optim``: one per learning-rate scale, chosen by role, never by parameter name."""
+        scales = self.lr_scales()
+        groups: dict[float, list[nn.Parameter]] = {}
+        for role, params in self.roles().items():
+            groups.setdefault(scales.get(role, 1.0), []).extend(p for p in params if p.requires_grad)
+        head = [p for m in self.train_modules.values() for p in m.parameters() if p.requires_grad]
+        groups.setdefault(1.0, []).extend(head)
+        return [{"params": ps, "lr": lr * s, "weight_decay": weight_decay, "lr_scale": s}
+                for s, ps in sorted(groups.items()) if ps]
+
+    def save(self, path) -> None:
+        from peftzoo.io import save
+        save(self, path)
+
+    def save_peft(self, path) -> None:
+        from peftzoo.io import save_peft
+        save_peft(self, path)
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return f"<{type(self).__name__} {self.name}: {s['adapter']:,} adapter + {s['train_modules']:,} head elements>"
+
+
+class AdapterLayer(nn.Module):
+    """Wraps one frozen ``nn.Linear`` (kept as ``self.base``). Subclasses define the update.
+
+    A subclass sets ``peft_names`` (its tensor name -> PEFT's key suffix) and implements ``roles``,
+    ``delta_weight`` (ΔW with W + ΔW the merged weight) and ``forward``; ``count`` gives its trainable elements.
+    """
+
+    peft_names: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.base = base
+        self.merged = False
+        self.in_features, self.out_features = base.in_features, base.out_features
+
+    @classmethod
+    def check(cls, name: str, base: nn.Linear, config: AdapterConfig) -> None:
+        """Raise ValueError if ``config`` cannot adapt this layer (e.g. r > min(d_in, d_out) for LoRA)."""
+
+    @classmethod
+    def count(cls, name: str, in_features: int, out_features: int, config: AdapterConfig) -> int:
+        raise NotImplementedError
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors ``Adapter.state`` saves for this layer (default: those PEFT saves)."""
+        return {k: getattr(self, k) for k in self.peft_names}
+
+    def after_load(self) -> None:  # noqa: B027 - refresh caches derived from loaded tensors
+        pass
+
+    def roles(self) -> dict[str, list[nn.Parameter]]:
+        raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def merge(self) -> None:
+        if not self.merged:
+            self.base.weight.data += self.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    def unmerge(self) -> None:
+        if self.merged:
+            self.merged = False  # delta_weight() of merged-aware layers reads this flag
+            self.base.weight.data -= self.delta_weight().to(self.base.weight.dtype)
+
+    # PEFT interop: tensors by PEFT's names (subclasses with extra logic override)
+    def peft_state(self) -> dict[str, torch.Tensor]:
+        return {peft: getattr(self, ours).detach() for ours, peft in self.peft_names.items()}
+
+    def load_peft_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        for ours, peft in self.peft_names.items():
+            if peft not in tensors:
+                raise ValueError(f"PEFT adapter file lacks {peft!r} for a layer of type {type(self).__name__}")
+            copy_checked(getattr(self, ours), tensors[peft], peft)
+
+
+def copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
+    """Copy ``src`` into ``dst`` or raise a ValueError naming the tensor and both shapes."""
+    if tuple(dst.shape) != tuple(src.shape):
+        raise ValueError(f"adapter tensor {name!r} has shape {tuple(src.shape)} but the model needs "
+                         f"{tuple(dst.shape)}: the adapter was made for a different model or configuration")
+    with torch.no_grad():
+        dst.copy_(src.to(dtype=dst.dtype, device=dst.device))
+

@@ -1,0 +1,51 @@
+"""Fused low-rank linear: y = x Wᵀ + b + s·(x Aᵀ) Bᵀ in one autograd node.
+
+Why: autograd of the plain expression saves x twice, keeps the (N × d_out) low-rank output and its scaled copy
+alive, and makes one extra pass over the output for the add. Here forward writes into one output buffer
+(addmm), backward computes grad_x = gy W + s·(gy B) A with one more addmm, and only x and x Aᵀ (N × r) are
+saved. W and b are frozen (no gradient). Used by LoRA-family layers when dropout is 0.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class FusedLowRankLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, scale: float):
+        shape, dev = x.shape, x.device.type
+        # under autocast compute in its dtype (explicit casts, autocast off inside: backward does the same)
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(x.dtype, weight.dtype)
+        with torch.autocast(dev, enabled=False):
+            x2 = x.reshape(-1, shape[-1]).to(dt)
+            xa = x2 @ A.to(dt).t()
+            w = weight.to(dt)
+            y = torch.addmm(bias.to(dt), x2, w.t()) if bias is not None else x2 @ w.t()
+            y.addmm_(xa, B.to(dt).t(), alpha=scale)
+        ctx.save_for_backward(x2, xa, weight, A, B)
+        ctx.scale, ctx.shape, ctx.dt, ctx.xdt = scale, shape, dt, x.dtype
+        return y.reshape(*shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, gy):
+        x2, xa, weight, A, B = ctx.saved_tensors
+        s, dt = ctx.scale, ctx.dt
+        gx = gA = gB = None
+        with torch.autocast(gy.device.type, enabled=False):
+            gy2 = gy.reshape(-1, gy.shape[-1]).to(dt)
+            a = A.to(dt)
+            gyb = gy2 @ B.to(dt)  # (N, r)
+            if ctx.needs_input_grad[0]:
+                gx = torch.addmm(gy2 @ weight.to(dt), gyb, a, alpha=s).reshape(ctx.shape).to(ctx.xdt)
+            if ctx.needs_input_grad[3]:
+                gA = (gyb.t() @ x2).mul_(s).to(A.dtype)
+            if ctx.needs_input_grad[4]:
+                gB = (gy2.t() @ xa).mul_(s).to(B.dtype)
+        return gx, None, None, gA, gB, None
+
+
+def lowrank_linear(x, base, A, B, scale: float):
+    """base(x) + scale · B(A(x)), fused when nothing needs the frozen weight's gradient."""
+    if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
+        return base(x) + (x @ A.t() @ B.t()) * scale
+    return FusedLowRankLinear.apply(x, base.weight, base.bias, A, B, scale)

@@ -1,0 +1,103 @@
+"""The generic Adapter for per-layer methods: wraps every target ``nn.Linear`` in the method's AdapterLayer.
+
+A method supplies ``layer_cls`` (and, for state shared across layers such as VeRA's projections,
+``make_shared``); everything else (injection, counting, state, merge, PEFT tensors) is answered here once.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer, copy_checked
+from peftzoo.inject import find_modules, find_targets, freeze, replace_module
+
+PEFT_PREFIX = "base_model.model."
+
+
+class LayerAdapter(Adapter):
+    layer_cls: ClassVar[type[AdapterLayer]]
+    peft_type: ClassVar[str] = ""  # PEFT's peft_type for this method's saved adapters
+
+    def __init__(self, model: nn.Module, config: AdapterConfig):
+        super().__init__(model, config)
+        self.validate(config)
+        train = find_modules(model, config.train) if config.train else {}
+        targets = find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,))
+        for name, lin in targets.items():
+            self.layer_cls.check(name, lin, config)
+        self.shared = self.make_shared(targets, config)
+        freeze(model)
+        gen = torch.Generator().manual_seed(config.seed)
+        self.layers: dict[str, AdapterLayer] = {}
+        for name, lin in targets.items():
+            layer = self.layer_cls(name, lin, config, self.shared, gen)
+            replace_module(model, name, layer)
+            self.layers[name] = layer
+        for m in train.values():
+            m.requires_grad_(True)
+        self._train_modules = train
+
+    # ---- hooks a method may override ------------------------------------------------------------------------
+    @classmethod
+    def validate(cls, config: AdapterConfig) -> None:
+        """Reject bad hyperparameters before touching the model."""
+
+    @classmethod
+    def make_shared(cls, targets: dict[str, nn.Linear], config: AdapterConfig) -> Any:
+        """State shared by all layers (VeRA's frozen projections); None for most methods."""
+        return None
+
+    # ---- the contract -----------------------------------------------------------------------------------------
+    @classmethod
+    def count(cls, model: nn.Module, config: AdapterConfig) -> int:
+        cls.validate(config)
+        train = find_modules(model, config.train) if config.train else {}
+        targets = find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,))
+        n = 0
+        for name, lin in targets.items():
+            cls.layer_cls.check(name, lin, config)
+            n += cls.layer_cls.count(name, lin.in_features, lin.out_features, config)
+        return n + sum(p.numel() for m in train.values() for p in m.parameters())
+
+    def roles(self) -> dict[str, list[nn.Parameter]]:
+        out: dict[str, list[nn.Parameter]] = {}
+        for layer in self.layers.values():
+            for role, ps in layer.roles().items():
+                out.setdefault(role, []).extend(ps)
+        return out
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {f"{n}.{k}": v.detach() for n, layer in self.layers.items() for k, v in layer.state_tensors().items()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        _check_keys(set(self.state()), set(tensors))
+        for n, layer in self.layers.items():
+            for k, v in layer.state_tensors().items():
+                copy_checked(v, tensors[f"{n}.{k}"], f"{n}.{k}")
+            layer.after_load()
+
+    def merge(self) -> None:
+        for layer in self.layers.values():
+            layer.merge()
+
+    def unmerge(self) -> None:
+        for layer in self.layers.values():
+            layer.unmerge()
+
+    # ---- PEFT tensors -----------------------------------------------------------------------------------------
+    def peft_state(self) -> dict[str, torch.Tensor]:
+        return {f"{PEFT_PREFIX}{n}.{k}": v for n, layer in self.layers.items() for k, v in layer.peft_state().items()}
+
+    def load_peft_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        for n, layer in self.layers.items():
+            p = f"{PEFT_PREFIX}{n}."
+            layer.load_peft_state({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
+            layer.after_load()
+
+
+def _check_keys(expected: set, got: set) -> None:
+    missing, extra = sorted(expected - got), sorted(got - expected)
+    if missing or extra:
+        raise ValueError(f"adapter file does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")

@@ -1,0 +1,125 @@
+"""VeRA: vector-based random matrix adaptation (Kopiczko et al. 2024, arXiv:2310.11454).
+
+    y = W x + b + λ_b ⊙ B_ℓ (λ_d ⊙ A_ℓ x)
+
+One frozen pair A ∈ R^{r × max d_in}, B ∈ R^{max d_out × r}, Kaiming-uniform from ``projection_seed`` (PEFT's
+``projection_prng_key``), is shared by every adapted layer; layer ℓ uses the slices A_ℓ = A[:, :d_in],
+B_ℓ = B[:d_out, :]. Trained per layer: λ_d ∈ R^r (init ``d_initial``) and λ_b ∈ R^{d_out} (init 0).
+r may exceed a layer's dimensions (the paper uses r = 1024 on 768-wide RoBERTa-base).
+
+Trainable elements per adapted layer: r + d_out. The shared projections are frozen buffers (count 0) and are
+saved as their seed, not as matrices.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from peftzoo.adapters.base import AdapterConfig, AdapterLayer
+from peftzoo.adapters.layered import LayerAdapter
+
+
+@dataclass
+class VeraConfig(AdapterConfig):
+    r: int = 256  # rank of the shared random projections; trainable count grows only by r per layer
+    d_initial: float = 0.1  # initial value of every λ_d (the paper's default)
+    projection_seed: int = 0  # seeds the shared frozen A, B (PEFT's projection_prng_key): the file stores this
+    dropout: float = 0.0  # dropout on the adapter's input only
+
+
+def kaiming_uniform(shape: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+    """PEFT's VeRA initialisation: U(-√(6/fan_in), √(6/fan_in)), fan_in = shape[1]."""
+    bound = math.sqrt(3.0) * math.sqrt(2) / math.sqrt(shape[1])
+    return torch.empty(shape).uniform_(-bound, bound, generator=gen)
+
+
+class VeraShared(nn.Module):
+    """The frozen projections, one module registered under every layer (moved once by ``.to``)."""
+
+    def __init__(self, r: int, max_in: int, max_out: int, seed: int, dtype, device):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("A", kaiming_uniform((r, max_in), gen).to(dtype=dtype, device=device), persistent=False)
+        self.register_buffer("B", kaiming_uniform((max_out, r), gen).to(dtype=dtype, device=device), persistent=False)
+
+
+class VeraLayer(AdapterLayer):
+    peft_names = {"lambda_b": "vera_lambda_b", "lambda_d": "vera_lambda_d"}
+
+    def __init__(self, name, base, config: VeraConfig, shared: VeraShared, gen):
+        super().__init__(base)
+        w = base.weight
+        self.shared = shared
+        self.lambda_d = nn.Parameter(torch.full((config.r,), float(config.d_initial), dtype=w.dtype, device=w.device))
+        self.lambda_b = nn.Parameter(torch.zeros(self.out_features, dtype=w.dtype, device=w.device))
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
+
+    @classmethod
+    def check(cls, name, base, config):
+        if not isinstance(config.r, int) or config.r < 1:
+            raise ValueError(f"r={config.r} must be a positive integer")
+
+    @classmethod
+    def count(cls, name, in_features, out_features, config):
+        return config.r + out_features
+
+    def roles(self):
+        return {"lambda_d": [self.lambda_d], "lambda_b": [self.lambda_b]}
+
+    def projections(self):
+        return self.shared.A[:, : self.in_features], self.shared.B[: self.out_features]
+
+    def delta_weight(self):
+        A, B = self.projections()
+        return (self.lambda_b.unsqueeze(1) * B) @ (self.lambda_d.unsqueeze(1) * A)
+
+    def forward(self, x):
+        y = self.base(x)
+        if self.merged:
+            return y
+        A, B = self.projections()
+        h = self.dropout(x) if self.dropout is not None else x
+        n, r, di, do = h.numel() // h.shape[-1], A.shape[0], self.in_features, self.out_features
+        if n * r * (di + do) > r * di * do + n * di * do:
+            # large r: building ΔW (d_out × d_in) once costs fewer FLOPs than two rank-r passes over every row
+            return y + h @ self.delta_weight().t()
+        return y + self.lambda_b * ((self.lambda_d * (h @ A.t())) @ B.t())
+
+
+class Vera(LayerAdapter):
+    name = "vera"
+    config_cls = VeraConfig
+    layer_cls = VeraLayer
+    peft_type = "VERA"
+    default_lr = 1e-2
+    paper = "Kopiczko et al. 2024, arXiv:2310.11454"
+    equation = "W x + λ_b ⊙ B(λ_d ⊙ A x), A, B shared, frozen"
+    formula = "r + d_out"
+
+    @classmethod
+    def make_shared(cls, targets, config):
+        lin = next(iter(targets.values()))
+        return VeraShared(config.r, max(m.in_features for m in targets.values()),
+                          max(m.out_features for m in targets.values()), config.projection_seed,
+                          lin.weight.dtype, lin.weight.device)
+
+    def extra_state(self):
+        return {"projection_seed": self.config.projection_seed}
+
+    @classmethod
+    def peft_config(cls, config):
+        return {"r": config.r, "d_initial": config.d_initial, "projection_prng_key": config.projection_seed,
+                "save_projection": False, "vera_dropout": config.dropout, "init_weights": True}
+
+    @classmethod
+    def accepts_peft(cls, peft):
+        return peft.get("peft_type") == "VERA"
+
+    @classmethod
+    def from_peft_config(cls, peft):
+        return {"r": int(peft["r"]), "d_initial": float(peft.get("d_initial", 0.1)),
+                "projection_seed": int(peft.get("projection_prng_key", 0)),
+                "dropout": float(peft.get("vera_dropout", 0.0))}

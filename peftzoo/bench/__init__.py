@@ -1,0 +1,1 @@
+"""Benchmarking: tasks, budgets, the one training loop, result store, runner and leaderboard."""

@@ -1,0 +1,93 @@
+"""The one training loop every method trains with.
+
+The adapter's hooks are called explicitly, in this order, every step:
+    loss = task loss (+ ad.extra_loss() if any);  backward;  clip;  optimizer.step();  ad.on_step(step);
+    scheduler.step();  zero_grad.
+AdamW with linear warm-up then linear decay; bf16 autocast on CUDA.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def train_step(ad, opt, batch: dict, step: int, scheduler=None, clip: float = 1.0) -> float:
+    model = ad.model
+    dev = next(model.parameters()).device
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        loss = model(**batch).loss
+        extra = ad.extra_loss()
+        total = loss + extra if extra is not None else loss
+    if not torch.isfinite(total):
+        raise NonFiniteLoss(f"loss is {total.item()} at step {step}")
+    total.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(ad.trainable_parameters(), clip)
+    opt.step()
+    ad.on_step(step)
+    if scheduler is not None:
+        scheduler.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def linear_schedule(opt, total_steps: int, warmup: float):
+    warm = max(1, int(round(warmup * total_steps))) if warmup > 0 else 0
+
+    def f(step):
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+@dataclass
+class TrainResult:
+    history: list = field(default_factory=list)  # per epoch: {"epoch", "loss", "metrics"}
+    step_times: list = field(default_factory=list)
+    steps: int = 0
+    wall_s: float = 0.0
+
+
+def fit(ad, batches_per_epoch, epochs: int, lr: float, evaluate=None, warmup: float = 0.06,
+        weight_decay: float = 0.0, clip: float = 1.0, progress=None, max_steps: int | None = None) -> TrainResult:
+    """Train ``ad`` for ``epochs``; ``batches_per_epoch(epoch)`` yields batches; ``evaluate()`` -> metrics dict."""
+    n_batches = len(batches_per_epoch(0))
+    total = epochs * n_batches if max_steps is None else min(max_steps, epochs * n_batches)
+    ad.set_total_steps(total)
+    opt = torch.optim.AdamW(ad.param_groups(lr=lr, weight_decay=weight_decay))
+    sched = linear_schedule(opt, total, warmup)
+    res, step, t0 = TrainResult(), 0, time.perf_counter()
+    dev = next(ad.model.parameters()).device
+    for epoch in range(epochs):
+        ad.model.train()
+        losses = []
+        for batch in batches_per_epoch(epoch):
+            if step >= total:
+                break
+            ts = time.perf_counter()
+            step += 1
+            losses.append(train_step(ad, opt, batch, step, sched, clip))
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            res.step_times.append(time.perf_counter() - ts)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+        ad.model.eval()
+        metrics = evaluate() if evaluate is not None else {}
+        res.history.append({"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "metrics": metrics})
+    res.steps, res.wall_s = step, time.perf_counter() - t0
+    return res
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else math.nan

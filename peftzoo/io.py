@@ -1,0 +1,128 @@
+"""Saving and loading adapters: peftzoo's own format and Hugging Face PEFT's, both directions.
+
+Own format (a folder): ``adapter.safetensors`` (adapter tensors + ``train`` modules under ``train.``) and
+``peftzoo.json`` (method, config, extra state, counts). No base weights.
+
+PEFT format: ``adapter_config.json`` + ``adapter_model.safetensors`` with keys ``base_model.model.<module>.<tensor>``,
+which ``peft.PeftModel.from_pretrained`` loads; the ``train`` modules travel as ``modules_to_save``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from peftzoo import adapters
+from peftzoo.adapters.base import Adapter, copy_checked
+from peftzoo.inject import find_modules
+
+FORMAT = 1
+TRAIN = "train."
+PEFT_PREFIX = "base_model.model."
+# PEFT features we do not implement: loading them silently would give different outputs.
+PEFT_UNSUPPORTED = {"fan_in_fan_out": False, "layers_to_transform": None, "layer_replication": None,
+                    "target_parameters": None, "trainable_token_indices": None, "alpha_pattern": {},
+                    "exclude_modules": None, "lora_bias": False}
+
+
+def _contiguous(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in d.items()}
+
+
+def _train_tensors(ad: Adapter, prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{m}.{k}": v for m, mod in ad.train_modules.items() for k, v in mod.state_dict().items()}
+
+
+def _load_train(ad: Adapter, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    for m, mod in ad.train_modules.items():
+        for k, v in mod.state_dict().items():
+            key = f"{prefix}{m}.{k}"
+            if key not in tensors:
+                raise ValueError(f"adapter file lacks {key!r} of the fully trained module {m!r}")
+            copy_checked(v, tensors[key], key)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def save(ad: Adapter, path) -> None:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {**ad.state(), **_train_tensors(ad, TRAIN)}
+    save_file(_contiguous(tensors), str(path / "adapter.safetensors"))
+    _write_json(path / "peftzoo.json", {"format": FORMAT, "method": ad.name, "config": ad.config.to_dict(),
+                                        "extra": ad.extra_state(), "summary": ad.summary()})
+
+
+def load(model, path) -> Adapter:
+    from peftzoo.api import attach
+    path = Path(path)
+    if not (path / "peftzoo.json").exists():
+        hint = " (it looks like a PEFT adapter: use peftzoo.load_peft)" if (path / "adapter_config.json").exists() else ""
+        raise FileNotFoundError(f"{path} holds no peftzoo.json{hint}")
+    meta = json.loads((path / "peftzoo.json").read_text())
+    ad = attach(model, meta["method"], **meta["config"])
+    ad.load_extra_state(meta.get("extra", {}))
+    tensors = load_file(str(path / "adapter.safetensors"))
+    ad.load_state({k: v for k, v in tensors.items() if not k.startswith(TRAIN)})
+    _load_train(ad, tensors, TRAIN)
+    return ad
+
+
+def _peft_class(ad: Adapter):
+    if not hasattr(type(ad), "peft_config"):
+        raise NotImplementedError(f"{ad.name} has no Hugging Face PEFT equivalent; use ad.save() instead")
+    return type(ad)
+
+
+def save_peft(ad: Adapter, path) -> None:
+    cls = _peft_class(ad)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    targets = ad.config.targets
+    if not isinstance(targets, (list, tuple)):  # regex or all-linear: write the exact modules adapted
+        targets = "^(" + "|".join(n.replace(".", r"\.") for n in ad.layers) + ")$"
+    cfg = {"peft_type": cls.peft_type, "task_type": None, "bias": "none", "inference_mode": True,
+           "fan_in_fan_out": False, "target_modules": list(targets) if isinstance(targets, (list, tuple)) else targets,
+           "modules_to_save": list(ad.config.train) or None,
+           "base_model_name_or_path": getattr(getattr(ad.model, "config", None), "_name_or_path", None) or None,
+           **cls.peft_config(ad.config)}
+    cfg.update(ad.peft_extra_config() if hasattr(ad, "peft_extra_config") else {})
+    tensors = {**ad.peft_state(), **_train_tensors(ad, PEFT_PREFIX)}
+    save_file(_contiguous(tensors), str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    _write_json(path / "adapter_config.json", cfg)
+
+
+def load_peft(model, path) -> Adapter:
+    from peftzoo.api import attach
+    path = Path(path)
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    kind = cfg.get("peft_type")
+    matches = [c for c in adapters.REGISTRY.values() if hasattr(c, "accepts_peft") and c.accepts_peft(cfg)]
+    if not matches:
+        known = sorted({c.peft_type for c in adapters.REGISTRY.values() if getattr(c, "peft_type", "")})
+        raise ValueError(f"PEFT adapter type {kind!r} (use_dora={cfg.get('use_dora', False)}) is not supported by "
+                         f"peftzoo; supported PEFT types: {', '.join(known)}")
+    for key, default in PEFT_UNSUPPORTED.items():
+        if cfg.get(key, default) not in (default, None, {}, False):
+            raise ValueError(f"PEFT adapter uses {key}={cfg[key]!r}, which peftzoo does not support")
+    if cfg.get("bias", "none") != "none":
+        raise ValueError(f"PEFT adapter trains biases (bias={cfg['bias']!r}), which peftzoo does not support")
+    cls = matches[0]
+    targets = cfg["target_modules"]
+    train = list(cfg.get("modules_to_save") or [])
+    ad = attach(model, cls.name, targets=targets if isinstance(targets, str) else sorted(targets), train=train,
+                **cls.from_peft_config(cfg))
+    tensors = load_file(str(path / "adapter_model.safetensors"))
+    tensors = {k.replace(".default.", ".").removesuffix(".default"): v for k, v in tensors.items()}
+    ad.load_peft_state(tensors)
+    if train:
+        find_modules(model, train)  # clear error if the model lacks them
+        _load_train(ad, tensors, PEFT_PREFIX)
+    return ad
