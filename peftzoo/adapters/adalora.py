@@ -103,6 +103,17 @@ class AdaLora(LayerAdapter):
     layer_cls = AdaLoraLayer
     peft_type = "ADALORA"
     default_lr = 1e-3
+    budget_knob = "target_r"
+
+    @classmethod
+    def budget_kwargs(cls, value):
+        return {"target_r": value, "init_r": value + max(1, value // 2)}  # start 1.5x wider, prune to the budget
+
+    @classmethod
+    def budget_count(cls, model, config):
+        """AdaLoRA is matched on its final budget (target_r per layer), the count it ends training with."""
+        import dataclasses
+        return cls.count(model, dataclasses.replace(config, init_r=config.target_r))
     paper = "Zhang et al. 2023, arXiv:2303.10512"
     equation = "W x + (α/r)·P diag(Λ) Q x, ranks pruned by importance"
     formula = "r_init·(d_in + d_out + 1)"

@@ -45,6 +45,17 @@ class Adapter(ABC):
     name: ClassVar[str] = ""
     config_cls: ClassVar[type[AdapterConfig]] = AdapterConfig
     default_lr: ClassVar[float] = 1e-3  # a sensible AdamW learning rate for this method (bench presets read it)
+    budget_knob: ClassVar[str | None] = None  # the integer hyperparameter a parameter budget solves for
+
+    @classmethod
+    def budget_kwargs(cls, value: int) -> dict:
+        """Config fields that set the budget knob to ``value``."""
+        return {cls.budget_knob: value}
+
+    @classmethod
+    def budget_count(cls, model: nn.Module, config: "AdapterConfig") -> int:
+        """The count a parameter budget is matched against (default: the trainable count)."""
+        return cls.count(model, config)
 
     def __init__(self, model: nn.Module, config: AdapterConfig):
         self.model = model

@@ -86,6 +86,7 @@ class Lora(LayerAdapter):
     layer_cls = LoraLayer
     peft_type = "LORA"
     default_lr = 5e-4
+    budget_knob = "r"
     paper = "Hu et al. 2021, arXiv:2106.09685"
     equation = "W x + (α/r)·B A x"
     formula = "r·(d_in + d_out)"

@@ -95,6 +95,7 @@ class Vera(LayerAdapter):
     layer_cls = VeraLayer
     peft_type = "VERA"
     default_lr = 1e-2
+    budget_knob = "r"
     paper = "Kopiczko et al. 2024, arXiv:2310.11454"
     equation = "W x + λ_b ⊙ B(λ_d ⊙ A x), A, B shared, frozen"
     formula = "r + d_out"

@@ -1,0 +1,5 @@
+import sys
+
+from peftzoo.cli import main
+
+sys.exit(main())

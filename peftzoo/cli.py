@@ -1,0 +1,126 @@
+"""peftzoo command line: demo | methods | bench | table | d90."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _demo(args):
+    import torch
+
+    import peftzoo
+    from peftzoo.bench.runner import default_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    path = args.model or default_model()
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    tok = AutoTokenizer.from_pretrained(path)
+    total = sum(p.numel() for p in model.parameters())
+    ad = peftzoo.attach(model, args.method, targets=["query", "value"], r=8, train=["classifier"])
+    print(f"model: {path}\n{total:,} parameters; {args.method} trains {ad.num_trainable():,} "
+          f"({ad.summary()['adapter']:,} adapter + {ad.summary()['train_modules']:,} head)")
+    batch = tok(["a gripping, beautiful film", "dull and far too long"] * 4, return_tensors="pt", padding=True)
+    batch["labels"] = torch.tensor([1, 0] * 4)
+    opt = torch.optim.AdamW(ad.param_groups(lr=1e-3))
+    model.train()
+    for step in range(1, args.steps + 1):
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        ad.on_step(step)
+        opt.zero_grad()
+        print(f"step {step}: loss {loss.item():.4f}")
+    model.eval()
+    with torch.no_grad():
+        before = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        ad.merge()
+        after = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    print(f"merged: max |logits change| = {(before - after).abs().max().item():.2e}")
+
+
+def _methods(args):
+    import dataclasses
+
+    from peftzoo import adapters
+    for name in sorted(adapters.REGISTRY):
+        cls = adapters.REGISTRY[name]
+        print(f"{name:10s} {getattr(cls, 'equation', '')}   [{getattr(cls, 'formula', '')}]  {getattr(cls, 'paper', '')}")
+        if args.verbose:
+            for f in dataclasses.fields(cls.config_cls):
+                print(f"    {f.name} = {f.default!r}")
+
+
+def _bench(args):
+    from peftzoo.bench.runner import load_preset
+    from peftzoo.bench.sweep import plan, sweep
+    preset = load_preset(args.preset)
+    if args.suite:
+        preset["suite"] = args.suite
+    if args.model:
+        preset["model"] = args.model
+    specs = plan(preset, tasks=args.tasks, methods=args.methods, seeds=args.seeds)
+    if args.dry_run:
+        for s in specs:
+            print(s.suite, s.task, s.method, s.run_id, f"lr={s.lr}", s.skip_reason or "")
+        return
+    written = sweep(specs, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
+                    retry_failed=args.retry_failed)
+    print(f"{len(written)} runs written under {args.results}/{preset['suite']}/runs ({len(specs)} in the preset)")
+
+
+def _table(args):
+    from peftzoo.bench.table import write
+    path = write(args.results, args.suite)
+    print(path.read_text())
+
+
+def _d90(args):
+    from peftzoo.intrinsic.cli import run_d90
+    run_d90(args)
+
+
+def main(argv=None):
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    p = argparse.ArgumentParser(prog="peftzoo", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="attach a method to the embedded MiniLM, train a few steps, merge")
+    d.add_argument("--method", default="lora")
+    d.add_argument("--steps", type=int, default=5)
+    d.add_argument("--model", default=None)
+    d.set_defaults(fn=_demo)
+    m = sub.add_parser("methods", help="list the registered methods")
+    m.add_argument("--verbose", "-v", action="store_true")
+    m.set_defaults(fn=_methods)
+    b = sub.add_parser("bench", help="train methods on GLUE tasks at matched parameter budgets")
+    b.add_argument("--preset", default="quick", help="name of a benchmarks/*.json preset, or a path")
+    b.add_argument("--data-dir", default=None, help="glue_data folder (default: $PEFTZOO_DATA_DIR, else the hub)")
+    b.add_argument("--results", default="results")
+    b.add_argument("--suite", default=None, help="results sub-folder (default: the preset's suite)")
+    b.add_argument("--model", default=None, help="transformers id or path (default: the preset's)")
+    b.add_argument("--tasks", nargs="*")
+    b.add_argument("--methods", nargs="*")
+    b.add_argument("--seeds", nargs="*", type=int)
+    b.add_argument("--device", default=None)
+    b.add_argument("--retry-failed", action="store_true")
+    b.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    b.add_argument("--quiet", "-q", action="store_true", help="no progress bars (for logs)")
+    b.set_defaults(fn=_bench)
+    t = sub.add_parser("table", help="write results/<suite>/leaderboard.{md,csv,png}")
+    t.add_argument("--suite", default="quick")
+    t.add_argument("--results", default="results")
+    t.set_defaults(fn=_table)
+    i = sub.add_parser("d90", help="measure the intrinsic dimension d_90 of a task")
+    from peftzoo.intrinsic.cli import add_arguments
+    add_arguments(i)
+    i.set_defaults(fn=_d90)
+    args = p.parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as e:
+        print(f"peftzoo {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
