@@ -6,6 +6,7 @@ from peftzoo.adapters.adalora import AdaLora
 from peftzoo.adapters.dora import Dora
 from peftzoo.adapters.lora import Lora, LoraPlus, RsLora
 from peftzoo.adapters.vera import Vera
+from peftzoo.intrinsic.subspace import Did, Said
 
 REGISTRY: dict[str, type[Adapter]] = {}
 
@@ -21,6 +22,8 @@ register(LoraPlus)
 register(Dora)
 register(Vera)
 register(AdaLora)
+register(Did)
+register(Said)
 
 
 def get(name: str) -> type[Adapter]:

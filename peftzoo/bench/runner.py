@@ -136,7 +136,8 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
         idx = np.random.default_rng(0).permutation(len(train.labels))[: spec.max_train]  # same subset for all runs
         model, tok = load_model(spec.model, task)
         ad = make_adapter(model, spec)
-        model.to(dev)
+        ad.model.to(dev)
+        model = ad.model
         bs = spec.batch_size
         batches = []
         for i in range(0, len(idx), bs):

@@ -1,0 +1,158 @@
+"""Random-subspace training: the intrinsic-dimension method, DID and SAID, as Adapters over a whole model.
+
+    DID  (Li et al. 2018):         θ = θ0 + P z,                         z ∈ R^d
+    SAID (Aghajanyan et al. 2020): θ_i = θ0,i + λ_i · (P z)_i,           z ∈ R^{d−m}, λ ∈ R^m (one per tensor)
+
+P is a Fastfood projection (``fastfood.py``) over the D base parameters that move (all except the ``train``
+modules, which are trained in full as in every method). The model is reparametrised with
+``torch.func.functional_call``: no attribute is deleted or re-set, θ0 stays the model's own tensors (no copy).
+
+Trainable elements: d. For SAID the m per-tensor scales λ are counted inside d (as in Aghajanyan et al.), so
+z has d − m entries. With d = 0 the model is the base model. z starts at 0 and λ at 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from peftzoo.adapters.base import Adapter, AdapterConfig, copy_checked
+from peftzoo.inject import find_modules, freeze
+from peftzoo.intrinsic.fastfood import DenseProjection, Fastfood
+
+
+@dataclass
+class SubspaceConfig(AdapterConfig):
+    targets: object = "all"  # unused: the subspace spans every base parameter outside ``train``
+    d: int = 1000  # subspace dimension = trainable elements (SAID: including its per-tensor scales)
+    projection: str = "fastfood"  # "fastfood" (O(D) memory) or "dense" (explicit D × d, small models only)
+
+
+class SubspaceModel(nn.Module):
+    """Calls the base model with θ0 + P z (SAID: + λ-scaled pieces) substituted for its parameters."""
+
+    def __init__(self, base: nn.Module, names: list[str], dz: int, m: int, projection: nn.Module | None):
+        super().__init__()
+        self.base = base
+        self.names = names
+        self.proj = projection
+        self.z = nn.Parameter(torch.zeros(dz))
+        self.lam = nn.Parameter(torch.ones(m)) if m else None
+        self.merged = False
+
+    def deltas(self) -> dict[str, torch.Tensor]:
+        """θ − θ0 per parameter tensor: slices of P z (SAID: scaled by λ_i)."""
+        own = dict(self.base.named_parameters())
+        delta = self.proj(self.z)
+        out, off = {}, 0
+        for i, n in enumerate(self.names):
+            p = own[n]
+            piece = delta[off:off + p.numel()].view_as(p).to(p.dtype)
+            off += p.numel()
+            out[n] = piece * self.lam[i] if self.lam is not None else piece
+        return out
+
+    def params(self) -> dict[str, torch.Tensor]:
+        own = dict(self.base.named_parameters())
+        return {n: own[n] + d for n, d in self.deltas().items()}
+
+    def forward(self, *args, **kwargs):
+        if self.merged or self.proj is None:
+            return self.base(*args, **kwargs)
+        return functional_call(self.base, self.params(), args, kwargs, strict=False)
+
+
+class Did(Adapter):
+    name = "did"
+    config_cls = SubspaceConfig
+    said = False
+    default_lr = 1e-2
+    budget_knob = "d"
+    paper = "Li et al. 2018, arXiv:1804.08838"
+    equation = "θ = θ0 + P z (Fastfood P)"
+    formula = "d"
+
+    def __init__(self, model: nn.Module, config: SubspaceConfig):
+        super().__init__(model, config)
+        train = find_modules(model, config.train) if config.train else {}
+        skip = {id(p) for m in train.values() for p in m.parameters()}
+        names = [n for n, p in model.named_parameters() if id(p) not in skip]
+        m = len(names) if self.said else 0
+        dz = self._check(config, m)
+        freeze(model)
+        for mod in train.values():
+            mod.requires_grad_(True)
+        self._train_modules = train
+        self.D = sum(p.numel() for n, p in model.named_parameters() if id(p) not in skip)
+        proj = None
+        if config.d > 0:
+            cls = Fastfood if config.projection == "fastfood" else DenseProjection
+            proj = cls(dz, self.D, seed=config.seed)
+            ref = next(model.parameters())
+            proj.to(ref.device)
+        self.model = SubspaceModel(model, names, dz if config.d > 0 else 0, m if config.d > 0 else 0, proj)
+        self.model.to(next(model.parameters()).device)
+
+    @classmethod
+    def _check(cls, config, m: int) -> int:
+        if not isinstance(config.d, int) or config.d < 0:
+            raise ValueError(f"d={config.d} must be an integer >= 0")
+        if config.projection not in ("fastfood", "dense"):
+            raise ValueError(f"projection={config.projection!r}: use 'fastfood' or 'dense'")
+        if cls.said and 0 < config.d <= m:
+            raise ValueError(f"SAID needs d > {m}: its {m} per-tensor scales are part of d")
+        return config.d - m if config.d > 0 else 0
+
+    @classmethod
+    def count(cls, model, config):
+        train = find_modules(model, config.train) if config.train else {}
+        m = sum(1 for _ in model.parameters()) - sum(1 for t in train.values() for _ in t.parameters())
+        cls._check(config, m if cls.said else 0)
+        return config.d + sum(p.numel() for t in train.values() for p in t.parameters())
+
+    def roles(self):
+        out = {"z": [self.model.z]} if self.model.z.numel() else {}
+        if self.model.lam is not None:
+            out["scale"] = [self.model.lam]
+        return out
+
+    def state(self):
+        return {k: v[0].detach() for k, v in self.roles().items()}
+
+    def load_state(self, tensors):
+        for k, v in self.roles().items():
+            if k not in tensors:
+                raise ValueError(f"subspace adapter file lacks {k!r}")
+            copy_checked(v[0], tensors[k], k)
+
+    def extra_state(self):
+        return {"D": self.D, "projection_seed": self.config.seed}
+
+    def load_extra_state(self, extra):
+        if extra.get("D", self.D) != self.D:
+            raise ValueError(f"adapter was made for D={extra['D']} parameters; this model has D={self.D}")
+
+    @torch.no_grad()
+    def _shift(self, sign: float, merged: bool):
+        if self.model.proj is not None and self.model.merged != merged:
+            deltas = self.model.deltas()
+            for n, p in self.model.base.named_parameters():
+                if n in deltas:
+                    p.add_(deltas[n], alpha=sign)
+            self.model.merged = merged
+
+    def merge(self):
+        self._shift(1.0, True)
+
+    def unmerge(self):
+        self._shift(-1.0, False)
+
+
+class Said(Did):
+    name = "said"
+    said = True
+    paper = "Aghajanyan et al. 2020, arXiv:2012.13255"
+    equation = "θ_i = θ0,i + λ_i (P z)_i (Fastfood P)"
+    formula = "d (incl. one λ per tensor)"
