@@ -39,9 +39,19 @@ def solve(model, method: str, budget: int, max_value: int = 1 << 20, **base_kwar
         except ValueError:
             return None  # the value does not fit the model (e.g. r > min(d_in, d_out))
 
-    if count(1) is None:
-        raise ValueError(f"{method}: even {cls.budget_knob}=1 does not fit the targets")
-    lo, hi = 1, 2
+    first = 1  # the smallest valid value (SAID needs d > its number of scales)
+    while first <= max_value and count(first) is None:
+        first *= 2
+    if first > max_value:
+        raise ValueError(f"{method}: no value of {cls.budget_knob} fits the targets")
+    if first > 1:
+        bad = first // 2
+        while first - bad > 1:
+            mid = (bad + first) // 2
+            bad, first = (bad, mid) if count(mid) is not None else (mid, first)
+    lo, hi = first, first * 2
+    if count(lo) >= budget:
+        hi = lo + 1 if count(lo + 1) is not None else lo
     while hi <= max_value and (c := count(hi)) is not None and c < budget:
         lo, hi = hi, hi * 2
     while hi - lo > 1:  # invariant: count(lo) < budget (or lo == 1); hi is >= budget or invalid

@@ -55,6 +55,7 @@ class RunSpec:
     budget: int | None = None  # target adapter elements; None = not matched
     achieved: int | None = None  # the solver's count for hparams
     skip_reason: str | None = None  # set when the budget cannot be met within tolerance
+    random_init: bool = False  # same architecture with random weights (intrinsic-dimension comparisons)
 
     @property
     def run_id(self) -> str:
@@ -91,14 +92,20 @@ def _data(task: str, data_dir):
     return load_task(get_task(task), data_dir)
 
 
-def load_model(spec_model: str | None, task):
+def load_model(spec_model: str | None, task, random_init: bool = False):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
     hf_logging.disable_progress_bar()
     path = spec_model or default_model()
     kw = {"problem_type": "regression"} if task.regression else {}
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kw)
+    if random_init:
+        from transformers import AutoConfig
+        torch.manual_seed(0)  # the same random θ0 for every run
+        model = AutoModelForSequenceClassification.from_config(
+            AutoConfig.from_pretrained(path, num_labels=task.num_labels, **kw))
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kw)
     return model, AutoTokenizer.from_pretrained(path)
 
 
@@ -123,7 +130,8 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
     from tqdm.auto import tqdm
 
     from peftzoo.bench.train import fit, median
-    record = {"spec": spec.to_dict(), "run_id": spec.run_id, "versions": versions()}
+    record = {"spec": spec.to_dict(), "run_id": spec.run_id, "task": spec.task, "method": spec.method,
+              "seed": spec.seed, "versions": versions()}
     if spec.skip_reason:
         return {**record, "status": "skipped", "reason": spec.skip_reason}
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -134,7 +142,7 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
         data = _data(task.name, str(data_dir) if data_dir else None)
         train = data["train"]
         idx = np.random.default_rng(0).permutation(len(train.labels))[: spec.max_train]  # same subset for all runs
-        model, tok = load_model(spec.model, task)
+        model, tok = load_model(spec.model, task, spec.random_init)
         ad = make_adapter(model, spec)
         ad.model.to(dev)
         model = ad.model
@@ -177,7 +185,7 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
         best = int(np.argmax(scores))
         st = median(res.step_times)
         record.update({
-            "status": "ok", "task": spec.task, "method": spec.method, "seed": spec.seed,
+            "status": "ok",
             "metrics_best": res.history[best]["metrics"], "best_epoch": best + 1,
             "metrics_final": res.history[-1]["metrics"], "history": res.history,
             "params": {"target": spec.budget, "achieved": summary["adapter"], "solver": spec.achieved,

@@ -25,6 +25,7 @@ def write_json(path: Path, obj: dict) -> None:
     """Write-then-rename: readers see the old file or the whole new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    os.chmod(tmp, 0o644)
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=str)
         f.flush()
@@ -35,6 +36,8 @@ def write_json(path: Path, obj: dict) -> None:
 def read_runs(root: Path, suite: str) -> list[dict]:
     out = []
     for p in sorted((Path(root) / suite / "runs").glob("*/*.json")):
+        if p.name.startswith("."):  # a temporary file of an interrupted write
+            continue
         try:
             out.append(json.loads(p.read_text()))
         except json.JSONDecodeError:

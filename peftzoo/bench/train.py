@@ -22,7 +22,10 @@ def train_step(ad, opt, batch: dict, step: int, scheduler=None, clip: float = 1.
     model = ad.model
     dev = next(model.parameters()).device
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        loss = model(**batch).loss
+        if isinstance(batch, dict):  # transformers: the model computes its loss
+            loss = model(**batch).loss
+        else:  # (x, y) for plain torch classifiers
+            loss = torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
         extra = ad.extra_loss()
         total = loss + extra if extra is not None else loss
     if not torch.isfinite(total):

@@ -1,0 +1,98 @@
+"""The classic intrinsic-dimension tasks of Li et al. 2018: MNIST / Fashion-MNIST (local IDX or CSV files) and
+scikit-learn's bundled 8×8 digits (the embedded default, no files), with their FC 784-200-200-10 and LeNet nets.
+
+Local files are found under the data setting (``--data-dir`` / ``$PEFTZOO_DATA_DIR``): ``<dir>/mnist`` and
+``<dir>/fashion-mnist``. MNIST here: the official t10k set (10,000) trains, the disjoint ``mnist_5k.csv.gz``
+(5,000) tests. Fashion-MNIST: the official 60k / 10k split.
+"""
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from peftzoo.bench.tasks import resolve_data_dir
+
+
+def read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        magic, = struct.unpack(">I", f.read(4))
+        ndim = magic & 0xFF
+        shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
+        return np.frombuffer(f.read(), dtype=np.uint8).reshape(shape)
+
+
+def _find(data_dir, name: str) -> Path:
+    d = resolve_data_dir(data_dir)
+    if d is None:
+        raise FileNotFoundError(f"{name} needs local files: pass --data-dir DIR or set PEFTZOO_DATA_DIR=DIR "
+                                f"with DIR/{name}/ holding the IDX files (or use task 'digits', which needs none)")
+    for root in (d / name, d.parent / name):
+        if root.is_dir():
+            return root
+    raise FileNotFoundError(f"no {name}/ folder under {d}")
+
+
+def load_images(task: str, data_dir=None, max_train: int | None = None):
+    """(x_train, y_train, x_test, y_test) as float tensors in [0, 1] (images N×1×H×W) and int64 labels."""
+    if task == "digits":
+        from sklearn.datasets import load_digits
+        x, y = load_digits(return_X_y=True)
+        x = (x / 16.0).reshape(-1, 1, 8, 8)
+        idx = np.random.default_rng(0).permutation(len(y))
+        cut = int(0.8 * len(y))
+        xtr, ytr, xte, yte = x[idx[:cut]], y[idx[:cut]], x[idx[cut:]], y[idx[cut:]]
+    elif task == "mnist":
+        root = _find(data_dir, "mnist")
+        xtr, ytr = read_idx(root / "t10k-images-idx3-ubyte.gz"), read_idx(root / "t10k-labels-idx1-ubyte.gz")
+        with gzip.open(root / "mnist_5k.csv.gz", "rt") as f:
+            arr = np.loadtxt(f, delimiter=",", skiprows=1, dtype=np.float32)
+        xte, yte = arr[:, :784].reshape(-1, 28, 28), arr[:, 784].astype(np.int64)
+        xtr, xte = xtr[:, None] / 255.0, xte[:, None] / 255.0
+    elif task == "fashion-mnist":
+        root = _find(data_dir, "fashion-mnist")
+        xtr, ytr = read_idx(root / "train-images-idx3-ubyte.gz"), read_idx(root / "train-labels-idx1-ubyte.gz")
+        xte, yte = read_idx(root / "t10k-images-idx3-ubyte.gz"), read_idx(root / "t10k-labels-idx1-ubyte.gz")
+        xtr, xte = xtr[:, None] / 255.0, xte[:, None] / 255.0
+    else:
+        raise ValueError(f"unknown image task {task!r}: digits, mnist, fashion-mnist")
+    t = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), dtype=dt)  # noqa: E731
+    xtr, ytr = xtr[:max_train], ytr[:max_train]
+    return t(xtr, torch.float32), t(ytr, torch.int64), t(xte, torch.float32), t(yte, torch.int64)
+
+
+def fc_net(side: int, hidden: int = 200, classes: int = 10) -> nn.Module:
+    """Li et al.'s fully connected net: in-200-200-10, ReLU."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(side * side, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                         nn.ReLU(), nn.Linear(hidden, classes))
+
+
+def lenet(side: int, classes: int = 10) -> nn.Module:
+    """LeNet as in Li et al.: conv(6, 5×5)-pool-conv(16, 5×5)-pool-fc120-fc84-fc10 (small inputs keep their size)."""
+    small = side < 16
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 5, padding=2 if small else 0), nn.ReLU(),
+                         nn.Identity() if small else nn.MaxPool2d(2), nn.Flatten(),
+                         nn.LazyLinear(120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, classes))
+
+
+NETS = {"fc": fc_net, "lenet": lenet}
+
+
+def build_net(name: str, side: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    net = NETS[name](side)
+    with torch.no_grad():
+        net(torch.zeros(1, 1, side, side))  # materialise lazy layers
+    return net
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 2048) -> float:
+    model.eval()
+    correct = sum(int((model(x[i:i + bs]).argmax(-1) == y[i:i + bs]).sum()) for i in range(0, len(y), bs))
+    return correct / len(y)

