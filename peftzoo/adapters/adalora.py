@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from peftzoo.adapters.base import AdapterConfig, AdapterLayer
+from peftzoo.adapters.fused import lowrank_linear
 from peftzoo.adapters.layered import LayerAdapter
 
 
@@ -86,11 +87,11 @@ class AdaLoraLayer(AdapterLayer):
         return self.B @ (self.A * self.lam()) * self.scaling
 
     def forward(self, x):
-        y = self.base(x)
         if self.merged:
-            return y
-        h = self.dropout(x) if self.dropout is not None else x
-        return y + (h @ (self.A * self.lam()).t() @ self.B.t()) * self.scaling
+            return self.base(x)
+        if self.dropout is None:
+            return lowrank_linear(x, self.base, self.A * self.lam(), self.B, self.scaling)
+        return self.base(x) + (self.dropout(x) @ (self.A * self.lam()).t() @ self.B.t()) * self.scaling
 
     def peft_state(self):
         idx = self.keep.view(-1).bool()

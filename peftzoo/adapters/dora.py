@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from peftzoo.adapters.fused import FusedDora, _dora_scale
 from peftzoo.adapters.lora import Lora, LoraConfig, LoraLayer
 
 
@@ -52,12 +53,14 @@ class DoraLayer(LoraLayer):
         return sq.clamp_min(0).sqrt()
 
     def scale(self) -> torch.Tensor:
-        n = self.weight_norm()
-        return torch.where(n > 0, self.m / torch.where(n > 0, n, 1), torch.zeros_like(self.m))
+        return _dora_scale(self.m, self.weight_norm())
 
     def forward(self, x):
         if self.merged:
             return self.base(x)
+        if self.dropout is None and not self.base.weight.requires_grad:
+            return FusedDora.apply(x, self.base.weight, self.base.bias, self.A, self.B, self.m, self.weight_norm(),
+                                   self.scaling)
         h = self.dropout(x) if self.dropout is not None else x
         out = nn.functional.linear(x, self.base.weight) + (h @ self.A.t() @ self.B.t()) * self.scaling
         out = out * self.scale().to(out.dtype)

@@ -49,3 +49,59 @@ def lowrank_linear(x, base, A, B, scale: float):
     if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
         return base(x) + (x @ A.t() @ B.t()) * scale
     return FusedLowRankLinear.apply(x, base.weight, base.bias, A, B, scale)
+
+
+def _dora_scale(m, norm):
+    """m / ‖·‖, and 0 where the row norm is 0 (its direction is the zero vector: no NaN, no inf)."""
+    return torch.where(norm > 0, m / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.zeros_like(m))
+
+
+class FusedDora(torch.autograd.Function):
+    """y = c ⊙ (x Wᵀ + s·(x Aᵀ) Bᵀ) + b with c = m / ‖W + s·BA‖ (the norm already detached).
+
+    Forward writes the output once and scales it in place; backward recovers the pre-scale product from the
+    output itself (pre = (y − b) / c), so only x, x Aᵀ and y are kept: no (N × d_out) intermediate is saved.
+    Gradients: g' = c ⊙ g;  ∂x = g' W + s (g' B) A;  ∂A = s (g' B)ᵀ x;  ∂B = s g'ᵀ (x Aᵀ);
+    ∂m = Σ_rows g ⊙ pre / ‖·‖.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, m, norm, scale: float):
+        shape, dev = x.shape, x.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(x.dtype, weight.dtype)
+        with torch.autocast(dev, enabled=False):
+            x2 = x.reshape(-1, shape[-1]).to(dt)
+            xa = x2 @ A.to(dt).t()
+            y = x2 @ weight.to(dt).t()
+            y.addmm_(xa, B.to(dt).t(), alpha=scale)
+            c = _dora_scale(m, norm).to(dt)
+            y.mul_(c)
+            if bias is not None:
+                y.add_(bias.to(dt))
+        ctx.save_for_backward(x2, xa, weight, bias, A, B, m, norm, y)
+        ctx.scale, ctx.shape, ctx.dt, ctx.xdt = scale, shape, dt, x.dtype
+        return y.reshape(*shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, gy):
+        x2, xa, weight, bias, A, B, m, norm, y = ctx.saved_tensors
+        s, dt = ctx.scale, ctx.dt
+        gx = gA = gB = gm = None
+        with torch.autocast(gy.device.type, enabled=False):
+            g = gy.reshape(-1, gy.shape[-1]).to(dt)
+            c = _dora_scale(m, norm).to(dt)
+            if ctx.needs_input_grad[5]:
+                gsum = (g * y).sum(0)
+                if bias is not None:
+                    gsum = gsum - bias.to(dt) * g.sum(0)
+                safe = torch.where(m != 0, m, torch.ones_like(m)).to(dt)
+                gm = torch.where(m != 0, gsum / safe, torch.zeros_like(gsum)).to(m.dtype)  # Σ g ⊙ pre / ‖·‖
+            gs = g * c
+            gsb = gs @ B.to(dt)
+            if ctx.needs_input_grad[0]:
+                gx = torch.addmm(gs @ weight.to(dt), gsb, A.to(dt), alpha=s).reshape(ctx.shape).to(ctx.xdt)
+            if ctx.needs_input_grad[3]:
+                gA = (gsb.t() @ x2).mul_(s).to(A.dtype)
+            if ctx.needs_input_grad[4]:
+                gB = (gs.t() @ xa).mul_(s).to(B.dtype)
+        return gx, None, None, gA, gB, gm, None, None

@@ -77,16 +77,16 @@ class VeraLayer(AdapterLayer):
         return (self.lambda_b.unsqueeze(1) * B) @ (self.lambda_d.unsqueeze(1) * A)
 
     def forward(self, x):
-        y = self.base(x)
         if self.merged:
-            return y
+            return self.base(x)
         A, B = self.projections()
+        n, r, di, do = x.numel() // x.shape[-1], A.shape[0], self.in_features, self.out_features
+        if self.dropout is None and 3 * n * r * (di + do) > 3 * r * di * do + n * di * do:
+            # FLOPs (forward + backward): two rank-r passes over every row cost more than building ΔW once and
+            # its (d_out × d_in) gradient; then one matmul with W + ΔW replaces the base and low-rank ones
+            return nn.functional.linear(x, self.base.weight + self.delta_weight(), self.base.bias)
         h = self.dropout(x) if self.dropout is not None else x
-        n, r, di, do = h.numel() // h.shape[-1], A.shape[0], self.in_features, self.out_features
-        if n * r * (di + do) > r * di * do + n * di * do:
-            # large r: building ΔW (d_out × d_in) once costs fewer FLOPs than two rank-r passes over every row
-            return y + h @ self.delta_weight().t()
-        return y + self.lambda_b * ((self.lambda_d * (h @ A.t())) @ B.t())
+        return self.base(x) + self.lambda_b * ((self.lambda_d * (h @ A.t())) @ B.t())
 
 
 class Vera(LayerAdapter):

@@ -1,0 +1,63 @@
+"""The fast paths compute the same values and gradients as the plain expressions."""
+import pytest
+import torch
+from torch import nn
+
+from peftzoo.adapters.fused import FusedDora, FusedLowRankLinear
+
+
+def _setup(bias, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(12, 10, bias=bias).double().requires_grad_(False)
+    x = torch.randn(2, 5, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    A = torch.randn(3, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    B = torch.randn(10, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    return lin, x, A, B
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_lowrank_matches_plain(bias):
+    lin, x, A, B = _setup(bias)
+    ref = lin(x) + (x @ A.t() @ B.t()) * 0.7
+    out = FusedLowRankLinear.apply(x, lin.weight, lin.bias, A, B, 0.7)
+    torch.testing.assert_close(out, ref)
+    gy = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, (x, A, B), gy)
+    g_out = torch.autograd.grad(out, (x, A, B), gy)
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_dora_matches_plain(bias):
+    lin, x, A, B = _setup(bias)
+    m = torch.rand(10, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        m[2] = 0.0  # a zero magnitude must not break the backward
+    norm = torch.linalg.norm(lin.weight + 0.7 * B @ A, dim=1).detach()
+    pre = nn.functional.linear(x, lin.weight) + (x @ A.t() @ B.t()) * 0.7
+    ref = pre * (m / norm) + (lin.bias if bias else 0)
+    out = FusedDora.apply(x, lin.weight, lin.bias, A, B, m, norm, 0.7)
+    torch.testing.assert_close(out, ref)
+    gy = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, (x, A, B, m), gy)
+    g_out = torch.autograd.grad(out, (x, A, B, m), gy)
+    for name, a, b in zip("xABm", g_out, g_ref):
+        if name == "m":  # row 2 has m = 0: its gradient is set to 0 (pre cannot be recovered from y there)
+            a, b = a[torch.arange(10) != 2], b[torch.arange(10) != 2]
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_vera_paths_agree():
+    import peftzoo
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16))
+    ad = peftzoo.attach(model, "vera", targets=["0"], r=64)
+    layer = ad.layers["0"]
+    with torch.no_grad():
+        layer.lambda_b.normal_()
+    few, many = torch.randn(2, 16), torch.randn(400, 16)  # few rows: factored; many rows: one merged matmul
+    for x in (few, many):
+        A, B = layer.projections()
+        ref = layer.base(x) + layer.lambda_b * ((layer.lambda_d * (x @ A.t())) @ B.t())
+        torch.testing.assert_close(layer(x), ref, atol=1e-5, rtol=1e-5)
