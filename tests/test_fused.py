@@ -15,11 +15,12 @@ def _setup(bias, seed=0):
     return lin, x, A, B
 
 
+@pytest.mark.parametrize("merged", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fused_lowrank_matches_plain(bias):
+def test_fused_lowrank_matches_plain(bias, merged):
     lin, x, A, B = _setup(bias)
     ref = lin(x) + (x @ A.t() @ B.t()) * 0.7
-    out = FusedLowRankLinear.apply(x, lin.weight, lin.bias, A, B, 0.7)
+    out = FusedLowRankLinear.apply(x, lin.weight, lin.bias, A, B, 0.7, merged)
     torch.testing.assert_close(out, ref)
     gy = torch.randn_like(ref)
     g_ref = torch.autograd.grad(ref, (x, A, B), gy)
@@ -28,8 +29,9 @@ def test_fused_lowrank_matches_plain(bias):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("merged", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fused_dora_matches_plain(bias):
+def test_fused_dora_matches_plain(bias, merged):
     lin, x, A, B = _setup(bias)
     m = torch.rand(10, dtype=torch.float64, requires_grad=True)
     with torch.no_grad():
@@ -37,7 +39,7 @@ def test_fused_dora_matches_plain(bias):
     norm = torch.linalg.norm(lin.weight + 0.7 * B @ A, dim=1).detach()
     pre = nn.functional.linear(x, lin.weight) + (x @ A.t() @ B.t()) * 0.7
     ref = pre * (m / norm) + (lin.bias if bias else 0)
-    out = FusedDora.apply(x, lin.weight, lin.bias, A, B, m, norm, 0.7)
+    out = FusedDora.apply(x, lin.weight, lin.bias, A, B, m, norm, 0.7, merged)
     torch.testing.assert_close(out, ref)
     gy = torch.randn_like(ref)
     g_ref = torch.autograd.grad(ref, (x, A, B, m), gy)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peftzoo.adapters.fused import FusedDora, _dora_scale
+from peftzoo.adapters.fused import FusedDora, _dora_scale, many_rows
 from peftzoo.adapters.lora import Lora, LoraConfig, LoraLayer
 
 
@@ -60,7 +60,7 @@ class DoraLayer(LoraLayer):
             return self.base(x)
         if self.dropout is None and not self.base.weight.requires_grad:
             return FusedDora.apply(x, self.base.weight, self.base.bias, self.A, self.B, self.m, self.weight_norm(),
-                                   self.scaling)
+                                   self.scaling, many_rows(x, self.base))
         h = self.dropout(x) if self.dropout is not None else x
         out = nn.functional.linear(x, self.base.weight) + (h @ self.A.t() @ self.B.t()) * self.scaling
         out = out * self.scale().to(out.dtype)

@@ -1,9 +1,10 @@
-"""Fused low-rank linear: y = x Wᵀ + b + s·(x Aᵀ) Bᵀ in one autograd node.
+"""Fused autograd functions for the low-rank paths (LoRA family, AdaLoRA, DoRA), used when dropout is 0 and the
+frozen weight needs no gradient.
 
-Why: autograd of the plain expression saves x twice, keeps the (N × d_out) low-rank output and its scaled copy
-alive, and makes one extra pass over the output for the add. Here forward writes into one output buffer
-(addmm), backward computes grad_x = gy W + s·(gy B) A with one more addmm, and only x and x Aᵀ (N × r) are
-saved. W and b are frozen (no gradient). Used by LoRA-family layers when dropout is 0.
+Why: autograd of the plain expression y = x Wᵀ + b + s·(x Aᵀ) Bᵀ saves x twice, keeps the (N × d_out)
+low-rank output and its scaled copy alive, and makes extra passes over the activations for each add and scale.
+On a CPU a rank-8 update is memory-bound, so passes over (N × d) tensors are what it costs. Here each layer is
+one autograd node that writes its output once and saves only what backward needs.
 """
 from __future__ import annotations
 
@@ -11,19 +12,32 @@ import torch
 
 
 class FusedLowRankLinear(torch.autograd.Function):
+    """Two schedules of the same function, chosen per call by the shapes (``lowrank_linear``):
+
+    * factored (few rows): y = x Wᵀ + b, then y += s·(x Aᵀ) Bᵀ in place; saves x and x Aᵀ.
+    * merged (many rows): y = x (W + s·BA)ᵀ + b, one matmul as the frozen layer's own; backward rebuilds
+      W + s·BA (d_out × d_in × r FLOPs, no activation pass) for ∂x, and computes x Aᵀ again for ∂B;
+      saves only x. Fewer passes over the (N × d) activations, which is what a rank-8 update costs on a CPU.
+    """
+
     @staticmethod
-    def forward(ctx, x, weight, bias, A, B, scale: float):
+    def forward(ctx, x, weight, bias, A, B, scale: float, merged: bool = False):
         shape, dev = x.shape, x.device.type
         # under autocast compute in its dtype (explicit casts, autocast off inside: backward does the same)
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(x.dtype, weight.dtype)
         with torch.autocast(dev, enabled=False):
             x2 = x.reshape(-1, shape[-1]).to(dt)
-            xa = x2 @ A.to(dt).t()
-            w = weight.to(dt)
-            y = torch.addmm(bias.to(dt), x2, w.t()) if bias is not None else x2 @ w.t()
-            y.addmm_(xa, B.to(dt).t(), alpha=scale)
+            if merged:
+                w = torch.addmm(weight.to(dt), B.to(dt), A.to(dt), alpha=scale)
+                y = torch.addmm(bias.to(dt), x2, w.t()) if bias is not None else x2 @ w.t()
+                xa = None
+            else:
+                xa = x2 @ A.to(dt).t()
+                w = weight.to(dt)
+                y = torch.addmm(bias.to(dt), x2, w.t()) if bias is not None else x2 @ w.t()
+                y.addmm_(xa, B.to(dt).t(), alpha=scale)
         ctx.save_for_backward(x2, xa, weight, A, B)
-        ctx.scale, ctx.shape, ctx.dt, ctx.xdt = scale, shape, dt, x.dtype
+        ctx.scale, ctx.shape, ctx.dt, ctx.xdt, ctx.merged = scale, shape, dt, x.dtype, merged
         return y.reshape(*shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -33,22 +47,33 @@ class FusedLowRankLinear(torch.autograd.Function):
         gx = gA = gB = None
         with torch.autocast(gy.device.type, enabled=False):
             gy2 = gy.reshape(-1, gy.shape[-1]).to(dt)
-            a = A.to(dt)
-            gyb = gy2 @ B.to(dt)  # (N, r)
+            a, b_ = A.to(dt), B.to(dt)
+            gyb = gy2 @ b_  # (N, r)
             if ctx.needs_input_grad[0]:
-                gx = torch.addmm(gy2 @ weight.to(dt), gyb, a, alpha=s).reshape(ctx.shape).to(ctx.xdt)
+                if ctx.merged:
+                    gx = gy2 @ torch.addmm(weight.to(dt), b_, a, alpha=s)
+                else:
+                    gx = torch.addmm(gy2 @ weight.to(dt), gyb, a, alpha=s)
+                gx = gx.reshape(ctx.shape).to(ctx.xdt)
             if ctx.needs_input_grad[3]:
                 gA = (gyb.t() @ x2).mul_(s).to(A.dtype)
             if ctx.needs_input_grad[4]:
+                xa = x2 @ a.t() if xa is None else xa
                 gB = (gy2.t() @ xa).mul_(s).to(B.dtype)
-        return gx, None, None, gA, gB, None
+        return gx, None, None, gA, gB, None, None
 
 
 def lowrank_linear(x, base, A, B, scale: float):
     """base(x) + scale · B(A(x)), fused when nothing needs the frozen weight's gradient."""
     if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
         return base(x) + (x @ A.t() @ B.t()) * scale
-    return FusedLowRankLinear.apply(x, base.weight, base.bias, A, B, scale)
+    return FusedLowRankLinear.apply(x, base.weight, base.bias, A, B, scale, many_rows(x, base))
+
+
+def many_rows(x, base) -> bool:
+    """True when the activations are larger than the weight: then building W + s·BA beats extra passes over x."""
+    rows = x.numel() // x.shape[-1]
+    return rows * (base.in_features + base.out_features) > base.in_features * base.out_features
 
 
 def _dora_scale(m, norm):
@@ -66,20 +91,24 @@ class FusedDora(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, A, B, m, norm, scale: float):
+    def forward(ctx, x, weight, bias, A, B, m, norm, scale: float, merged: bool = False):
         shape, dev = x.shape, x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(x.dtype, weight.dtype)
         with torch.autocast(dev, enabled=False):
             x2 = x.reshape(-1, shape[-1]).to(dt)
-            xa = x2 @ A.to(dt).t()
-            y = x2 @ weight.to(dt).t()
-            y.addmm_(xa, B.to(dt).t(), alpha=scale)
+            if merged:  # many rows: one matmul with W + s·BA (as FusedLowRankLinear)
+                xa = None
+                y = x2 @ torch.addmm(weight.to(dt), B.to(dt), A.to(dt), alpha=scale).t()
+            else:
+                xa = x2 @ A.to(dt).t()
+                y = x2 @ weight.to(dt).t()
+                y.addmm_(xa, B.to(dt).t(), alpha=scale)
             c = _dora_scale(m, norm).to(dt)
             y.mul_(c)
             if bias is not None:
                 y.add_(bias.to(dt))
         ctx.save_for_backward(x2, xa, weight, bias, A, B, m, norm, y)
-        ctx.scale, ctx.shape, ctx.dt, ctx.xdt = scale, shape, dt, x.dtype
+        ctx.scale, ctx.shape, ctx.dt, ctx.xdt, ctx.merged = scale, shape, dt, x.dtype, merged
         return y.reshape(*shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -97,11 +126,17 @@ class FusedDora(torch.autograd.Function):
                 safe = torch.where(m != 0, m, torch.ones_like(m)).to(dt)
                 gm = torch.where(m != 0, gsum / safe, torch.zeros_like(gsum)).to(m.dtype)  # Σ g ⊙ pre / ‖·‖
             gs = g * c
-            gsb = gs @ B.to(dt)
+            a, b_ = A.to(dt), B.to(dt)
+            gsb = gs @ b_
             if ctx.needs_input_grad[0]:
-                gx = torch.addmm(gs @ weight.to(dt), gsb, A.to(dt), alpha=s).reshape(ctx.shape).to(ctx.xdt)
+                if ctx.merged:
+                    gx = gs @ torch.addmm(weight.to(dt), b_, a, alpha=s)
+                else:
+                    gx = torch.addmm(gs @ weight.to(dt), gsb, a, alpha=s)
+                gx = gx.reshape(ctx.shape).to(ctx.xdt)
             if ctx.needs_input_grad[3]:
                 gA = (gsb.t() @ x2).mul_(s).to(A.dtype)
             if ctx.needs_input_grad[4]:
+                xa = x2 @ a.t() if xa is None else xa
                 gB = (gs.t() @ xa).mul_(s).to(B.dtype)
-        return gx, None, None, gA, gB, gm, None, None
+        return gx, None, None, gA, gB, gm, None, None, None
