@@ -185,16 +185,25 @@ class AdaLora(LayerAdapter):
 
     @torch.no_grad()
     def _update_importance(self):
+        """Ī ← β1 Ī + (1−β1)|p·∇p|,  Ū ← β2 Ū + (1−β2)|I − Ī| for every adapter tensor at once (foreach ops)."""
         b1, b2 = self.config.beta1, self.config.beta2
-        for p in self.adapter_parameters():
-            if p.grad is None:
-                raise RuntimeError("AdaLoRA on_step() found no gradients: call it after backward() and "
-                                   "optimizer.step(), before zero_grad()")
-            k = id(p)
-            ipt = (p * p.grad).abs()
-            avg = self.avg_ipt.get(k, torch.zeros_like(p))
-            self.avg_ipt[k] = b1 * avg + (1 - b1) * ipt
-            self.avg_unc[k] = b2 * self.avg_unc.get(k, torch.zeros_like(p)) + (1 - b2) * (ipt - self.avg_ipt[k]).abs()
+        ps = self.adapter_parameters()
+        if any(p.grad is None for p in ps):
+            raise RuntimeError("AdaLoRA on_step() found no gradients: call it after backward() and "
+                               "optimizer.step(), before zero_grad()")
+        if not self.avg_ipt:
+            self.avg_ipt = {id(p): torch.zeros_like(p) for p in ps}
+            self.avg_unc = {id(p): torch.zeros_like(p) for p in ps}
+        avg = [self.avg_ipt[id(p)] for p in ps]
+        unc = [self.avg_unc[id(p)] for p in ps]
+        ipt = torch._foreach_mul(ps, [p.grad for p in ps])
+        torch._foreach_abs_(ipt)
+        torch._foreach_mul_(avg, b1)
+        torch._foreach_add_(avg, ipt, alpha=1 - b1)
+        dev = torch._foreach_sub(ipt, avg)
+        torch._foreach_abs_(dev)
+        torch._foreach_mul_(unc, b2)
+        torch._foreach_add_(unc, dev, alpha=1 - b2)
 
     def _score(self, p):
         return self.avg_ipt[id(p)] * self.avg_unc[id(p)]

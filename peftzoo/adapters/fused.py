@@ -11,6 +11,13 @@ from __future__ import annotations
 import torch
 
 
+def _rowmajor_t(b: torch.Tensor) -> torch.Tensor:
+    """B (d × r) as the transposed view of a contiguous (r × d) copy: (N × d) @ it runs 2-3x faster on CPU BLAS
+    than with B's own layout (measured: 0.21 vs 0.09 ms at N=2048, d=256, r=8). Likewise the (d × r) gradient
+    is computed as (xaᵀ g)ᵀ, not gᵀ xa (0.11 vs 0.48 ms; 0.55 vs 5.2 ms at d=1024)."""
+    return b.t().contiguous().t()
+
+
 class FusedLowRankLinear(torch.autograd.Function):
     """Two schedules of the same function, chosen per call by the shapes (``lowrank_linear``):
 
@@ -48,7 +55,7 @@ class FusedLowRankLinear(torch.autograd.Function):
         with torch.autocast(gy.device.type, enabled=False):
             gy2 = gy.reshape(-1, gy.shape[-1]).to(dt)
             a, b_ = A.to(dt), B.to(dt)
-            gyb = gy2 @ b_  # (N, r)
+            gyb = gy2 @ _rowmajor_t(b_)  # (N, r)
             if ctx.needs_input_grad[0]:
                 if ctx.merged:
                     gx = gy2 @ torch.addmm(weight.to(dt), b_, a, alpha=s)
@@ -59,7 +66,7 @@ class FusedLowRankLinear(torch.autograd.Function):
                 gA = (gyb.t() @ x2).mul_(s).to(A.dtype)
             if ctx.needs_input_grad[4]:
                 xa = x2 @ a.t() if xa is None else xa
-                gB = (gy2.t() @ xa).mul_(s).to(B.dtype)
+                gB = (xa.t() @ gy2).t().mul_(s).to(B.dtype)
         return gx, None, None, gA, gB, None, None
 
 
@@ -127,7 +134,7 @@ class FusedDora(torch.autograd.Function):
                 gm = torch.where(m != 0, gsum / safe, torch.zeros_like(gsum)).to(m.dtype)  # Σ g ⊙ pre / ‖·‖
             gs = g * c
             a, b_ = A.to(dt), B.to(dt)
-            gsb = gs @ b_
+            gsb = gs @ _rowmajor_t(b_)
             if ctx.needs_input_grad[0]:
                 if ctx.merged:
                     gx = gs @ torch.addmm(weight.to(dt), b_, a, alpha=s)
@@ -138,5 +145,5 @@ class FusedDora(torch.autograd.Function):
                 gA = (gsb.t() @ x2).mul_(s).to(A.dtype)
             if ctx.needs_input_grad[4]:
                 xa = x2 @ a.t() if xa is None else xa
-                gB = (gs.t() @ xa).mul_(s).to(B.dtype)
+                gB = (xa.t() @ gs).t().mul_(s).to(B.dtype)
         return gx, None, None, gA, gB, gm, None, None, None
