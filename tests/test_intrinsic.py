@@ -124,3 +124,16 @@ def test_d90_search_on_a_synthetic_curve(tmp_path):
 def test_d90_not_reached_is_reported():
     r = Search(lambda d, s: 0.1, baseline=1.0).run([10, 100])
     assert not r["reached"] and r["d90"] is None and r["bracket"] == [100, None]
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("PEFTZOO_DATA_DIR"), reason="PEFTZOO_DATA_DIR not set")
+def test_real_mnist_and_fashion_files():
+    import os
+
+    from peftzoo.intrinsic.images import load_images
+    x, y, xt, yt = load_images("mnist", os.environ["PEFTZOO_DATA_DIR"])
+    assert x.shape == (10000, 1, 28, 28) and xt.shape == (5000, 1, 28, 28)
+    assert 0 <= float(x.min()) and float(x.max()) <= 1 and set(yt.tolist()) == set(range(10))
+    assert (torch.bincount(yt) == 500).all()  # 500 per class, as the data README says
+    x, y, xt, yt = load_images("fashion-mnist", os.environ["PEFTZOO_DATA_DIR"], max_train=1000)
+    assert x.shape == (1000, 1, 28, 28) and len(yt) == 10000

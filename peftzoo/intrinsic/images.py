@@ -23,7 +23,7 @@ def read_idx(path: Path) -> np.ndarray:
         magic, = struct.unpack(">I", f.read(4))
         ndim = magic & 0xFF
         shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
-        return np.frombuffer(f.read(), dtype=np.uint8).reshape(shape)
+        return np.frombuffer(f.read(), dtype=np.uint8).reshape(shape).copy()
 
 
 def _find(data_dir, name: str) -> Path:
@@ -50,7 +50,10 @@ def load_images(task: str, data_dir=None, max_train: int | None = None):
         root = _find(data_dir, "mnist")
         xtr, ytr = read_idx(root / "t10k-images-idx3-ubyte.gz"), read_idx(root / "t10k-labels-idx1-ubyte.gz")
         with gzip.open(root / "mnist_5k.csv.gz", "rt") as f:
-            arr = np.loadtxt(f, delimiter=",", skiprows=1, dtype=np.float32)
+            first = f.readline()
+            skip = 0 if first.split(",")[0].strip().isdigit() else 1  # the file has no header; tolerate one
+            f.seek(0)
+            arr = np.loadtxt(f, delimiter=",", skiprows=skip, dtype=np.float32)
         xte, yte = arr[:, :784].reshape(-1, 28, 28), arr[:, 784].astype(np.int64)
         xtr, xte = xtr[:, None] / 255.0, xte[:, None] / 255.0
     elif task == "fashion-mnist":
