@@ -36,8 +36,8 @@ def child(impl, seq, batch):
         call, params = ad.model, ad.trainable_parameters()
     else:
         import peft
-        names = sorted({n.split(".")[-1] for n, m in model.named_modules()
-                        if isinstance(m, torch.nn.Linear) and "classifier" not in n and "pooler" not in n})
+        names = "^(" + "|".join(n.replace(".", r"\.") for n, m in model.named_modules()  # exactly our layers
+                                if isinstance(m, torch.nn.Linear) and "classifier" not in n and "pooler" not in n) + ")$"
         call = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, use_dora=True, target_modules=names,
                                                           modules_to_save=["classifier"]))
         params = [p for p in call.parameters() if p.requires_grad]

@@ -159,3 +159,13 @@ def test_killed_sweep_restarts_without_rerunning_finished_runs(tiny_setup):
     assert set(executed).isdisjoint(done)
     assert len(executed) + len(done) == len(preset["methods"])
     assert len(store.read_runs(results, "t")) == len(preset["methods"])
+
+
+def test_cpu_runs_are_deterministic_for_a_seed(tiny_setup):
+    preset, data, _ = tiny_setup
+    preset["methods"] = ["lora"]
+    (spec,) = plan(preset)
+    a, b = execute(spec, data_dir=data), execute(spec, data_dir=data)
+    assert a["status"] == b["status"] == "ok"
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert a["metrics_best"] == b["metrics_best"]

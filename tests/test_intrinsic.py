@@ -137,3 +137,17 @@ def test_real_mnist_and_fashion_files():
     assert (torch.bincount(yt) == 500).all()  # 500 per class, as the data README says
     x, y, xt, yt = load_images("fashion-mnist", os.environ["PEFTZOO_DATA_DIR"], max_train=1000)
     assert x.shape == (1000, 1, 28, 28) and len(yt) == 10000
+
+
+@pytest.mark.parametrize("side", [8, 28])
+def test_lenet_and_fc_build_for_both_input_sizes(side):
+    from peftzoo.intrinsic.images import build_net
+    for name in ("fc", "lenet"):
+        net = build_net(name, side, seed=0)
+        assert net(torch.zeros(2, 1, side, side)).shape == (2, 10)
+
+
+def test_subspace_has_no_peft_format(tmp_path):
+    ad = peftzoo.attach(_mlp(), "said", d=20)
+    with pytest.raises(NotImplementedError, match="no Hugging Face PEFT equivalent"):
+        ad.save_peft(tmp_path)

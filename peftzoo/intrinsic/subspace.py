@@ -43,14 +43,14 @@ class SubspaceModel(nn.Module):
         self.merged = False
 
     def deltas(self) -> dict[str, torch.Tensor]:
-        """θ − θ0 per parameter tensor: slices of P z (SAID: scaled by λ_i)."""
+        """θ − θ0 per parameter tensor: pieces of P z (SAID: scaled by λ_i). One ``split`` (its backward is one
+        concatenation), not a slice per tensor (each slice's backward would fill a D-sized zero gradient)."""
         own = dict(self.base.named_parameters())
-        delta = self.proj(self.z)
-        out, off = {}, 0
-        for i, n in enumerate(self.names):
-            p = own[n]
-            piece = delta[off:off + p.numel()].view_as(p).to(p.dtype)
-            off += p.numel()
+        sizes = [own[n].numel() for n in self.names]
+        pieces = self.proj(self.z)[: sum(sizes)].split(sizes)
+        out = {}
+        for i, (n, piece) in enumerate(zip(self.names, pieces)):
+            piece = piece.view_as(own[n]).to(own[n].dtype)
             out[n] = piece * self.lam[i] if self.lam is not None else piece
         return out
 
