@@ -18,6 +18,24 @@ def _rowmajor_t(b: torch.Tensor) -> torch.Tensor:
     return b.t().contiguous().t()
 
 
+def _lowrank_grads(ctx, g, x2, xa, weight, A, B, idx):
+    """∂x = g (W + s·BA) (merged) or g W + s (g B) A (factored); ∂A = s (g B)ᵀ x; ∂B = s g (x Aᵀ) — for a
+    (N × d_out) output gradient g, in ctx.dt. ``idx``: positions of x, A, B in ctx.needs_input_grad."""
+    s, dt = ctx.scale, ctx.dt
+    a, b_ = A.to(dt), B.to(dt)
+    gb = g @ _rowmajor_t(b_)  # (N, r)
+    gx = gA = gB = None
+    if ctx.needs_input_grad[idx[0]]:
+        gx = g @ torch.addmm(weight.to(dt), b_, a, alpha=s) if ctx.merged else torch.addmm(g @ weight.to(dt), gb, a, alpha=s)
+        gx = gx.reshape(ctx.shape).to(ctx.xdt)
+    if ctx.needs_input_grad[idx[1]]:
+        gA = (gb.t() @ x2).mul_(s).to(A.dtype)
+    if ctx.needs_input_grad[idx[2]]:
+        xa = x2 @ a.t() if xa is None else xa
+        gB = (xa.t() @ g).t().mul_(s).to(B.dtype)
+    return gx, gA, gB
+
+
 class FusedLowRankLinear(torch.autograd.Function):
     """Two schedules of the same function, chosen per call by the shapes (``lowrank_linear``):
 
@@ -50,23 +68,9 @@ class FusedLowRankLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         x2, xa, weight, A, B = ctx.saved_tensors
-        s, dt = ctx.scale, ctx.dt
-        gx = gA = gB = None
         with torch.autocast(gy.device.type, enabled=False):
-            gy2 = gy.reshape(-1, gy.shape[-1]).to(dt)
-            a, b_ = A.to(dt), B.to(dt)
-            gyb = gy2 @ _rowmajor_t(b_)  # (N, r)
-            if ctx.needs_input_grad[0]:
-                if ctx.merged:
-                    gx = gy2 @ torch.addmm(weight.to(dt), b_, a, alpha=s)
-                else:
-                    gx = torch.addmm(gy2 @ weight.to(dt), gyb, a, alpha=s)
-                gx = gx.reshape(ctx.shape).to(ctx.xdt)
-            if ctx.needs_input_grad[3]:
-                gA = (gyb.t() @ x2).mul_(s).to(A.dtype)
-            if ctx.needs_input_grad[4]:
-                xa = x2 @ a.t() if xa is None else xa
-                gB = (xa.t() @ gy2).t().mul_(s).to(B.dtype)
+            gy2 = gy.reshape(-1, gy.shape[-1]).to(ctx.dt)
+            gx, gA, gB = _lowrank_grads(ctx, gy2, x2, xa, weight, A, B, (0, 3, 4))
         return gx, None, None, gA, gB, None, None
 
 
@@ -121,8 +125,7 @@ class FusedDora(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         x2, xa, weight, bias, A, B, m, norm, y = ctx.saved_tensors
-        s, dt = ctx.scale, ctx.dt
-        gx = gA = gB = gm = None
+        dt, gm = ctx.dt, None
         with torch.autocast(gy.device.type, enabled=False):
             g = gy.reshape(-1, gy.shape[-1]).to(dt)
             c = _dora_scale(m, norm).to(dt)
@@ -132,18 +135,5 @@ class FusedDora(torch.autograd.Function):
                     gsum = gsum - bias.to(dt) * g.sum(0)
                 safe = torch.where(m != 0, m, torch.ones_like(m)).to(dt)
                 gm = torch.where(m != 0, gsum / safe, torch.zeros_like(gsum)).to(m.dtype)  # Σ g ⊙ pre / ‖·‖
-            gs = g * c
-            a, b_ = A.to(dt), B.to(dt)
-            gsb = gs @ _rowmajor_t(b_)
-            if ctx.needs_input_grad[0]:
-                if ctx.merged:
-                    gx = gs @ torch.addmm(weight.to(dt), b_, a, alpha=s)
-                else:
-                    gx = torch.addmm(gs @ weight.to(dt), gsb, a, alpha=s)
-                gx = gx.reshape(ctx.shape).to(ctx.xdt)
-            if ctx.needs_input_grad[3]:
-                gA = (gsb.t() @ x2).mul_(s).to(A.dtype)
-            if ctx.needs_input_grad[4]:
-                xa = x2 @ a.t() if xa is None else xa
-                gB = (xa.t() @ gs).t().mul_(s).to(B.dtype)
+            gx, gA, gB = _lowrank_grads(ctx, g * c, x2, xa, weight, A, B, (0, 3, 4))
         return gx, None, None, gA, gB, gm, None, None, None
