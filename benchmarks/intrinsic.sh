@@ -9,7 +9,7 @@ $PZ d90 --task mnist --net fc --method did --dmin 100 --dmax 10000 --per-decade 
     --epochs 5 --batch-size 128 --lr 0.05 --full-lr 0.001 --out "$OUT" -q
 for task in MRPC SST-2; do
   for init in "" "--random-init"; do
-    $PZ d90 --task $task --method said --grid 100 1000 10000 100000 --bisect 1 --seeds 0 --epochs 2 \
+    $PZ d90 --task $task --method said --grid 200 1000 10000 100000 --bisect 1 --seeds 0 --epochs 2 \
         --batch-size 16 --max-len 64 --max-train 640 --max-eval 408 --lr 0.02 --full-lr 5e-5 $init --out "$OUT" -q
   done
 done
