@@ -121,7 +121,7 @@ class AdaLora(LayerAdapter):
 
     def __init__(self, model, config):
         super().__init__(model, config)
-        self.ipt, self.avg_ipt, self.avg_unc = {}, {}, {}
+        self.avg_ipt, self.avg_unc = {}, {}
         self.steps_seen, self.extra_loss_calls, self._warned = 0, 0, False
         self.init_bgt = sum(layer.A.shape[0] for layer in self.layers.values())
         self.target_bgt = config.target_r * len(self.layers)
@@ -243,7 +243,7 @@ class AdaLora(LayerAdapter):
             self._mask_to_budget(self.target_bgt)
             for layer in self.layers.values():
                 layer.enforce = True
-            self.ipt, self.avg_ipt, self.avg_unc = {}, {}, {}
+            self.avg_ipt, self.avg_unc = {}, {}
 
     # ---- reporting and files --------------------------------------------------------------------------------------
     def ranks(self) -> dict[str, int]:

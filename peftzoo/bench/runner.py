@@ -137,7 +137,9 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.perf_counter()
     try:
-        random.seed(spec.seed), np.random.seed(spec.seed), torch.manual_seed(spec.seed)
+        random.seed(spec.seed)
+        np.random.seed(spec.seed)
+        torch.manual_seed(spec.seed)
         task = get_task(spec.task)
         data = _data(task.name, str(data_dir) if data_dir else None)
         train = data["train"]
