@@ -1,14 +1,19 @@
-"""`peftzoo d90`: train the full baseline (or take a given score), sweep d on a log grid, bisect, plot."""
+"""`peftzoo d90`: train the full baseline (or take a given score), sweep d on a log grid, bisect, plot.
+
+Every (d, seed) point is an independent run: ``evaluate_point(config, d, seed)`` needs only plain data, so an
+executor (in-process, or Ray) can run it anywhere. ``config`` is also the identity of a cached score.
+"""
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-
-from peftzoo.bench.tasks import TASKS, get_task
+from peftzoo.bench.tasks import TASKS, get_task, resolve_data_dir
 
 IMAGE_TASKS = ("digits", "mnist", "fashion-mnist")
+# defaults of the learning rates, per kind of task: (subspace lr, full fine-tuning lr)
+DEFAULT_LR = {"image": (1e-2, 1e-3), "glue": (1e-2, 5e-5)}
 
 
 def add_arguments(p):
@@ -17,12 +22,12 @@ def add_arguments(p):
     p.add_argument("--model", default=None, help="transformers model for GLUE tasks (default: embedded MiniLM)")
     p.add_argument("--random-init", action="store_true", help="same architecture, random weights (GLUE tasks)")
     p.add_argument("--method", default="said", choices=["said", "did"])
-    p.add_argument("--grid", type=int, nargs="*", help="coarse grid of d (default: log grid --dmin..--dmax)")
+    p.add_argument("--grid", type=int, nargs="+", help="coarse grid of d (default: log grid --dmin..--dmax)")
     p.add_argument("--dmin", type=int, default=10)
     p.add_argument("--dmax", type=int, default=10000)
     p.add_argument("--per-decade", type=int, default=2)
     p.add_argument("--bisect", type=int, default=3, help="bisection steps between the bracketing d's")
-    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--baseline", type=float, default=None, help="full fine-tuning score (skips training it)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
@@ -33,87 +38,133 @@ def add_arguments(p):
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="results/intrinsic")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard cached scores in --out that were computed with other settings")
     p.add_argument("--quiet", "-q", action="store_true")
 
 
-def image_evaluator(args):
+def known_tasks() -> str:
+    return f"{', '.join(IMAGE_TASKS)} (images), {', '.join(TASKS)} (GLUE)"
+
+
+def task_name(task: str) -> str:
+    if task in IMAGE_TASKS:
+        return task
+    try:
+        return get_task(task).name
+    except ValueError:
+        raise ValueError(f"unknown task {task!r}; known tasks: {known_tasks()}") from None
+
+
+def validate(args) -> None:
+    """Every argument checked before anything trains; a bad one is a ValueError naming its flag."""
+    task_name(args.task)
+    positive = {"--dmin": args.dmin, "--dmax": args.dmax, "--per-decade": args.per_decade, "--epochs": args.epochs,
+                "--batch-size": args.batch_size, "--max-train": args.max_train, "--max-eval": args.max_eval,
+                "--max-len": args.max_len, "--lr": args.lr, "--full-lr": args.full_lr, "--baseline": args.baseline}
+    for flag, v in positive.items():
+        if v is not None and not v > 0:  # `not >` also catches NaN
+            raise ValueError(f"{flag} must be > 0 (got {v})")
+    if args.dmin > args.dmax:
+        raise ValueError(f"--dmin {args.dmin} is larger than --dmax {args.dmax}")
+    if args.grid is not None and min(args.grid) < 1:
+        raise ValueError(f"--grid values must be >= 1 (got {min(args.grid)})")
+    if args.bisect < 0:
+        raise ValueError(f"--bisect must be >= 0 (got {args.bisect})")
+    if not args.seeds:
+        raise ValueError("--seeds needs at least one seed")
+
+
+def config(args) -> dict:
+    """The plain-data identity of a score: every setting that changes one, defaults resolved."""
+    task = task_name(args.task)
+    kind = "image" if task in IMAGE_TASKS else "glue"
+    lr, full_lr = DEFAULT_LR[kind]
+    import peftzoo
+    cfg = {"task": task, "method": args.method, "epochs": args.epochs, "batch_size": args.batch_size,
+           "lr": args.lr or lr, "full_lr": args.full_lr or full_lr, "max_train": args.max_train,
+           "peftzoo": peftzoo.__version__}
+    if kind == "image":
+        from peftzoo.intrinsic.images import data_source
+        return {**cfg, "net": args.net, "data": data_source(task, args.data_dir)}
+    d = resolve_data_dir(args.data_dir)
+    return {**cfg, "model": args.model, "random_init": args.random_init, "max_eval": args.max_eval,
+            "max_len": args.max_len, "data": str(d.resolve()) if d else "hub"}
+
+
+@lru_cache(maxsize=2)
+def _images(task: str, data: str, max_train):
+    from peftzoo.intrinsic.images import load_images
+    return load_images(task, data, max_train)
+
+
+def evaluate_point(cfg: dict, d, seed: int, progress: bool = False) -> float:
+    """The best dev score of one run: full fine-tuning when ``d`` is ``FULL``, else the subspace method at d."""
+    from peftzoo.intrinsic.d90 import FULL
+    method = "full" if d == FULL else cfg["method"]
+    if cfg["task"] in IMAGE_TASKS:
+        return _image_score(cfg, method, d, seed)
+    from peftzoo.bench.runner import RunSpec, execute
+    spec = RunSpec(suite="d90", task=cfg["task"], method=method, seed=seed, hparams={} if method == "full" else
+                   {"d": d}, model=cfg["model"], lr=cfg["full_lr"] if method == "full" else cfg["lr"],
+                   epochs=cfg["epochs"], batch_size=cfg["batch_size"], max_len=cfg["max_len"],
+                   max_train=cfg["max_train"], max_eval=cfg["max_eval"], random_init=cfg["random_init"])
+    rec = execute(spec, data_dir=None if cfg["data"] == "hub" else cfg["data"], progress=progress)
+    if rec["status"] != "ok":
+        raise RuntimeError(f"{method} d={d} seed={seed} failed: {rec.get('error')}")
+    return rec["metrics_best"]["score"]
+
+
+def _image_score(cfg: dict, method: str, d, seed: int) -> float:
     import torch
 
     import peftzoo
     from peftzoo.adapters.base import AdapterConfig
     from peftzoo.bench.baselines import FullFinetune
     from peftzoo.bench.train import fit
-    from peftzoo.intrinsic.images import accuracy, build_net, load_images
-    x, y, xt, yt = load_images(args.task, args.data_dir, args.max_train)
-    side = x.shape[-1]
+    from peftzoo.intrinsic.images import accuracy, build_net
+    x, y, xt, yt = _images(cfg["task"], cfg["data"], cfg["max_train"])
+    torch.manual_seed(seed)
+    net = build_net(cfg["net"], x.shape[-1], seed)
+    if method == "full":
+        ad, lr = FullFinetune(net, AdapterConfig(train=[])), cfg["full_lr"]
+    else:
+        ad, lr = peftzoo.attach(net, method, d=d, seed=seed, train=[]), cfg["lr"]
+    g = torch.Generator().manual_seed(seed)
+    bs = cfg["batch_size"]
 
-    def run(method: str, d: int, seed: int) -> float:
-        torch.manual_seed(seed)
-        net = build_net(args.net, side, seed)
-        if method == "full":
-            ad, lr = FullFinetune(net, AdapterConfig(train=[])), args.full_lr or 1e-3
-        else:
-            ad, lr = peftzoo.attach(net, method, d=d, seed=seed, train=[]), args.lr or 1e-2
-        g = torch.Generator().manual_seed(seed)
-
-        def batches(epoch):
-            perm = torch.randperm(len(y), generator=g)
-            return [(x[perm[i:i + args.batch_size]], y[perm[i:i + args.batch_size]])
-                    for i in range(0, len(y), args.batch_size)]
-        res = fit(ad, batches, args.epochs, lr, lambda: {"score": accuracy(ad.model, xt, yt)}, warmup=0.0)
-        return max(h["metrics"]["score"] for h in res.history)
-    return run
-
-
-def glue_evaluator(args):
-    from peftzoo.bench.runner import RunSpec, execute
-
-    def run(method: str, d: int, seed: int) -> float:
-        spec = RunSpec(suite="d90", task=get_task(args.task).name, method=method, seed=seed,
-                       hparams={} if method == "full" else {"d": d}, model=args.model,
-                       lr=(args.full_lr or 5e-5) if method == "full" else (args.lr or 1e-2),
-                       epochs=args.epochs, batch_size=args.batch_size, max_len=args.max_len, max_train=args.max_train,
-                       max_eval=args.max_eval, random_init=args.random_init)
-        rec = execute(spec, data_dir=args.data_dir, progress=not args.quiet)
-        if rec["status"] != "ok":
-            raise RuntimeError(f"{method} d={d} seed={seed} failed: {rec.get('error')}")
-        return rec["metrics_best"]["score"]
-    return run
+    def batches(epoch):
+        perm = torch.randperm(len(y), generator=g)
+        return [(x[perm[i:i + bs]], y[perm[i:i + bs]]) for i in range(0, len(y), bs)]
+    res = fit(ad, batches, cfg["epochs"], lr, lambda: {"score": accuracy(ad.model, xt, yt)}, warmup=0.0)
+    return max(h["metrics"]["score"] for h in res.history)
 
 
 def run_d90(args):
     from tqdm.auto import tqdm
 
     from peftzoo.intrinsic.d90 import Search, log_grid, plot
-    is_image = args.task in IMAGE_TASKS
-    if not is_image and get_task(args.task).name not in TASKS:
-        raise ValueError(f"unknown task {args.task!r}")
-    run = image_evaluator(args) if is_image else glue_evaluator(args)
+    validate(args)
+    cfg = config(args)
+    is_image = cfg["task"] in IMAGE_TASKS
     what = args.net if is_image else ("random-" if args.random_init else "") + Path(args.model or "minilm").name
     name = f"{args.task}-{what}-{args.method}".lower()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    base_scores = None
-    baseline = args.baseline
-    if baseline is None:
-        base_scores = [run("full", 0, s) for s in args.seeds]
-        baseline = float(np.mean(base_scores))
-    t_base = time.perf_counter() - t0
     grid = args.grid or log_grid(args.dmin, args.dmax, args.per_decade)
     meta = {"task": args.task, "net_or_model": what, "method": args.method, "grid": grid,
-            "baseline_scores": base_scores, "baseline_wall_s": t_base, "args": vars(args),
+            "args": {k: v for k, v in vars(args).items() if k not in ("fn", "cmd")},
             "command": "peftzoo d90 " + " ".join(_argv(args))}
     bar = tqdm(desc=f"d90 {name}", disable=args.quiet)
-    search = Search(lambda d, s: run(args.method, d, s), baseline, args.seeds, path=out / f"{name}.json",
-                    meta=meta, progress=bar)
+    search = Search(lambda d, s: evaluate_point(cfg, d, s, progress=not args.quiet), args.baseline, args.seeds,
+                    path=out / f"{name}.json", meta=meta, progress=bar, config=cfg, overwrite=args.overwrite)
     result = search.run(grid, args.bisect)
     bar.close()
     result = {**meta, **result, "wall_s": time.perf_counter() - t0}
     search.save(result)
     plot({name: result}, out / f"{name}.png", title=name)
     lo, hi = result["bracket"]
-    print(f"{name}: full FT {baseline:.4f}; d90 = {result['d90']} (bracket {lo}..{hi}); "
+    print(f"{name}: full FT {result['baseline']:.4f}; d90 = {result['d90']} (bracket {lo}..{hi}); "
           f"wall {result['wall_s']:.0f} s; wrote {out / (name + '.json')} and .png")
     return result
 
@@ -121,7 +172,7 @@ def run_d90(args):
 def _argv(args) -> list[str]:
     out = []
     for k, v in vars(args).items():
-        if k in ("fn", "cmd") or v in (None, False):
+        if k in ("fn", "cmd") or v is None or v is False:
             continue
         flag = "--" + k.replace("_", "-")
         out += [flag] if v is True else [flag, *map(str, v)] if isinstance(v, list) else [flag, str(v)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,48 @@ from peftzoo.bench.tasks import resolve_data_dir
 
 
 def read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        magic, = struct.unpack(">I", f.read(4))
-        ndim = magic & 0xFF
-        shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
-        return np.frombuffer(f.read(), dtype=np.uint8).reshape(shape).copy()
+    """A gzip-compressed IDX file (uint8 data) as an array; a missing, corrupt or truncated file is a clear error."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing (the {path.parent.name}/ folder needs the official IDX files)")
+    try:
+        with gzip.open(path, "rb") as f:
+            magic, = struct.unpack(">I", f.read(4))
+            ndim = magic & 0xFF
+            if magic >> 8 != 0x08 or not 1 <= ndim <= 4:  # 0x08: unsigned bytes
+                raise ValueError(f"magic number {magic:#010x} is not an unsigned-byte IDX header")
+            shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
+            data = f.read()
+    except (OSError, EOFError, zlib.error, struct.error, ValueError) as e:
+        raise ValueError(f"{path} is not a valid gzip-compressed IDX file ({type(e).__name__}: {e}); "
+                         "replace it with the official one") from e
+    if len(data) != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated or corrupt: its header says {shape} ({int(np.prod(shape))} bytes), "
+                         f"it holds {len(data)}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
+
+
+def _read_csv_gz(path: Path) -> np.ndarray:
+    """Rows of 784 pixels then the label; no header (one is tolerated)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    try:
+        with gzip.open(path, "rt") as f:
+            first = f.readline()
+            skip = 0 if first.split(",")[0].strip().isdigit() else 1
+            f.seek(0)
+            arr = np.loadtxt(f, delimiter=",", skiprows=skip, dtype=np.float32, ndmin=2)
+    except (OSError, EOFError, zlib.error, ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a valid gzip-compressed CSV of 785 columns ({type(e).__name__}: {e}); "
+                         "replace it with the original") from e
+    if arr.shape[1] != 785:
+        raise ValueError(f"{path} has {arr.shape[1]} columns, expected 785 (784 pixels and the label)")
+    return arr
+
+
+def _pair(images: np.ndarray, labels: np.ndarray, where: Path):
+    if len(images) != len(labels):
+        raise ValueError(f"{where}: {len(images)} images but {len(labels)} labels")
+    return images, labels
 
 
 def _find(data_dir, name: str) -> Path:
@@ -37,6 +75,11 @@ def _find(data_dir, name: str) -> Path:
     raise FileNotFoundError(f"no {name}/ folder under {d}")
 
 
+def data_source(task: str, data_dir=None) -> str:
+    """Where ``task``'s images come from, as plain text (part of a score's identity)."""
+    return "sklearn load_digits" if task == "digits" else str(_find(data_dir, task).resolve())
+
+
 def load_images(task: str, data_dir=None, max_train: int | None = None):
     """(x_train, y_train, x_test, y_test) as float tensors in [0, 1] (images N×1×H×W) and int64 labels."""
     if task == "digits":
@@ -48,18 +91,17 @@ def load_images(task: str, data_dir=None, max_train: int | None = None):
         xtr, ytr, xte, yte = x[idx[:cut]], y[idx[:cut]], x[idx[cut:]], y[idx[cut:]]
     elif task == "mnist":
         root = _find(data_dir, "mnist")
-        xtr, ytr = read_idx(root / "t10k-images-idx3-ubyte.gz"), read_idx(root / "t10k-labels-idx1-ubyte.gz")
-        with gzip.open(root / "mnist_5k.csv.gz", "rt") as f:
-            first = f.readline()
-            skip = 0 if first.split(",")[0].strip().isdigit() else 1  # the file has no header; tolerate one
-            f.seek(0)
-            arr = np.loadtxt(f, delimiter=",", skiprows=skip, dtype=np.float32)
+        xtr, ytr = _pair(read_idx(root / "t10k-images-idx3-ubyte.gz"), read_idx(root / "t10k-labels-idx1-ubyte.gz"),
+                         root)
+        arr = _read_csv_gz(root / "mnist_5k.csv.gz")
         xte, yte = arr[:, :784].reshape(-1, 28, 28), arr[:, 784].astype(np.int64)
         xtr, xte = xtr[:, None] / 255.0, xte[:, None] / 255.0
     elif task == "fashion-mnist":
         root = _find(data_dir, "fashion-mnist")
-        xtr, ytr = read_idx(root / "train-images-idx3-ubyte.gz"), read_idx(root / "train-labels-idx1-ubyte.gz")
-        xte, yte = read_idx(root / "t10k-images-idx3-ubyte.gz"), read_idx(root / "t10k-labels-idx1-ubyte.gz")
+        xtr, ytr = _pair(read_idx(root / "train-images-idx3-ubyte.gz"),
+                         read_idx(root / "train-labels-idx1-ubyte.gz"), root)
+        xte, yte = _pair(read_idx(root / "t10k-images-idx3-ubyte.gz"), read_idx(root / "t10k-labels-idx1-ubyte.gz"),
+                         root)
         xtr, xte = xtr[:, None] / 255.0, xte[:, None] / 255.0
     else:
         raise ValueError(f"unknown image task {task!r}: digits, mnist, fashion-mnist")

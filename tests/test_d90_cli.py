@@ -1,0 +1,159 @@
+"""`peftzoo d90`: bad input is a clear error before anything trains; cached scores carry their settings; outputs are
+written atomically."""
+import errno
+import gzip
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from peftzoo.cli import main
+from peftzoo.intrinsic import d90
+
+# a digits search of a few seconds: 2 grid points, 1 seed, a given baseline, 1 epoch on 100 examples
+FAST = ["--task", "digits", "--method", "did", "--grid", "10", "1000", "--bisect", "0", "--seeds", "0",
+        "--baseline", "0.9", "--epochs", "1", "--max-train", "100", "-q"]
+
+
+def d90_cli(argv, out, capsys):
+    """(exit code, stderr) of `peftzoo d90 ARGV --out OUT`; argparse's own errors exit via SystemExit."""
+    try:
+        rc = main(["d90", *argv, "--out", str(out)])
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def _idx(path: Path, shape, corrupt: str | None = None):
+    body = struct.pack(">I", 0x0800 | len(shape)) + struct.pack(">" + "I" * len(shape), *shape)
+    body += bytes(int(__import__("numpy").prod(shape)) - (5 if corrupt == "short" else 0))
+    data = gzip.compress(body)
+    path.write_bytes(data[: len(data) // 2] if corrupt == "cut" else b"not gzip at all" if corrupt == "junk" else data)
+
+
+@pytest.fixture
+def fake_mnist(tmp_path):
+    """A data folder with a small, well-formed mnist/ (IDX + CSV) that a test then corrupts."""
+    root = tmp_path / "data" / "mnist"
+    root.mkdir(parents=True)
+    _idx(root / "t10k-images-idx3-ubyte.gz", (20, 28, 28))
+    _idx(root / "t10k-labels-idx1-ubyte.gz", (20,))
+    rows = "\n".join(",".join(["0"] * 784 + [str(i % 10)]) for i in range(10))
+    (root / "mnist_5k.csv.gz").write_bytes(gzip.compress(rows.encode()))
+    return root
+
+
+BAD = [  # (arguments, how the mnist folder is broken or None, expected error text)
+    (["--dmin", "0"], None, r"--dmin must be > 0 \(got 0\)"),
+    (["--dmin", "-5"], None, r"--dmin must be > 0 \(got -5\)"),
+    (["--dmin", "100", "--dmax", "10"], None, "--dmin 100 is larger than --dmax 10"),
+    (["--per-decade", "0"], None, "--per-decade must be > 0"),
+    (["--grid", "0", "10"], None, r"--grid values must be >= 1 \(got 0\)"),
+    (["--bisect", "-1"], None, "--bisect must be >= 0"),
+    (["--lr", "nan"], None, r"--lr must be > 0 \(got nan\)"),
+    (["--epochs", "0"], None, "--epochs must be > 0"),
+    (["--seeds"], None, "--seeds: expected at least one argument"),
+    (["--grid"], None, "--grid: expected at least one argument"),
+    (["--task", "foo"], None, r"unknown task 'foo'; known tasks: digits, mnist, fashion-mnist \(images\), CoLA, SST-2"),
+    (["--task", "mnist", "--grid", "10", "--baseline", "0.9"], "junk", r"t10k-images-idx3-ubyte.gz is not a valid "
+     r"gzip-compressed IDX file \(BadGzipFile"),
+    (["--task", "mnist", "--grid", "10", "--baseline", "0.9"], "cut", r"t10k-images-idx3-ubyte.gz is not a valid "
+     r"gzip-compressed IDX file \(EOFError"),
+    (["--task", "mnist", "--grid", "10", "--baseline", "0.9"], "short", r"t10k-images-idx3-ubyte.gz is truncated or "
+     r"corrupt: its header says \(20, 28, 28\) \(15680 bytes\), it holds 15675"),
+    (["--task", "mnist", "--grid", "10", "--baseline", "0.9"], "missing", r"t10k-images-idx3-ubyte.gz is missing"),
+    (["--task", "mnist", "--grid", "10", "--baseline", "0.9"], "csv", r"mnist_5k.csv.gz is not a valid gzip-compressed"),
+]
+
+
+@pytest.mark.parametrize("argv, broken, message", BAD, ids=[" ".join(a) + f" {b or ''}" for a, b, _ in BAD])
+def test_bad_input_is_a_clear_error(argv, broken, message, fake_mnist, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PEFTZOO_DATA_DIR", str(fake_mnist.parent))
+    images = fake_mnist / "t10k-images-idx3-ubyte.gz"
+    if broken == "missing":
+        images.unlink()
+    elif broken == "csv":
+        (fake_mnist / "mnist_5k.csv.gz").write_bytes(gzip.compress(b"1,2,3\n")[:-6])
+    elif broken:
+        _idx(images, (20, 28, 28), corrupt=broken)
+    rc, err = d90_cli(argv, tmp_path / "out", capsys)
+    assert rc == 2, err
+    assert __import__("re").search(message, err), err
+    assert "Traceback" not in err
+    assert not list((tmp_path / "out").glob("*.json")), "nothing is written for bad input"
+
+
+@pytest.fixture
+def first_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert d90_cli(FAST, out, capsys)[0] == 0
+    return out, json.loads((out / "digits-fc-did.json").read_text())
+
+
+SCORE_CHANGING = [("--epochs", "2", "epochs"), ("--max-train", "120", "max_train"), ("--lr", "0.001", "lr"),
+                  ("--batch-size", "32", "batch_size"), ("--net", "lenet", None), ("--full-lr", "0.01", "full_lr")]
+
+
+@pytest.mark.parametrize("flag, value, key", SCORE_CHANGING)
+def test_cached_scores_are_refused_under_other_settings(first_run, flag, value, key, capsys):
+    out, rec = first_run
+    assert "<function" not in json.dumps(rec) and rec["config"]["epochs"] == 1 and rec["config"]["lr"] == 0.01
+    argv = FAST + [flag, value]
+    rc, err = d90_cli(argv, out, capsys)
+    if key is None:  # the net is part of the file name: another file, no conflict
+        assert rc == 0 and (out / "digits-lenet-did.json").exists()
+        return
+    old = rec["config"][key]
+    assert rc == 2 and "holds scores computed with other settings" in err, err
+    assert f"{key}: {old!r} there, {float(value) if '.' in value else int(value)!r} now" in err
+    assert json.loads((out / "digits-fc-did.json").read_text()) == rec, "the old results are intact"
+    assert d90_cli(argv + ["--overwrite"], out, capsys)[0] == 0
+    new = json.loads((out / "digits-fc-did.json").read_text())
+    assert new["config"][key] != old and set(new["scores"]) == {"10/0", "1000/0"}
+
+
+def test_same_settings_resume_from_the_cache(first_run, capsys, monkeypatch):
+    out, rec = first_run
+    monkeypatch.setattr("peftzoo.intrinsic.cli._image_score", lambda *a: pytest.fail("a cached point was re-run"))
+    assert d90_cli(FAST + ["--grid", "10", "1000", "--baseline", "0.5"], out, capsys)[0] == 0  # baseline: no score
+    new = json.loads((out / "digits-fc-did.json").read_text())
+    assert new["scores"] == rec["scores"] and new["baseline"] == 0.5
+
+
+def test_a_computed_baseline_is_cached_too(tmp_path, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr("peftzoo.intrinsic.cli._image_score", lambda cfg, m, d, s: calls.append((m, d, s)) or 0.5)
+    argv = [a for a in FAST if a not in ("--baseline", "0.9")]
+    assert d90_cli(argv, tmp_path, capsys)[0] == 0
+    assert calls == [("full", d90.FULL, 0), ("did", 10, 0)]  # 10 already reaches 90%: 1000 not run
+    rec = json.loads((tmp_path / "digits-fc-did.json").read_text())
+    assert rec["baseline_scores"] == [0.5] and rec["scores"]["full/0"] == 0.5 and rec["d90"] == 10
+    assert d90_cli(argv, tmp_path, capsys)[0] == 0 and len(calls) == 2  # nothing re-run, the baseline included
+
+
+@pytest.mark.parametrize("target", ["json", "png"])
+def test_disk_full_keeps_earlier_results(first_run, target, capsys, monkeypatch):
+    out, rec = first_run
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_fsync = os.fsync
+
+    def full(fd):  # the disk fills while the new file is written
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("." + target):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", full)
+    rc, err = d90_cli(FAST + ["--baseline", "0.5"], out, capsys)
+    assert rc == 2 and f"digits-fc-did.{target}: [Errno 28] No space left on device" in err, err
+    assert "earlier results are intact" in err
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(after) == set(before), "no temporary file is left"
+    assert after[f"digits-fc-did.{target}"] == before[f"digits-fc-did.{target}"], "the old file is untouched"
+
+
+def test_search_refuses_a_file_without_settings(tmp_path):
+    shutil.copy(Path(__file__).parents[1] / "results" / "intrinsic" / "mnist-fc-did.json", tmp_path / "r.json")
+    with pytest.raises(d90.CacheMismatch, match="records no settings.*--overwrite"):
+        d90.Search(lambda d, s: 0.0, 1.0, path=tmp_path / "r.json", config={"task": "mnist"})
