@@ -93,26 +93,48 @@ def first_run(tmp_path, capsys):
     return out, json.loads((out / "digits-fc-did.json").read_text())
 
 
-SCORE_CHANGING = [("--epochs", "2", "epochs"), ("--max-train", "120", "max_train"), ("--lr", "0.001", "lr"),
-                  ("--batch-size", "32", "batch_size"), ("--net", "lenet", None), ("--full-lr", "0.01", "full_lr")]
+def _config(argv):
+    import argparse
+
+    from peftzoo.intrinsic.cli import add_arguments, config
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return config(p.parse_args(argv))
 
 
-@pytest.mark.parametrize("flag, value, key", SCORE_CHANGING)
-def test_cached_scores_are_refused_under_other_settings(first_run, flag, value, key, capsys):
+@pytest.mark.parametrize("base, extra", [
+    (["--task", "digits"], ["--epochs", "2"]), (["--task", "digits"], ["--lr", "0.001"]),
+    (["--task", "digits"], ["--full-lr", "0.01"]), (["--task", "digits"], ["--batch-size", "32"]),
+    (["--task", "digits"], ["--max-train", "120"]), (["--task", "digits"], ["--net", "lenet"]),
+    (["--task", "digits"], ["--method", "did"]), (["--task", "SST-2"], ["--max-eval", "50"]),
+    (["--task", "SST-2"], ["--max-len", "32"]), (["--task", "SST-2"], ["--random-init"]),
+    (["--task", "SST-2"], ["--model", "other/model"]), (["--task", "SST-2"], ["--data-dir", "/elsewhere"]),
+    (["--task", "mnist", "--data-dir", "D"], ["--task", "fashion-mnist"]),
+])
+def test_every_score_changing_setting_is_in_the_identity(base, extra, fake_mnist):
+    (fake_mnist.parent / "fashion-mnist").mkdir()
+    fix = lambda a: [str(fake_mnist.parent) if x == "D" else x for x in a]  # noqa: E731
+    a, b = _config(fix(base)), _config(fix(base + extra))
+    assert a != b
+    json.dumps(a)  # plain data
+    assert _config(fix(base + ["--grid", "5", "50", "--bisect", "1", "--seeds", "3", "--baseline", "0.5",
+                               "--out", "x", "-q"])) == a, "search settings do not change a score"
+    assert _config(fix(base + ["--lr", "0.01", "--full-lr", "5e-5" if "SST-2" in base else "0.001"])) == a, \
+        "defaults are resolved"
+
+
+def test_cached_scores_are_refused_under_other_settings(first_run, capsys):
     out, rec = first_run
     assert "<function" not in json.dumps(rec) and rec["config"]["epochs"] == 1 and rec["config"]["lr"] == 0.01
-    argv = FAST + [flag, value]
+    argv = FAST + ["--epochs", "2", "--max-train", "120", "--lr", "0.001"]
     rc, err = d90_cli(argv, out, capsys)
-    if key is None:  # the net is part of the file name: another file, no conflict
-        assert rc == 0 and (out / "digits-lenet-did.json").exists()
-        return
-    old = rec["config"][key]
-    assert rc == 2 and "holds scores computed with other settings" in err, err
-    assert f"{key}: {old!r} there, {float(value) if '.' in value else int(value)!r} now" in err
+    assert rc == 2 and "holds scores computed with other settings (epochs: 1 there, 2 now; lr: 0.01 there, " \
+        "0.001 now; max_train: 100 there, 120 now): use another --out, or --overwrite" in err, err
     assert json.loads((out / "digits-fc-did.json").read_text()) == rec, "the old results are intact"
     assert d90_cli(argv + ["--overwrite"], out, capsys)[0] == 0
     new = json.loads((out / "digits-fc-did.json").read_text())
-    assert new["config"][key] != old and set(new["scores"]) == {"10/0", "1000/0"}
+    assert new["config"]["epochs"] == 2 and set(new["scores"]) == {"10/0", "1000/0"}
+    assert new["scores"] != rec["scores"]
 
 
 def test_same_settings_resume_from_the_cache(first_run, capsys, monkeypatch):
