@@ -57,7 +57,7 @@ class Preset:
         if missing:
             raise PresetError(f"{source}: missing required key{'s' * (len(missing) > 1)} "
                               f"{', '.join(map(repr, missing))}")
-        kw = {k: _check(v, HINTS[k], f"{source}: {k!r}", FIELDS[k].metadata.get("min")) for k, v in d.items()}
+        kw = {k: _check(v, HINTS[k], source, k, FIELDS[k].metadata.get("min")) for k, v in d.items()}
         for k in ("tasks", "methods", "seeds"):
             if k in kw and not kw[k]:
                 raise PresetError(f"{source}: {k!r} is empty")
@@ -67,13 +67,14 @@ class Preset:
             for m in kw.get(k, {}):
                 _methods([m], f"{source}: {k!r}")
         for m, hp in kw.get("hparams", {}).items():
-            _method_options(m, hp, f"{source}: 'hparams.{m}'")
+            _method_options(m, hp, source, f"hparams.{m}")
         over = {}
         for t, o in kw.get("task_overrides", {}).items():
             where = f"{source}: 'task_overrides.{t}'"
             (name,) = _tasks([t], where)
             _check_keys(o, OVERRIDABLE, where)
-            over[name] = {k: _check(v, HINTS[k], f"{where}.{k}", FIELDS[k].metadata.get("min")) for k, v in o.items()}
+            over[name] = {k: _check(v, HINTS[k], source, f"task_overrides.{t}.{k}", FIELDS[k].metadata.get("min"))
+                          for k, v in o.items()}
             for m in over[name].get("lr", {}):
                 _methods([m], f"{where}.lr")
         kw["task_overrides"] = over
@@ -108,22 +109,23 @@ def _check_keys(d: dict, known, where: str) -> None:
 
 
 def _tname(t) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "an object",
+    return {int: "an integer", tuple: "a list", float: "a number", str: "a string", bool: "true/false", dict: "an object",
             type(None): "null"}.get(t, getattr(t, "__name__", str(t)))
 
 
-def _check(v, t, where: str, minimum=None):
+def _check(v, t, src: str, key: str, minimum=None):
     """``v`` checked against the type hint ``t`` (lists become tuples); a PresetError otherwise."""
+    where = f"{src}: {key!r}"
     origin, args = typing.get_origin(t), typing.get_args(t)
     if origin in (typing.Union, types.UnionType):
         if v is None and type(None) in args:
             return None
         alts = [a for a in args if a is not type(None)]
         if len(alts) == 1:
-            return _check(v, alts[0], where, minimum)
+            return _check(v, alts[0], src, key, minimum)
         for a in alts:
             try:
-                return _check(v, a, where, minimum)
+                return _check(v, a, src, key, minimum)
             except PresetError:
                 pass
         raise PresetError(f"{where} must be {' or '.join(_tname(typing.get_origin(a) or a) for a in alts)}, "
@@ -131,11 +133,11 @@ def _check(v, t, where: str, minimum=None):
     if origin is tuple:
         if not isinstance(v, list):
             raise PresetError(f"{where} must be a list, got {json.dumps(v)}")
-        return tuple(_check(x, args[0], f"{where}[{i}]") for i, x in enumerate(v))
+        return tuple(_check(x, args[0], src, f"{key}[{i}]") for i, x in enumerate(v))
     if origin is dict:
         if not isinstance(v, dict):
             raise PresetError(f"{where} must be an object, got {json.dumps(v)}")
-        return {k: _check(x, args[1], f"{where}.{k}") for k, x in v.items()}
+        return {k: _check(x, args[1], src, f"{key}.{k}") for k, x in v.items()}
     if t is type(None):
         if v is not None:
             raise PresetError(f"{where} must be null, got {json.dumps(v)}")
@@ -183,7 +185,8 @@ def _methods(names, where: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _method_options(method: str, hp: dict, where: str) -> None:
+def _method_options(method: str, hp: dict, source: str, key: str) -> None:
+    where = f"{source}: {key!r}"
     from peftzoo.api import make_config
     from peftzoo.bench.baselines import BASELINES
     if method in BASELINES:
@@ -191,9 +194,13 @@ def _method_options(method: str, hp: dict, where: str) -> None:
             raise PresetError(f"{where}: the {method} baseline takes no options")
         return
     try:
-        make_config(method, **hp)
+        cfg = make_config(method, **hp)
     except (TypeError, ValueError) as e:
         raise PresetError(f"{where}: {e}") from None
+    hints = typing.get_type_hints(type(cfg))
+    for k, v in hp.items():
+        if hints.get(k) not in (typing.Any, object, None):
+            _check(v, hints[k], source, f"{key}.{k}")
 
 
 def load_preset(name_or_path: str) -> Preset:

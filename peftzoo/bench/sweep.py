@@ -81,9 +81,10 @@ def _say(msg: str) -> None:
 
 
 def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quiet=False, retry_failed=False,
-          executor=execute) -> Outcome:
+          executor=None) -> Outcome:
     """Run every unfinished spec, writing one JSON each as it finishes (an invalid record counts as unfinished)."""
     from tqdm.auto import tqdm
+    executor = executor or execute
     bound = {}
     for s in specs:  # the data's identity is part of each run's; duplicates collapse here
         s = s.bind_data(data_dir)
