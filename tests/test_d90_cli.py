@@ -108,12 +108,17 @@ def _config(argv):
     (["--task", "digits"], ["--max-train", "120"]), (["--task", "digits"], ["--net", "lenet"]),
     (["--task", "digits"], ["--method", "did"]), (["--task", "SST-2"], ["--max-eval", "50"]),
     (["--task", "SST-2"], ["--max-len", "32"]), (["--task", "SST-2"], ["--random-init"]),
-    (["--task", "SST-2"], ["--model", "other/model"]), (["--task", "SST-2"], ["--data-dir", "/elsewhere"]),
+    (["--task", "SST-2"], ["--model", "other/model"]), (["--task", "SST-2", "--data-dir", "G1"], ["--data-dir", "G2"]),
     (["--task", "mnist", "--data-dir", "D"], ["--task", "fashion-mnist"]),
 ])
 def test_every_score_changing_setting_is_in_the_identity(base, extra, fake_mnist):
     (fake_mnist.parent / "fashion-mnist").mkdir()
-    fix = lambda a: [str(fake_mnist.parent) if x == "D" else x for x in a]  # noqa: E731
+    for i in (1, 2):  # two GLUE folders whose SST-2 differs in one label
+        for split in ("train", "dev"):
+            (fake_mnist.parent / f"G{i}" / "SST-2").mkdir(parents=True, exist_ok=True)
+            (fake_mnist.parent / f"G{i}" / "SST-2" / f"{split}.tsv").write_text(f"sentence\tlabel\na film\t{i - 1}\n")
+    where = {"D": str(fake_mnist.parent), "G1": str(fake_mnist.parent / "G1"), "G2": str(fake_mnist.parent / "G2")}
+    fix = lambda a: [where.get(x, x) for x in a]  # noqa: E731
     a, b = _config(fix(base)), _config(fix(base + extra))
     assert a != b
     json.dumps(a)  # plain data
@@ -147,7 +152,7 @@ def test_same_settings_resume_from_the_cache(first_run, capsys, monkeypatch):
 
 def test_a_computed_baseline_is_cached_too(tmp_path, capsys, monkeypatch):
     calls = []
-    monkeypatch.setattr("peftzoo.intrinsic.cli._image_score", lambda cfg, m, d, s: calls.append((m, d, s)) or 0.5)
+    monkeypatch.setattr("peftzoo.intrinsic.cli._image_score", lambda cfg, m, d, s, data_dir: calls.append((m, d, s)) or 0.5)
     argv = [a for a in FAST if a not in ("--baseline", "0.9")]
     assert d90_cli(argv, tmp_path, capsys)[0] == 0
     assert calls == [("full", d90.FULL, 0), ("did", 10, 0)]  # 10 already reaches 90%: 1000 not run
@@ -168,8 +173,8 @@ def test_disk_full_keeps_earlier_results(first_run, target, capsys, monkeypatch)
         return real_fsync(fd)
     monkeypatch.setattr(os, "fsync", full)
     rc, err = d90_cli(FAST + ["--baseline", "0.5"], out, capsys)
-    assert rc == 2 and f"digits-fc-did.{target}: [Errno 28] No space left on device" in err, err
-    assert "earlier results are intact" in err
+    assert rc == 2 and f"could not write {out / ('digits-fc-did.' + target)}: No space left on device (disk " \
+        f"full); the temporary file was removed, the previous digits-fc-did.{target} is intact" in err, err
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert set(after) == set(before), "no temporary file is left"
     assert after[f"digits-fc-did.{target}"] == before[f"digits-fc-did.{target}"], "the old file is untouched"

@@ -9,7 +9,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from peftzoo.bench.tasks import TASKS, get_task, resolve_data_dir
+from peftzoo.bench.tasks import TASKS, data_source, get_task
 
 IMAGE_TASKS = ("digits", "mnist", "fashion-mnist")
 # defaults of the learning rates, per kind of task: (subspace lr, full fine-tuning lr)
@@ -80,42 +80,42 @@ def config(args) -> dict:
     task = task_name(args.task)
     kind = "image" if task in IMAGE_TASKS else "glue"
     lr, full_lr = DEFAULT_LR[kind]
-    import peftzoo
+    from peftzoo import BEHAVIOUR_VERSION
     cfg = {"task": task, "method": args.method, "epochs": args.epochs, "batch_size": args.batch_size,
            "lr": args.lr or lr, "full_lr": args.full_lr or full_lr, "max_train": args.max_train,
-           "peftzoo": peftzoo.__version__}
+           "behaviour": BEHAVIOUR_VERSION}
     if kind == "image":
-        from peftzoo.intrinsic.images import data_source
-        return {**cfg, "net": args.net, "data": data_source(task, args.data_dir)}
-    d = resolve_data_dir(args.data_dir)
+        from peftzoo.intrinsic.images import image_source
+        return {**cfg, "net": args.net, "data": image_source(task, args.data_dir)}
     return {**cfg, "model": args.model, "random_init": args.random_init, "max_eval": args.max_eval,
-            "max_len": args.max_len, "data": str(d.resolve()) if d else "hub"}
+            "max_len": args.max_len, "data": data_source(get_task(task), args.data_dir)}
 
 
 @lru_cache(maxsize=2)
-def _images(task: str, data: str, max_train):
+def _images(task: str, data, max_train):
     from peftzoo.intrinsic.images import load_images
     return load_images(task, data, max_train)
 
 
-def evaluate_point(cfg: dict, d, seed: int, progress: bool = False) -> float:
-    """The best dev score of one run: full fine-tuning when ``d`` is ``FULL``, else the subspace method at d."""
+def evaluate_point(cfg: dict, d, seed: int, data_dir=None, progress: bool = False) -> float:
+    """The best dev score of one run: full fine-tuning when ``d`` is ``FULL``, else the subspace method at d.
+    ``data_dir`` (default: $PEFTZOO_DATA_DIR) must hold the same data as ``cfg["data"]`` says."""
     from peftzoo.intrinsic.d90 import FULL
     method = "full" if d == FULL else cfg["method"]
     if cfg["task"] in IMAGE_TASKS:
-        return _image_score(cfg, method, d, seed)
+        return _image_score(cfg, method, d, seed, data_dir)
     from peftzoo.bench.runner import RunSpec, execute
     spec = RunSpec(suite="d90", task=cfg["task"], method=method, seed=seed, hparams={} if method == "full" else
                    {"d": d}, model=cfg["model"], lr=cfg["full_lr"] if method == "full" else cfg["lr"],
                    epochs=cfg["epochs"], batch_size=cfg["batch_size"], max_len=cfg["max_len"],
                    max_train=cfg["max_train"], max_eval=cfg["max_eval"], random_init=cfg["random_init"])
-    rec = execute(spec, data_dir=None if cfg["data"] == "hub" else cfg["data"], progress=progress)
+    rec = execute(spec, data_dir=data_dir, progress=progress)
     if rec["status"] != "ok":
         raise RuntimeError(f"{method} d={d} seed={seed} failed: {rec.get('error')}")
     return rec["metrics_best"]["score"]
 
 
-def _image_score(cfg: dict, method: str, d, seed: int) -> float:
+def _image_score(cfg: dict, method: str, d, seed: int, data_dir=None) -> float:
     import torch
 
     import peftzoo
@@ -123,7 +123,7 @@ def _image_score(cfg: dict, method: str, d, seed: int) -> float:
     from peftzoo.bench.baselines import FullFinetune
     from peftzoo.bench.train import fit
     from peftzoo.intrinsic.images import accuracy, build_net
-    x, y, xt, yt = _images(cfg["task"], cfg["data"], cfg["max_train"])
+    x, y, xt, yt = _images(cfg["task"], data_dir, cfg["max_train"])
     torch.manual_seed(seed)
     net = build_net(cfg["net"], x.shape[-1], seed)
     if method == "full":
@@ -156,7 +156,7 @@ def run_d90(args):
             "args": {k: v for k, v in vars(args).items() if k not in ("fn", "cmd")},
             "command": "peftzoo d90 " + " ".join(_argv(args))}
     bar = tqdm(desc=f"d90 {name}", disable=args.quiet)
-    search = Search(lambda d, s: evaluate_point(cfg, d, s, progress=not args.quiet), args.baseline, args.seeds,
+    search = Search(lambda d, s: evaluate_point(cfg, d, s, args.data_dir, progress=not args.quiet), args.baseline, args.seeds,
                     path=out / f"{name}.json", meta=meta, progress=bar, config=cfg, overwrite=args.overwrite)
     result = search.run(grid, args.bisect)
     bar.close()

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from peftzoo.atomic import atomic_write, write_json
+from peftzoo.bench.store import write_figure, write_json
 
 FULL = "full"  # the d of a baseline point: full fine-tuning, no subspace
 
@@ -171,6 +171,6 @@ def plot(results: dict[str, dict], path: str | Path, title: str = "") -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     try:
-        atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"), binary=True)
+        write_figure(Path(path), fig, dpi=110)
     finally:
         plt.close(fig)

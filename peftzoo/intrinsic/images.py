@@ -75,7 +75,7 @@ def _find(data_dir, name: str) -> Path:
     raise FileNotFoundError(f"no {name}/ folder under {d}")
 
 
-def data_source(task: str, data_dir=None) -> str:
+def image_source(task: str, data_dir=None) -> str:
     """Where ``task``'s images come from, as plain text (part of a score's identity)."""
     return "sklearn load_digits" if task == "digits" else str(_find(data_dir, task).resolve())
 
