@@ -58,9 +58,11 @@ def _methods(args):
 def _bench(args):
     from dataclasses import replace
 
+    from peftzoo.bench import ray_executor
     from peftzoo.bench.preflight import preflight
     from peftzoo.bench.preset import _tasks, load_preset
     from peftzoo.bench.sweep import EXIT_SOME_FAILED, failed_before, plan, sweep
+    ray = ray_executor.options(args)
     preset = load_preset(args.preset)
     if args.suite:
         preset = replace(preset, suite=args.suite)
@@ -80,7 +82,7 @@ def _bench(args):
             print(s.suite, s.task, s.method, s.run_id, f"lr={s.lr}", s.skip_reason or "")
         return 0
     out = sweep(specs, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
-                retry_failed=args.retry_failed)
+                retry_failed=args.retry_failed, ray=ray)
     for line in failed_before(out, args.results):
         print(line, file=sys.stderr)
     print(out.summary(f"{args.results}/{preset.suite}/runs"))
@@ -125,6 +127,8 @@ def main(argv=None):
                    help="leave out malformed data rows (counted, recorded in every run) instead of stopping")
     b.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bars (for logs)")
+    from peftzoo.bench.ray_executor import add_arguments as executor_arguments
+    executor_arguments(b)
     b.set_defaults(fn=_bench)
     t = sub.add_parser("table", help="write results/<suite>/leaderboard.{md,csv,png}")
     t.add_argument("--suite", default="quick")

@@ -81,8 +81,9 @@ def _say(msg: str) -> None:
 
 
 def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quiet=False, retry_failed=False,
-          executor=None) -> Outcome:
-    """Run every unfinished spec, writing one JSON each as it finishes (an invalid record counts as unfinished)."""
+          executor=None, ray=None) -> Outcome:
+    """Run every unfinished spec, writing one JSON each as it finishes (an invalid record counts as unfinished).
+    ``ray``: a ``ray_executor.RayOptions`` to run them as Ray tasks (written here all the same)."""
     from tqdm.auto import tqdm
     executor = executor or execute
     bound = {}
@@ -102,7 +103,11 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
                 out.invalid.append((path, problem))
                 _say(f"invalid run record {path}: {problem}; running it again")
         todo.append(s)
-    bar = tqdm(todo, desc=f"sweep ({out.done_before} of {out.total} done before)", disable=quiet)
+    if ray is not None:
+        from peftzoo.bench.ray_executor import run_on_ray
+        run_on_ray(todo, root, out, data_dir, device, quiet, retry_failed, ray, executor)
+        todo = []
+    bar = tqdm(todo, desc=f"sweep ({out.done_before} of {out.total} done before)", disable=quiet or not todo)
     for spec in bar:
         bar.set_postfix_str(f"{spec.task} {spec.method} s{spec.seed}")
         path = store.run_path(root, spec.suite, spec.task, spec.run_id)

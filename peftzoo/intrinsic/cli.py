@@ -41,6 +41,8 @@ def add_arguments(p):
     p.add_argument("--overwrite", action="store_true",
                    help="discard cached scores in --out that were computed with other settings")
     p.add_argument("--quiet", "-q", action="store_true")
+    from peftzoo.bench.ray_executor import add_arguments as executor_arguments
+    executor_arguments(p)  # with Ray: grid points x seeds run in parallel, each bisection step's seeds too
 
 
 def known_tasks() -> str:
@@ -143,8 +145,10 @@ def _image_score(cfg: dict, method: str, d, seed: int, data_dir=None) -> float:
 def run_d90(args):
     from tqdm.auto import tqdm
 
+    from peftzoo.bench import ray_executor
     from peftzoo.intrinsic.d90 import Search, log_grid, plot
     validate(args)
+    ray = ray_executor.options(args)
     cfg = config(args)
     is_image = cfg["task"] in IMAGE_TASKS
     what = args.net if is_image else ("random-" if args.random_init else "") + Path(args.model or "minilm").name
@@ -157,8 +161,9 @@ def run_d90(args):
             "command": "peftzoo d90 " + " ".join(_argv(args))}
     bar = tqdm(desc=f"d90 {name}", disable=args.quiet)
     search = Search(lambda d, s: evaluate_point(cfg, d, s, args.data_dir, progress=not args.quiet), args.baseline, args.seeds,
-                    path=out / f"{name}.json", meta=meta, progress=bar, config=cfg, overwrite=args.overwrite)
-    result = search.run(grid, args.bisect)
+                    path=out / f"{name}.json", meta=meta, progress=bar, config=cfg, overwrite=args.overwrite,
+                    evaluate_many=ray and ray_executor.d90_points(cfg, args.data_dir, ray))
+    result = search.run(grid, args.bisect, whole_grid=ray is not None)
     bar.close()
     result = {**meta, **result, "wall_s": time.perf_counter() - t0}
     search.save(result)
