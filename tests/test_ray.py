@@ -134,7 +134,7 @@ def test_a_killed_worker_is_retried_then_recorded_as_failed(ray_local, tiny, tmp
 
 def test_d90_on_ray_scores_every_point_as_the_sequential_search(ray_local, tmp_path, capsys):
     argv = ["d90", "--task", "digits", "--method", "did", "--grid", "10", "300", "--bisect", "1", "--seeds", "0",
-            "1", "--epochs", "1", "--max-train", "100", "-q"]
+            "--epochs", "1", "--max-train", "100", "-q"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -42,7 +42,7 @@ def add_arguments(p) -> None:
 
 
 def options(args) -> RayOptions | None:
-    """The RayOptions of parsed flags, None for the local executor; a bad value or a missing Ray is an error now."""
+    """The RayOptions of parsed flags (Ray connected), None for the local executor; a bad value is an error now."""
     if args.executor != "ray":
         given = [f for f, v, d in (("--address", args.address, None), ("--cpus-per-run", args.cpus_per_run, 1.0),
                                    ("--gpus-per-run", args.gpus_per_run, 0.0), ("--max-retries", args.max_retries, 2))
@@ -56,8 +56,9 @@ def options(args) -> RayOptions | None:
         raise ValueError(f"--gpus-per-run must be >= 0 (got {args.gpus_per_run})")
     if args.max_retries < 0:
         raise ValueError(f"--max-retries must be >= 0 (got {args.max_retries})")
-    require_ray()
-    return RayOptions(args.address, args.cpus_per_run, args.gpus_per_run, args.max_retries)
+    opts = RayOptions(args.address, args.cpus_per_run, args.gpus_per_run, args.max_retries)
+    connect(opts)  # now: a missing Ray or a wrong --address is an error before anything is planned or written
+    return opts
 
 
 def require_ray():
