@@ -2,6 +2,7 @@
 then recorded as failed, d90 points on Ray, and a clear error when Ray is missing."""
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -130,6 +131,23 @@ def test_a_killed_worker_is_retried_then_recorded_as_failed(ray_local, tiny, tmp
     assert "its Ray worker died and the 1 retries (--max-retries) died too" in head["error"], head["error"]
     assert "SST-2 head s0: failed: " in capsys.readouterr().err
     assert store.check_record(head) is None  # a valid record: table lists it, --retry-failed reruns it
+
+
+def other_data(spec, data_dir=None, device=None, progress=False):
+    """A worker whose folder at the same path holds other data."""
+    rec = fake_execute(spec, data_dir=data_dir)
+    rec["spec"]["data"] = "local:0123456789abcdef"
+    return {**rec, "run_id": store.run_id(rec["spec"])}
+
+
+def test_a_worker_with_other_data_gives_a_failed_record(ray_local, tiny, tmp_path):
+    preset, data, _ = tiny
+    out = sweep(plan({**preset, "methods": ["head"]}), root=tmp_path, data_dir=data, quiet=True, executor=other_data,
+                ray=RayOptions())
+    (rec,) = store.read_runs(tmp_path, "t")
+    assert rec["status"] == "failed" and out.failed and store.check_record(rec) is None
+    assert re.search(r"the worker's data differs from the driver's \(local:0123456789abcdef on [\d.]+, local:\w+ "
+                     r"here\): every node needs the same data folder", rec["error"]), rec["error"]
 
 
 def test_d90_on_ray_scores_every_point_as_the_sequential_search(ray_local, tmp_path, capsys):

@@ -24,7 +24,7 @@ EXTRA = "pip install 'peftzoo[ray]'"
 @dataclass(frozen=True)
 class RayOptions:
     address: str | None = None  # None: a new local Ray instance; "auto": the running cluster; "ray://h:10001": client
-    cpus_per_run: float = 1.0  # CPUs Ray reserves per run (also the run's torch threads): runs in parallel = CPUs / this
+    cpus_per_run: float = 1.0  # CPUs Ray reserves per run (also its torch threads): runs in parallel = CPUs / this
     gpus_per_run: float = 0.0  # GPUs per run: 1 puts each run on its own GPU (fractions share one)
     max_retries: int = 2  # re-runs of a run whose worker died; after that it is recorded as failed
 
@@ -167,9 +167,10 @@ def run_on_ray(todo: list, root, out, data_dir=None, device=None, quiet=False, r
             else:
                 rec, where = got
                 if rec.get("run_id") != spec.run_id:  # the worker saw other data (or none) under the same path
-                    rec = _failed(spec, f"the worker's data differs from the driver's ({(rec.get('spec') or {}).get('data')} "
-                                        f"on {where['node']}, {spec.data} here): every node needs the same "
-                                        f"data folder; the worker said: {rec.get('error') or 'ok'}")
+                    theirs = (rec.get("spec") or {}).get("data")
+                    rec = _failed(spec, f"the worker's data differs from the driver's ({theirs} on {where['node']}, "
+                                        f"{spec.data} here): every node needs the same data folder; the worker "
+                                        f"said: {rec.get('error') or 'ok'}")
                 else:
                     rec = {**rec, "ray": where}
             store.write_json(path, rec)

@@ -160,8 +160,8 @@ def run_d90(args):
             "args": {k: v for k, v in vars(args).items() if k not in ("fn", "cmd")},
             "command": "peftzoo d90 " + " ".join(_argv(args))}
     bar = tqdm(desc=f"d90 {name}", disable=args.quiet)
-    search = Search(lambda d, s: evaluate_point(cfg, d, s, args.data_dir, progress=not args.quiet), args.baseline, args.seeds,
-                    path=out / f"{name}.json", meta=meta, progress=bar, config=cfg, overwrite=args.overwrite,
+    search = Search(lambda d, s: evaluate_point(cfg, d, s, args.data_dir, progress=not args.quiet), args.baseline,
+                    args.seeds, path=out / f"{name}.json", meta=meta, progress=bar, config=cfg, overwrite=args.overwrite,
                     evaluate_many=ray and ray_executor.d90_points(cfg, args.data_dir, ray))
     result = search.run(grid, args.bisect, whole_grid=ray is not None)
     bar.close()
