@@ -68,7 +68,7 @@ class Outcome:
     def summary(self, where) -> str:
         s = f"{len(self.written)} runs written under {where} ({self.total} in the plan, {self.done_before} done before)"
         if self.busy:
-            s += f"; {len(self.busy)} left to another sweep that holds them ({claim.describe(self.busy[0][1])})"
+            s += f"; {len(self.busy)} left to another sweep that holds them ({claim.describe(self.busy[0][1], age=False)})"
         if self.failed:
             s += (f"; {len(self.failed)} failed (listed above): fix the cause, then rerun with --retry-failed "
                   f"to run them again")
