@@ -68,8 +68,7 @@ def _bench(args):
         preset = replace(preset, model=args.model)
     tasks = _tasks(args.tasks, "--tasks") if args.tasks else preset.tasks
     if not args.dry_run:
-        preflight(preset.model, tasks, args.data_dir, args.results, preset.suite, args.device, args.skip_bad_rows,
-                  args.quiet)
+        preflight(preset.model, tasks, args.data_dir, args.results, preset.suite, args.device, args.skip_bad_rows)
     specs = plan(preset, tasks=tasks, methods=args.methods, seeds=args.seeds, skip_bad_rows=args.skip_bad_rows)
     if args.dry_run:
         for s in specs:
