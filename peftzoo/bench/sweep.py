@@ -12,7 +12,7 @@ from peftzoo import adapters
 from peftzoo.bench import claim, store
 from peftzoo.bench.baselines import BASELINES
 from peftzoo.bench.budget import solve
-from peftzoo.bench.preset import OVERRIDABLE, Preset, _methods, _tasks
+from peftzoo.bench.preset import OVERRIDABLE, Preset, normalise_methods, normalise_tasks
 from peftzoo.bench.runner import RunSpec, execute, get_task, load_model
 
 SPEC_KEYS = tuple(k for k in OVERRIDABLE if k != "lr")
@@ -23,8 +23,8 @@ def plan(preset: Preset | dict, tasks=None, methods=None, seeds=None, skip_bad_r
     """One RunSpec per (task, method, seed); task and method names are normalised and de-duplicated."""
     if not isinstance(preset, Preset):
         preset = Preset.from_dict(preset)
-    tasks = _tasks(tasks, "--tasks") if tasks else preset.tasks
-    methods = _methods(methods, "--methods") if methods else preset.methods
+    tasks = normalise_tasks(tasks, "--tasks") if tasks else preset.tasks
+    methods = normalise_methods(methods, "--methods") if methods else preset.methods
     seeds = list(dict.fromkeys(seeds if seeds else preset.seeds))
     targets = preset.targets
     budget = preset.budget
@@ -68,7 +68,7 @@ class Outcome:
     def summary(self, where) -> str:
         s = f"{len(self.written)} runs written under {where} ({self.total} in the plan, {self.done_before} done before)"
         if self.busy:
-            s += f"; {len(self.busy)} left to another sweep that holds them ({claim.describe(self.busy[0][1])})"
+            s += f"; {len(self.busy)} left to another sweep that holds them ({claim.describe(self.busy[0][1], age=False)})"
         if self.failed:
             s += (f"; {len(self.failed)} failed (listed above): fix the cause, then rerun with --retry-failed "
                   f"to run them again")
