@@ -112,7 +112,11 @@ def _config(argv):
     (["--task", "mnist", "--data-dir", "D"], ["--task", "fashion-mnist"]),
 ])
 def test_every_score_changing_setting_is_in_the_identity(base, extra, fake_mnist):
-    (fake_mnist.parent / "fashion-mnist").mkdir()
+    fashion = fake_mnist.parent / "fashion-mnist"
+    fashion.mkdir()
+    for split in ("train", "t10k"):
+        _idx(fashion / f"{split}-images-idx3-ubyte.gz", (20, 28, 28))
+        _idx(fashion / f"{split}-labels-idx1-ubyte.gz", (20,))
     for i in (1, 2):  # two GLUE folders whose SST-2 differs in one label
         for split in ("train", "dev"):
             (fake_mnist.parent / f"G{i}" / "SST-2").mkdir(parents=True, exist_ok=True)
@@ -128,7 +132,17 @@ def test_every_score_changing_setting_is_in_the_identity(base, extra, fake_mnist
         "defaults are resolved"
 
 
-def test_cached_scores_are_refused_under_other_settings(first_run, capsys):
+def test_image_data_identity_is_its_content(fake_mnist, tmp_path):
+    copy = tmp_path / "elsewhere" / "mnist"
+    shutil.copytree(fake_mnist, copy)
+    argv = ["--task", "mnist", "--data-dir"]
+    a = _config(argv + [str(fake_mnist.parent)])
+    assert a["data"].startswith("local:") and _config(argv + [str(copy.parent)]) == a  # same files, another place
+    _idx(copy / "t10k-labels-idx1-ubyte.gz", (20,), corrupt="short")
+    assert _config(argv + [str(copy.parent)])["data"] != a["data"]
+
+
+def test_cached_scores_are_refused_under_other_settings(first_run, capsys, monkeypatch):
     out, rec = first_run
     assert "<function" not in json.dumps(rec) and rec["config"]["epochs"] == 1 and rec["config"]["lr"] == 0.01
     argv = FAST + ["--epochs", "2", "--max-train", "120", "--lr", "0.001"]
@@ -140,6 +154,8 @@ def test_cached_scores_are_refused_under_other_settings(first_run, capsys):
     new = json.loads((out / "digits-fc-did.json").read_text())
     assert new["config"]["epochs"] == 2 and set(new["scores"]) == {"10/0", "1000/0"}
     assert new["scores"] != rec["scores"]
+    monkeypatch.setattr("peftzoo.intrinsic.cli._image_score", lambda *a: pytest.fail("a cached point was re-run"))
+    assert d90_cli(argv + ["--overwrite"], out, capsys)[0] == 0  # equal settings: the scores are kept
 
 
 def test_same_settings_resume_from_the_cache(first_run, capsys, monkeypatch):

@@ -46,7 +46,7 @@ class Search:
 
     ``config`` is the plain-data identity of a score: every setting that changes one (task, model, lr, epochs,
     data, ...). Cached scores are reused only under an equal config; another one is a ``CacheMismatch`` naming the
-    keys that differ, unless ``overwrite`` (the old scores are then dropped).
+    keys that differ, unless ``overwrite`` (the old scores are then dropped; scores of equal settings are kept).
     """
 
     def __init__(self, evaluate: Callable | None, baseline: float | None, seeds=(0,), threshold: float = 0.9,
@@ -61,12 +61,16 @@ class Search:
         self.scores: dict[str, float] = {}
         self.meta = meta or {}
         self.progress = progress
-        if self.path and self.path.exists() and not overwrite:
+        if self.path and self.path.exists():
             try:
                 old = json.loads(self.path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                if overwrite:
+                    return
                 raise CacheMismatch(f"{self.path} is not valid JSON ({e}): move it away or pass --overwrite") from e
             if not isinstance(old, dict) or old.get("config") != config:
+                if overwrite:
+                    return
                 raise CacheMismatch(f"{self.path} holds scores computed with other settings "
                                     f"({_diff(old.get('config') if isinstance(old, dict) else None, config)}): "
                                     "use another --out, or --overwrite to discard them")

@@ -8,6 +8,7 @@ Local files are found under the data setting (``--data-dir`` / ``$PEFTZOO_DATA_D
 from __future__ import annotations
 
 import gzip
+import hashlib
 import struct
 import zlib
 from pathlib import Path
@@ -75,9 +76,26 @@ def _find(data_dir, name: str) -> Path:
     raise FileNotFoundError(f"no {name}/ folder under {d}")
 
 
+FILES = {"mnist": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "mnist_5k.csv.gz"),
+         "fashion-mnist": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                           "t10k-labels-idx1-ubyte.gz")}
+
+
 def image_source(task: str, data_dir=None) -> str:
-    """Where ``task``'s images come from, as plain text (part of a score's identity)."""
-    return "sklearn load_digits" if task == "digits" else str(_find(data_dir, task).resolve())
+    """What ``task``'s images are, as plain text (part of a score's identity): a hash of the files' contents, so
+    the same files anywhere give the same identity."""
+    if task == "digits":
+        return "sklearn:load_digits"
+    from peftzoo.bench.tasks import _digest
+    root = _find(data_dir, task)
+    h = hashlib.sha256()
+    for name in FILES[task]:
+        p = root / name
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} is missing (the {task}/ folder needs {', '.join(FILES[task])})")
+        st = p.stat()
+        h.update(f"{name}:{_digest(str(p), st.st_size, st.st_mtime_ns)};".encode())
+    return f"local:{h.hexdigest()[:16]}"
 
 
 def load_images(task: str, data_dir=None, max_train: int | None = None):
