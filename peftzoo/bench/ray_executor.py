@@ -190,14 +190,16 @@ def run_on_ray(todo: list, root, out, data_dir=None, device=None, quiet=False, r
                 claim.release(path)
 
 
-def d90_points(cfg: dict, data_dir, opts: RayOptions) -> Callable:
-    """A d90 ``evaluate_many`` that scores (d, seed) points as Ray tasks, yielding each as it finishes."""
+def d90_points(cfg: dict, data_dir, opts: RayOptions, bar=None) -> Callable:
+    """A d90 ``evaluate_many`` that scores (d, seed) points as Ray tasks, yielding each as it finishes; ``bar``
+    (a tqdm bar, counting finished points) shows how many are in flight."""
     from peftzoo.intrinsic.cli import evaluate_point
     data_dir = str(data_dir or os.environ.get(ENV) or "") or None
+    show = None if bar is None else lambda n: bar.set_postfix_str(f"running or queued {n}", refresh=True)  # noqa: E731
 
     def many(points):
         points = list(points)
-        for i, got, err in imap(evaluate_point, [(cfg, d, s, data_dir) for d, s in points], opts):
+        for i, got, err in imap(evaluate_point, [(cfg, d, s, data_dir) for d, s in points], opts, on_wait=show):
             d, s = points[i]
             if err is not None:
                 raise RuntimeError(f"d90 point d={d} seed={s} failed on Ray: {reason(err, opts)}; the scores "

@@ -162,7 +162,8 @@ def run_d90(args):
     bar = tqdm(desc=f"d90 {name}", disable=args.quiet)
     search = Search(lambda d, s: evaluate_point(cfg, d, s, args.data_dir, progress=not args.quiet), args.baseline,
                     args.seeds, path=out / f"{name}.json", meta=meta, progress=bar, config=cfg,
-                    overwrite=args.overwrite, evaluate_many=ray and ray_executor.d90_points(cfg, args.data_dir, ray))
+                    overwrite=args.overwrite,
+                    evaluate_many=ray and ray_executor.d90_points(cfg, args.data_dir, ray, bar))
     result = search.run(grid, args.bisect, whole_grid=ray is not None)
     bar.close()
     result = {**meta, **result, "wall_s": time.perf_counter() - t0}
