@@ -57,7 +57,10 @@ def options(args) -> RayOptions | None:
     if args.max_retries < 0:
         raise ValueError(f"--max-retries must be >= 0 (got {args.max_retries})")
     opts = RayOptions(args.address, args.cpus_per_run, args.gpus_per_run, args.max_retries)
-    connect(opts)  # now: a missing Ray or a wrong --address is an error before anything is planned or written
+    if getattr(args, "dry_run", False):
+        require_ray()
+    else:
+        connect(opts)  # now: a missing Ray or a wrong --address is an error before anything is planned or written
     return opts
 
 
