@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 
 @dataclass
@@ -163,7 +164,13 @@ class Adapter(ABC):
 
 
 class AdapterLayer(nn.Module):
-    """Wraps one frozen ``nn.Linear`` (kept as ``self.base``). Subclasses define the update.
+    """Wraps one frozen linear layer (kept as ``self.base``). Subclasses define the update.
+
+    The base is an ``nn.Linear`` or transformers' ``Conv1D`` (weight stored (d_in, d_out): PEFT's
+    ``fan_in_fan_out``); subclasses read W as (d_out, d_in) through ``base_weight()`` and write it through
+    ``set_base_weight``, so they never see the storage order. To code that inspects it, the wrapper looks like
+    the layer it wraps: ``weight``, ``bias``, ``in_features``, ``out_features`` and any other attribute of the
+    base (T5's ``DenseReluDense`` reads ``self.wo.weight.dtype``).
 
     A subclass sets ``peft_names`` (its tensor name -> PEFT's key suffix) and implements ``roles``,
     ``delta_weight`` (ΔW with W + ΔW the merged weight) and ``forward``; ``count`` gives its trainable elements.
@@ -171,11 +178,40 @@ class AdapterLayer(nn.Module):
 
     peft_names: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, base: nn.Linear):
+    def __init__(self, base: nn.Module):
+        from peftzoo.inject import layer_dims
         super().__init__()
         self.base = base
         self.merged = False
-        self.in_features, self.out_features = base.in_features, base.out_features
+        self.fan_in_fan_out = isinstance(base, Conv1D)
+        self.in_features, self.out_features = layer_dims(base)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self.__dict__.get("_modules", {}).get("base")
+            if base is None or name.startswith("_"):
+                raise
+            return getattr(base, name)
+
+    def base_weight(self) -> torch.Tensor:
+        """The frozen W as (d_out, d_in), whatever the base's storage order (a view, no copy)."""
+        w = self.base.weight
+        return w.t() if self.fan_in_fan_out else w
+
+    def set_base_weight(self, w: torch.Tensor) -> None:
+        """Replace the frozen W's values with ``w``, given as (d_out, d_in)."""
+        dst = self.base.weight
+        dst.data = (w.t() if self.fan_in_fan_out else w).to(dst.dtype).contiguous()
 
     @classmethod
     def check(cls, name: str, base: nn.Linear, config: AdapterConfig) -> None:
@@ -184,6 +220,11 @@ class AdapterLayer(nn.Module):
     @classmethod
     def count(cls, name: str, in_features: int, out_features: int, config: AdapterConfig) -> int:
         raise NotImplementedError
+
+    @classmethod
+    def rank(cls, config: AdapterConfig) -> int | None:
+        """The rank of the layer's low-rank factors (attach notes when it exceeds min(d_in, d_out)); None: no such rank."""
+        return None
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors ``Adapter.state`` saves for this layer (default: those PEFT saves)."""
@@ -200,13 +241,18 @@ class AdapterLayer(nn.Module):
 
     def merge(self) -> None:
         if not self.merged:
-            self.base.weight.data += self.delta_weight().to(self.base.weight.dtype)
+            self._add_to_weight(self.delta_weight())
             self.merged = True
 
     def unmerge(self) -> None:
         if self.merged:
             self.merged = False  # delta_weight() of merged-aware layers reads this flag
-            self.base.weight.data -= self.delta_weight().to(self.base.weight.dtype)
+            self._add_to_weight(-self.delta_weight())
+
+    @torch.no_grad()
+    def _add_to_weight(self, delta: torch.Tensor) -> None:
+        w = self.base.weight.data
+        w += (delta.t() if self.fan_in_fan_out else delta).to(w.dtype)
 
     # PEFT interop: tensors by PEFT's names (subclasses with extra logic override)
     def peft_state(self) -> dict[str, torch.Tensor]:

@@ -32,7 +32,7 @@ class DoraLayer(LoraLayer):
 
     def __init__(self, name, base, config, shared, gen):
         super().__init__(name, base, config, shared, gen)
-        w = base.weight.detach()
+        w = self.base_weight().detach()
         self.register_buffer("w_sq", (w.float() ** 2).sum(1), persistent=False)  # ‖w_i‖², W frozen
         self.m = nn.Parameter(self.w_sq.sqrt().to(w.dtype))
         self.register_buffer("merge_scale", torch.zeros(0), persistent=False)  # m/‖·‖ used by merge(), for unmerge
@@ -48,7 +48,7 @@ class DoraLayer(LoraLayer):
     def weight_norm(self) -> torch.Tensor:
         """‖W + s·BA‖ per output row, from d_out × r and r × r products only (no d_out × d_in matrix)."""
         A, B, s = self.A.float(), self.B.float(), self.scaling
-        wa = self.base.weight.float() @ A.t()  # (d_out, r)
+        wa = self.base_weight().float() @ A.t()  # (d_out, r)
         sq = self.w_sq + 2 * s * (wa * B).sum(1) + s * s * ((B @ (A @ A.t())) * B).sum(1)
         return sq.clamp_min(0).sqrt()
 
@@ -59,43 +59,43 @@ class DoraLayer(LoraLayer):
         if self.merged:
             return self.base(x)
         if self.dropout is None and not self.base.weight.requires_grad:
-            return FusedDora.apply(x, self.base.weight, self.base.bias, self.A, self.B, self.m, self.weight_norm(),
-                                   self.scaling, many_rows(x, self.base))
+            return FusedDora.apply(x, self.base_weight(), self.base.bias, self.A, self.B, self.m, self.weight_norm(),
+                                   self.scaling, many_rows(x, self))
         h = self.dropout(x) if self.dropout is not None else x
-        out = nn.functional.linear(x, self.base.weight) + (h @ self.A.t() @ self.B.t()) * self.scaling
+        out = nn.functional.linear(x, self.base_weight()) + (h @ self.A.t() @ self.B.t()) * self.scaling
         out = out * self.scale().to(out.dtype)
         return out + self.base.bias if self.base.bias is not None else out
 
     def delta_weight(self):
-        w = self.base.weight
+        w = self.base_weight()
         if self.merged:  # base.weight holds W'; ΔW = W' - W
             return w - self._unmerged_weight()
         return self.scale().unsqueeze(1) * (w + self.scaling * self.B @ self.A) - w
 
     def _unmerged_weight(self):
         sc = self.merge_scale.unsqueeze(1)
-        w = torch.where(sc != 0, self.base.weight / torch.where(sc != 0, sc, 1), self._zero_rows)
+        w = torch.where(sc != 0, self.base_weight() / torch.where(sc != 0, sc, 1), self._zero_rows)
         return w - self.scaling * self.B @ self.A
 
     @torch.no_grad()
     def merge(self):
         if not self.merged:
             sc = self.scale()
-            w = self.base.weight
+            w = self.base_weight()
             self._zero_rows = w.detach().clone() * (sc == 0).unsqueeze(1)  # rows m/‖·‖ = 0 cannot be divided back
             self.merge_scale = sc
-            w.data = (sc.unsqueeze(1) * (w + self.scaling * self.B @ self.A)).to(w.dtype)
+            self.set_base_weight(sc.unsqueeze(1) * (w + self.scaling * self.B @ self.A))
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self):
         if self.merged:
-            self.base.weight.data = self._unmerged_weight().to(self.base.weight.dtype)
+            self.set_base_weight(self._unmerged_weight())
             self.merged = False
             self.merge_scale = torch.zeros(0, device=self.m.device)
 
     def after_load(self):
-        self.w_sq = (self.base.weight.detach().float() ** 2).sum(1)
+        self.w_sq = (self.base_weight().detach().float() ** 2).sum(1)
 
 
 class Dora(Lora):

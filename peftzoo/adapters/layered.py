@@ -5,13 +5,14 @@ A method supplies ``layer_cls`` (and, for state shared across layers such as VeR
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer, copy_checked
-from peftzoo.inject import find_modules, find_targets, freeze, replace_module
+from peftzoo.inject import find_modules, find_targets, freeze, layer_dims, replace_module
 
 PEFT_PREFIX = "base_model.model."
 
@@ -27,6 +28,7 @@ class LayerAdapter(Adapter):
         targets = find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,))
         for name, lin in targets.items():
             self.layer_cls.check(name, lin, config)
+        _warn_rank(self.layer_cls.rank(config), {n: layer_dims(m) for n, m in targets.items()})
         self.shared = self.make_shared(targets, config)
         freeze(model)
         gen = torch.Generator().manual_seed(config.seed)
@@ -38,6 +40,24 @@ class LayerAdapter(Adapter):
         for m in train.values():
             m.requires_grad_(True)
         self._train_modules = train
+
+    @torch.no_grad()
+    def initialize(self) -> None:
+        """Run the adapter's initialisation again (same seed, same values as attaching to the model as it is now).
+
+        For a model attached on the ``meta`` device: ``model.to_empty(device=...)``, load the base weights, then
+        ``ad.initialize()``; DoRA's magnitude is computed from the loaded W here.
+        """
+        targets = {n: layer.base for n, layer in self.layers.items()}
+        shared = self.make_shared(targets, self.config)
+        gen = torch.Generator().manual_seed(self.config.seed)
+        for name, layer in self.layers.items():
+            fresh = self.layer_cls(name, layer.base, self.config, shared, gen)
+            for k, t in [*fresh.named_parameters(), *fresh.named_buffers()]:
+                if not k.startswith("base."):
+                    dst = layer.get_parameter(k) if k in dict(fresh.named_parameters()) else layer.get_buffer(k)
+                    dst.copy_(t)
+            layer.merged = False
 
     # ---- hooks a method may override ------------------------------------------------------------------------
     @classmethod
@@ -58,8 +78,16 @@ class LayerAdapter(Adapter):
         n = 0
         for name, lin in targets.items():
             cls.layer_cls.check(name, lin, config)
-            n += cls.layer_cls.count(name, lin.in_features, lin.out_features, config)
+            n += cls.layer_cls.count(name, *layer_dims(lin), config)
         return n + sum(p.numel() for m in train.values() for p in m.parameters())
+
+    @classmethod
+    def rank_fits(cls, model: nn.Module, config: AdapterConfig) -> bool:
+        """False when the rank exceeds min(d_in, d_out) of a target: allowed, but a budget gains nothing from it."""
+        r = cls.layer_cls.rank(config)
+        train = find_modules(model, config.train) if config.train else {}
+        targets = find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,))
+        return r is None or all(r <= min(layer_dims(m)) for m in targets.values())
 
     def roles(self) -> dict[str, list[nn.Parameter]]:
         out: dict[str, list[nn.Parameter]] = {}
@@ -90,14 +118,28 @@ class LayerAdapter(Adapter):
     def peft_state(self) -> dict[str, torch.Tensor]:
         return {f"{PEFT_PREFIX}{n}.{k}": v for n, layer in self.layers.items() for k, v in layer.peft_state().items()}
 
-    def load_peft_state(self, tensors: dict[str, torch.Tensor]) -> None:
+    def load_peft_state(self, tensors: dict[str, torch.Tensor]) -> set[str]:
+        """Load the layers' tensors from a PEFT file; returns the keys used (the caller fails on any left over)."""
+        used = set()
         for n, layer in self.layers.items():
             p = f"{PEFT_PREFIX}{n}."
             layer.load_peft_state({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
             layer.after_load()
+            used |= {p + k for k in layer.peft_state()}
+        return used
 
 
 def _check_keys(expected: set, got: set) -> None:
     missing, extra = sorted(expected - got), sorted(got - expected)
     if missing or extra:
         raise ValueError(f"adapter file does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
+
+
+def _warn_rank(r: int | None, dims: dict[str, tuple[int, int]]) -> None:
+    """PEFT accepts a rank above min(d_in, d_out); so do we, with a note that the update's rank is capped there."""
+    over = [(n, d) for n, d in dims.items() if r is not None and r > min(d)]
+    if over:
+        n, (di, do) = over[0]
+        warnings.warn(f"rank {r} exceeds min(d_in, d_out) on {len(over)} layer(s), e.g. {n!r} ({di}->{do}): "
+                      "their update has rank at most min(d_in, d_out) and some trained elements are redundant "
+                      "(accepted, as PEFT does)", stacklevel=4)

@@ -47,24 +47,27 @@ class LoraLayer(AdapterLayer):
         super().__init__(base)
         w = base.weight
         self.scaling = config.scaling()
-        self.A = nn.Parameter(torch.empty(config.r, self.in_features, dtype=w.dtype))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5), generator=gen)
-        self.A.data = self.A.data.to(w.device)
+        a = torch.empty(config.r, self.in_features, dtype=w.dtype)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=gen)  # on the CPU: one generator for any device
+        self.A = nn.Parameter(a.to(w.device))
         self.B = nn.Parameter(torch.zeros(self.out_features, config.r, dtype=w.dtype, device=w.device))
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
 
     @classmethod
     def check(cls, name, base, config):
-        r, lim = config.r, min(base.in_features, base.out_features)
-        if not isinstance(r, int) or r < 1 or r > lim:
-            raise ValueError(f"r={r} does not fit layer {name!r} ({base.in_features}->{base.out_features}): "
-                             f"need 1 <= r <= min(d_in, d_out) = {lim}")
+        r = config.r
+        if not isinstance(r, int) or r < 1:
+            raise ValueError(f"r={r} must be a positive integer")
         if not 0.0 <= config.dropout < 1.0:
             raise ValueError(f"dropout={config.dropout} must be in [0, 1)")
 
     @classmethod
     def count(cls, name, in_features, out_features, config):
         return config.r * (in_features + out_features)
+
+    @classmethod
+    def rank(cls, config):
+        return config.r
 
     def roles(self):
         return {"A": [self.A], "B": [self.B]}
@@ -76,7 +79,7 @@ class LoraLayer(AdapterLayer):
         if self.merged:
             return self.base(x)
         if self.dropout is None:
-            return lowrank_linear(x, self.base, self.A, self.B, self.scaling)
+            return lowrank_linear(x, self, self.A, self.B, self.scaling)
         return self.base(x) + (self.dropout(x) @ self.A.t() @ self.B.t()) * self.scaling
 
 
