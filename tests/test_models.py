@@ -189,3 +189,19 @@ def test_model_copies_keep_the_adapter():
     ad = peftzoo.attach(build("gpt2"), "dora", targets=["c_attn"], r=2)
     clone = copy.deepcopy(ad.model)  # __getattr__ forwarding must not break copying or pickling
     assert isinstance(clone.transformer.h[0].attn.c_attn, AdapterLayer)
+
+
+def test_peft_vera_file_with_saved_projections_loads_them(tmp_path, ids):
+    """PEFT's VeRA saves its shared projections by default (save_projection=True): they are used, not ignored."""
+    pm = peft.get_peft_model(tiny_bert(), peft.VeraConfig(r=8, target_modules=["query", "value"],
+                                                          projection_prng_key=3))
+    with torch.no_grad():
+        for p in pm.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape) * 0.3)
+        pm.base_model.vera_A["default"].mul_(1.5)  # projections that the seed alone would not give
+    pm.eval().save_pretrained(tmp_path)
+    assert "base_model.vera_A" in load_file(str(tmp_path / "adapter_model.safetensors"))
+    model = tiny_bert()
+    peftzoo.load_peft(model, tmp_path)
+    torch.testing.assert_close(model(ids).logits, pm(ids).logits, atol=1e-5, rtol=1e-5)
