@@ -55,12 +55,14 @@ def _no_match_message(target: str, all_names: list[str], what: str) -> str:
     return f"{what} {target!r} matches no module of the model.{hint}"
 
 
-def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_types: tuple = ()) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` modules an adapter should wrap, by PEFT's ``target_modules`` rules.
+def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_types: tuple = (),
+                 base_types: tuple = (nn.Linear,), method: str = "") -> dict[str, nn.Module]:
+    """The modules an adapter should wrap, by PEFT's ``target_modules`` rules.
 
     ``targets``: a list of name suffixes, a regex string (full match, as PEFT), or ``"all-linear"``.
     ``skip``: module prefixes never adapted (the fully trained modules). ``layer_types``: adapter layer
     classes; a target that is already one of them is an error (an adapter is attached already).
+    ``base_types``: the layer types ``method`` can adapt; a named target of another type is a TypeError.
     """
     if targets is None or (not isinstance(targets, str) and len(list(targets)) == 0):
         raise ValueError("targets is empty: name the nn.Linear modules to adapt, e.g. targets=['query', 'value'], "
@@ -89,12 +91,14 @@ def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_type
     if twice:
         raise ValueError(f"{twice[0]!r} already has an adapter layer: attaching twice to the same layer is not "
                          "supported (merge and detach the first adapter, or pick other targets)")
-    bad = {n: type(m).__name__ for n, m in hits.items() if not isinstance(m, nn.Linear)}
+    bad = {n: type(m).__name__ for n, m in hits.items() if not isinstance(m, base_types)}
     if bad:
         n, t = next(iter(bad.items()))
-        inner = [f"{n}.{c}" for c, cm in model.get_submodule(n).named_modules() if isinstance(cm, nn.Linear) and c]
-        hint = f" Its nn.Linear submodules: {', '.join(inner[:5])}." if inner else ""
-        raise TypeError(f"target {n!r} is a {t}, not an nn.Linear; peftzoo adapts nn.Linear layers only.{hint}")
+        kinds = ", ".join(f"nn.{b.__name__}" if b.__module__.startswith("torch.nn") else b.__name__
+                          for b in base_types)
+        inner = [f"{n}.{c}" for c, cm in model.get_submodule(n).named_modules() if isinstance(cm, base_types) and c]
+        hint = f" Its submodules {method or 'peftzoo'} can adapt: {', '.join(inner[:5])}." if inner else ""
+        raise TypeError(f"target {n!r} is a {t}, not a layer type {method or 'peftzoo'} adapts ({kinds}).{hint}")
     return hits
 
 

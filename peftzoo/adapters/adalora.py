@@ -101,7 +101,7 @@ class AdaLoraLayer(AdapterLayer):
 class AdaLora(LayerAdapter):
     name = "adalora"
     config_cls = AdaLoraConfig
-    layer_cls = AdaLoraLayer
+    layer_classes = {nn.Linear: AdaLoraLayer}  # PEFT adapts only Linear layers with AdaLoRA
     peft_type = "ADALORA"
     default_lr = 1e-3
     budget_knob = "target_r"

@@ -163,27 +163,40 @@ class Adapter(ABC):
 
 
 class AdapterLayer(nn.Module):
-    """Wraps one frozen ``nn.Linear`` (kept as ``self.base``). Subclasses define the update.
+    """Wraps one frozen layer (kept as ``self.base``; an ``nn.Linear`` unless a subclass says otherwise).
+    Subclasses define the update.
 
     A subclass sets ``peft_names`` (its tensor name -> PEFT's key suffix) and implements ``roles``,
-    ``delta_weight`` (ΔW with W + ΔW the merged weight) and ``forward``; ``count`` gives its trainable elements.
+    ``delta_weight`` (ΔW with W + ΔW the merged weight, in ``base.weight``'s shape) and ``forward``; ``count``
+    gives its trainable elements. A layer type other than ``nn.Linear`` overrides ``dims`` (and ``count_layer``
+    when its count needs more than the two sizes, e.g. a conv kernel).
     """
 
     peft_names: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, base: nn.Linear):
+    def __init__(self, base: nn.Module):
         super().__init__()
         self.base = base
         self.merged = False
-        self.in_features, self.out_features = base.in_features, base.out_features
+        self.in_features, self.out_features = self.dims(base)
+
+    @staticmethod
+    def dims(base: nn.Module) -> tuple[int, int]:
+        """(d_in, d_out) of the wrapped layer, as PEFT counts them."""
+        return base.in_features, base.out_features
 
     @classmethod
-    def check(cls, name: str, base: nn.Linear, config: AdapterConfig) -> None:
+    def check(cls, name: str, base: nn.Module, config: AdapterConfig) -> None:
         """Raise ValueError if ``config`` cannot adapt this layer (e.g. r > min(d_in, d_out) for LoRA)."""
 
     @classmethod
     def count(cls, name: str, in_features: int, out_features: int, config: AdapterConfig) -> int:
         raise NotImplementedError
+
+    @classmethod
+    def count_layer(cls, name: str, base: nn.Module, config: AdapterConfig) -> int:
+        """Trainable elements this layer class would add to ``base``."""
+        return cls.count(name, *cls.dims(base), config)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors ``Adapter.state`` saves for this layer (default: those PEFT saves)."""

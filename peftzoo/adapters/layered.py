@@ -1,7 +1,9 @@
-"""The generic Adapter for per-layer methods: wraps every target ``nn.Linear`` in the method's AdapterLayer.
+"""The generic Adapter for per-layer methods: wraps every target layer in the method's AdapterLayer for its type.
 
-A method supplies ``layer_cls`` (and, for state shared across layers such as VeRA's projections,
-``make_shared``); everything else (injection, counting, state, merge, PEFT tensors) is answered here once.
+A method supplies ``layer_classes``, a map from the layer types it adapts to its AdapterLayer class for each
+(``{nn.Linear: LoraLayer, nn.Embedding: LoraEmbedding, ...}``: a new layer type is one new class and one entry),
+and, for state shared across layers such as VeRA's projections, ``make_shared``; everything else (injection,
+counting, state, merge, PEFT tensors) is answered here once.
 """
 from __future__ import annotations
 
@@ -17,27 +19,37 @@ PEFT_PREFIX = "base_model.model."
 
 
 class LayerAdapter(Adapter):
-    layer_cls: ClassVar[type[AdapterLayer]]
+    layer_classes: ClassVar[dict[type, type[AdapterLayer]]]  # layer type adapted -> its AdapterLayer class
     peft_type: ClassVar[str] = ""  # PEFT's peft_type for this method's saved adapters
 
     def __init__(self, model: nn.Module, config: AdapterConfig):
         super().__init__(model, config)
         self.validate(config)
         train = find_modules(model, config.train) if config.train else {}
-        targets = find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,))
+        targets = self.find(model, config, train)
         for name, lin in targets.items():
-            self.layer_cls.check(name, lin, config)
+            self.layer_class(lin).check(name, lin, config)
         self.shared = self.make_shared(targets, config)
         freeze(model)
         gen = torch.Generator().manual_seed(config.seed)
         self.layers: dict[str, AdapterLayer] = {}
         for name, lin in targets.items():
-            layer = self.layer_cls(name, lin, config, self.shared, gen)
+            layer = self.layer_class(lin)(name, lin, config, self.shared, gen)
             replace_module(model, name, layer)
             self.layers[name] = layer
         for m in train.values():
             m.requires_grad_(True)
         self._train_modules = train
+
+    @classmethod
+    def layer_class(cls, module: nn.Module) -> type[AdapterLayer]:
+        """The AdapterLayer class for ``module``: its own type's entry, else its nearest base class's."""
+        return next(cls.layer_classes[t] for t in type(module).__mro__ if t in cls.layer_classes)
+
+    @classmethod
+    def find(cls, model: nn.Module, config: AdapterConfig, train: dict) -> dict[str, nn.Module]:
+        return find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,),
+                            base_types=tuple(cls.layer_classes), method=cls.name)
 
     # ---- hooks a method may override ------------------------------------------------------------------------
     @classmethod
@@ -45,7 +57,7 @@ class LayerAdapter(Adapter):
         """Reject bad hyperparameters before touching the model."""
 
     @classmethod
-    def make_shared(cls, targets: dict[str, nn.Linear], config: AdapterConfig) -> Any:
+    def make_shared(cls, targets: dict[str, nn.Module], config: AdapterConfig) -> Any:
         """State shared by all layers (VeRA's frozen projections); None for most methods."""
         return None
 
@@ -54,11 +66,11 @@ class LayerAdapter(Adapter):
     def count(cls, model: nn.Module, config: AdapterConfig) -> int:
         cls.validate(config)
         train = find_modules(model, config.train) if config.train else {}
-        targets = find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,))
+        targets = cls.find(model, config, train)
         n = 0
         for name, lin in targets.items():
-            cls.layer_cls.check(name, lin, config)
-            n += cls.layer_cls.count(name, lin.in_features, lin.out_features, config)
+            cls.layer_class(lin).check(name, lin, config)
+            n += cls.layer_class(lin).count_layer(name, lin, config)
         return n + sum(p.numel() for m in train.values() for p in m.parameters())
 
     def roles(self) -> dict[str, list[nn.Parameter]]:

@@ -92,7 +92,7 @@ class VeraLayer(AdapterLayer):
 class Vera(LayerAdapter):
     name = "vera"
     config_cls = VeraConfig
-    layer_cls = VeraLayer
+    layer_classes = {nn.Linear: VeraLayer}  # PEFT adapts only Linear layers with VeRA
     peft_type = "VERA"
     default_lr = 1e-2
     budget_knob = "r"
