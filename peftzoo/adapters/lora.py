@@ -64,14 +64,14 @@ class LoraLayer(AdapterLayer):
     @classmethod
     def check(cls, name, base, config):
         r, lim = config.r, min(base.in_features, base.out_features)
+        if config.init_lora_weights in RESIDUAL and isinstance(r, int) and r > lim:  # the SVD/QR has only lim parts
+            raise ValueError(f"init_lora_weights={config.init_lora_weights!r} needs r <= min(d_in, d_out) = {lim} "
+                             f"at layer {name!r}, got r={r}")
         if not isinstance(r, int) or r < 1 or r > lim:
             raise ValueError(f"r={r} does not fit layer {name!r} ({base.in_features}->{base.out_features}): "
                              f"need 1 <= r <= min(d_in, d_out) = {lim}")
         if not 0.0 <= config.dropout < 1.0:
             raise ValueError(f"dropout={config.dropout} must be in [0, 1)")
-        if config.init_lora_weights in RESIDUAL and r > lim:
-            raise ValueError(f"init_lora_weights={config.init_lora_weights!r} needs r <= min(d_in, d_out) = {lim} "
-                             f"at layer {name!r}, got r={r}")
 
     @classmethod
     def count(cls, name, in_features, out_features, config):
