@@ -3,7 +3,8 @@
 Two kinds of methods share it:
 
 * per-layer methods (LoRA family, DoRA, VeRA, AdaLoRA) implement a small :class:`AdapterLayer` that wraps one
-  frozen ``nn.Linear``; :class:`peftzoo.adapters.layered.LayerAdapter` injects them and answers the contract;
+  frozen layer (an ``nn.Linear``, or for the LoRA family also an ``nn.Embedding`` / ``nn.Conv*d``);
+  :class:`peftzoo.adapters.layered.LayerAdapter` injects them and answers the contract;
 * whole-model methods (the random-subspace method) implement :class:`Adapter` directly.
 
 Hooks the training loop calls explicitly (nothing hidden in ``forward``):
@@ -27,7 +28,7 @@ from torch import nn
 class AdapterConfig:
     """Fields every method has. Subclasses add the method's own hyperparameters."""
 
-    targets: Any = ("query", "value")  # nn.Linear modules to adapt: name suffixes, a regex string, or "all-linear"
+    targets: Any = ("query", "value")  # layers to adapt: name suffixes, a regex string, or "all-linear"
     train: Any = ()  # modules trained in full (e.g. the classification head); PEFT's modules_to_save
     seed: int = 0  # seeds every random initialisation of the adapter (a torch.Generator, never the global RNG)
 
