@@ -26,6 +26,7 @@ from peftzoo.adapters.conv import LoraConv
 from peftzoo.adapters.embedding import LoraEmbedding
 from peftzoo.adapters.fused import FusedDora, _dora_scale, many_rows
 from peftzoo.adapters.lora import Lora, LoraConfig, LoraLayer
+from peftzoo.inject import LINEAR_TYPES
 
 
 @dataclass
@@ -36,7 +37,8 @@ class DoraConfig(LoraConfig):
 class DoraMixin:
     """DoRA on top of a LoRA layer of any type. The layer class supplies ``factors2d`` (W, A, B as matrices whose
     rows are the output units: d_out × d_in, r × d_in, d_out × r), ``weight_view`` (how a per-output vector
-    broadcasts against W) and, from LoRA, ``lowrank_delta`` (s·BA in W's shape)."""
+    broadcasts against W as ``base_weight()`` lays it out) and, from LoRA, ``lowrank_delta`` (s·BA, laid out
+    the same way)."""
 
     def __init__(self, name, base, config, shared, gen):
         super().__init__(name, base, config, shared, gen)
@@ -66,30 +68,30 @@ class DoraMixin:
         return _dora_scale(self.m, self.weight_norm())
 
     def delta_weight(self):
-        w = self.base.weight
+        w = self.base_weight()
         if self.merged:  # base.weight holds W'; ΔW = W' - W
             return w - self._unmerged_weight()
         return self.weight_view(self.scale()) * (w + self.lowrank_delta()) - w
 
     def _unmerged_weight(self):
         sc = self.weight_view(self.merge_scale)
-        w = torch.where(sc != 0, self.base.weight / torch.where(sc != 0, sc, 1), self._zero_rows)
+        w = torch.where(sc != 0, self.base_weight() / torch.where(sc != 0, sc, 1), self._zero_rows)
         return w - self.lowrank_delta()
 
     @torch.no_grad()
     def merge(self):
         if not self.merged:
             sc = self.scale()
-            w = self.base.weight
+            w = self.base_weight()
             self._zero_rows = w.detach().clone() * (self.weight_view(sc) == 0)  # rows m/‖·‖ = 0 cannot be divided back
             self.merge_scale = sc
-            w.data = (self.weight_view(sc) * (w + self.lowrank_delta())).to(w.dtype)
+            self.set_base_weight(self.weight_view(sc) * (w + self.lowrank_delta()))
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self):
         if self.merged:
-            self.base.weight.data = self._unmerged_weight().to(self.base.weight.dtype)
+            self.set_base_weight(self._unmerged_weight())
             self.merged = False
             self.merge_scale = torch.zeros(0, device=self.m.device)
 
@@ -101,7 +103,7 @@ class DoraLayer(DoraMixin, LoraLayer):
     peft_names = {"A": "lora_A.weight", "B": "lora_B.weight", "m": "lora_magnitude_vector"}
 
     def factors2d(self):
-        return self.base.weight, self.A, self.B
+        return self.base_weight(), self.A, self.B
 
     @staticmethod
     def weight_view(v):
@@ -111,10 +113,10 @@ class DoraLayer(DoraMixin, LoraLayer):
         if self.merged:
             return self.base(x)
         if self.dropout is None and not self.base.weight.requires_grad:
-            return FusedDora.apply(x, self.base.weight, self.base.bias, self.A, self.B, self.m, self.weight_norm(),
-                                   self.scaling, many_rows(x, self.base))
+            return FusedDora.apply(x, self.base_weight(), self.base.bias, self.A, self.B, self.m, self.weight_norm(),
+                                   self.scaling, many_rows(x, self))
         h = self.dropout(x) if self.dropout is not None else x
-        out = nn.functional.linear(x, self.base.weight) + (h @ self.A.t() @ self.B.t()) * self.scaling
+        out = nn.functional.linear(x, self.base_weight()) + (h @ self.A.t() @ self.B.t()) * self.scaling
         out = out * self.scale().to(out.dtype)
         return out + self.base.bias if self.base.bias is not None else out
 
@@ -173,8 +175,8 @@ class DoraEmbedding(DoraMixin, LoraEmbedding):
 class Dora(Lora):
     name = "dora"
     config_cls = DoraConfig
-    layer_classes = {nn.Linear: DoraLayer, nn.Embedding: DoraEmbedding, nn.Conv1d: DoraConv, nn.Conv2d: DoraConv,
-                     nn.Conv3d: DoraConv}
+    layer_classes = {**dict.fromkeys(LINEAR_TYPES, DoraLayer), nn.Embedding: DoraEmbedding,
+                     **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), DoraConv)}
     paper = "Liu et al. 2024, arXiv:2402.09353"
     equation = "m ⊙ (W + (α/r)·BA) / ‖W + (α/r)·BA‖_row"
     formula = "r·(d_in + d_out) + d_out"

@@ -22,6 +22,7 @@ from peftzoo.adapters.embedding import LoraEmbedding
 from peftzoo.adapters.fused import lowrank_linear
 from peftzoo.adapters.layered import LayerAdapter
 from peftzoo.adapters.lora_init import PEFT_PLAIN, RESIDUAL, check_init, init_factors
+from peftzoo.inject import LINEAR_TYPES
 
 
 @dataclass
@@ -53,29 +54,31 @@ class LoraLayer(AdapterLayer):
 
     def __init__(self, name: str, base: nn.Linear, config: LoraConfig, shared, gen: torch.Generator):
         super().__init__(base)
-        w = base.weight
         self.scaling = config.scaling()
-        a, b, residual = init_factors(config.init_lora_weights, w, config.r, self.scaling, gen)
+        a, b, residual = init_factors(config.init_lora_weights, self.base_weight(), config.r, self.scaling, gen)
         self.A, self.B = nn.Parameter(a), nn.Parameter(b)
         if residual is not None:
-            w.data = residual
+            self.set_base_weight(residual)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
 
     @classmethod
     def check(cls, name, base, config):
-        r, lim = config.r, min(base.in_features, base.out_features)
-        if config.init_lora_weights in RESIDUAL and isinstance(r, int) and r > lim:  # the SVD/QR has only lim parts
-            raise ValueError(f"init_lora_weights={config.init_lora_weights!r} needs r <= min(d_in, d_out) = {lim} "
-                             f"at layer {name!r}, got r={r}")
-        if not isinstance(r, int) or r < 1 or r > lim:
-            raise ValueError(f"r={r} does not fit layer {name!r} ({base.in_features}->{base.out_features}): "
-                             f"need 1 <= r <= min(d_in, d_out) = {lim}")
+        r = config.r
+        if config.init_lora_weights in RESIDUAL and isinstance(r, int) and r > min(cls.dims(base)):
+            raise ValueError(f"init_lora_weights={config.init_lora_weights!r} needs r <= min(d_in, d_out) = "
+                             f"{min(cls.dims(base))} at layer {name!r}, got r={r}")  # the SVD/QR has only that many parts
+        if not isinstance(r, int) or r < 1:
+            raise ValueError(f"r={r} must be a positive integer")
         if not 0.0 <= config.dropout < 1.0:
             raise ValueError(f"dropout={config.dropout} must be in [0, 1)")
 
     @classmethod
     def count(cls, name, in_features, out_features, config):
         return config.r * (in_features + out_features)
+
+    @classmethod
+    def rank(cls, config):
+        return config.r
 
     def roles(self):
         return {"A": [self.A], "B": [self.B]}
@@ -91,15 +94,15 @@ class LoraLayer(AdapterLayer):
         if self.merged:
             return self.base(x)
         if self.dropout is None:
-            return lowrank_linear(x, self.base, self.A, self.B, self.scaling)
+            return lowrank_linear(x, self, self.A, self.B, self.scaling)
         return self.base(x) + (self.dropout(x) @ self.A.t() @ self.B.t()) * self.scaling
 
 
 class Lora(LayerAdapter):
     name = "lora"
     config_cls = LoraConfig
-    layer_classes = {nn.Linear: LoraLayer, nn.Embedding: LoraEmbedding, nn.Conv1d: LoraConv, nn.Conv2d: LoraConv,
-                     nn.Conv3d: LoraConv}  # PEFT's LoRA layer types
+    layer_classes = {**dict.fromkeys(LINEAR_TYPES, LoraLayer), nn.Embedding: LoraEmbedding,
+                     **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), LoraConv)}  # PEFT's LoRA layer types
     peft_type = "LORA"
     default_lr = 5e-4
     budget_knob = "r"
