@@ -64,8 +64,9 @@ def _no_match_message(target: str, all_names: list[str], what: str) -> str:
     return f"{what} {target!r} matches no module of the model.{hint}"
 
 
-def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_types: tuple = ()) -> dict[str, nn.Module]:
-    """The linear layers (``nn.Linear``, transformers' ``Conv1D``) an adapter should wrap, by PEFT's rules.
+def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_types: tuple = (),
+                 base_types: tuple = LINEAR_TYPES, method: str = "") -> dict[str, nn.Module]:
+    """The layers an adapter should wrap, by PEFT's rules (``all-linear``: ``nn.Linear``, transformers' ``Conv1D``).
 
     ``targets``: a list of name suffixes, a regex string (full match, as PEFT), or ``"all-linear"``: every linear
     layer except the model's output layer (``get_output_embeddings()``: ``lm_head`` or the layer tied to the input
@@ -73,6 +74,7 @@ def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_type
     ``classifier``/``score``, which it then trains in full: name them in ``train`` for the same effect).
     ``skip``: module prefixes never adapted (the fully trained modules). ``layer_types``: adapter layer
     classes; a model that already holds one is an error (one adapter per model).
+    ``base_types``: the layer types ``method`` can adapt; a named target of another type is a TypeError.
     """
     if targets is None or (not isinstance(targets, str) and len(list(targets)) == 0):
         raise ValueError("targets is empty: name the nn.Linear modules to adapt, e.g. targets=['query', 'value'], "
@@ -101,13 +103,14 @@ def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_type
     if not hits:
         raise ValueError(f"every module matching targets={targets!r} is inside a train module {skip}: "
                          "nothing is left to adapt")
-    bad = {n: type(m).__name__ for n, m in hits.items() if not isinstance(m, LINEAR_TYPES)}
+    bad = {n: type(m).__name__ for n, m in hits.items() if not isinstance(m, base_types)}
     if bad:
         n, t = next(iter(bad.items()))
-        inner = [f"{n}.{c}" for c, cm in model.get_submodule(n).named_modules() if isinstance(cm, LINEAR_TYPES) and c]
-        hint = f" Its nn.Linear submodules: {', '.join(inner[:5])}." if inner else ""
-        raise TypeError(f"target {n!r} is a {t}, not an nn.Linear (or transformers' Conv1D); peftzoo adapts "
-                        f"linear layers only.{hint}")
+        kinds = ", ".join(f"nn.{b.__name__}" if b.__module__.startswith("torch.nn") else
+                          f"{b.__module__.split('.')[0]}.{b.__name__}" for b in base_types)
+        inner = [f"{n}.{c}" for c, cm in model.get_submodule(n).named_modules() if isinstance(cm, base_types) and c]
+        hint = f" Its submodules {method or 'peftzoo'} can adapt: {', '.join(inner[:5])}." if inner else ""
+        raise TypeError(f"target {n!r} is a {t}, not a layer type {method or 'peftzoo'} adapts ({kinds}).{hint}")
     return hits
 
 
@@ -125,9 +128,11 @@ def freeze(model: nn.Module) -> None:
 @contextlib.contextmanager
 def transaction(model: nn.Module, keep: Iterable[nn.Module] = ()):
     """On any error inside the block, put ``model`` back as it was: its module tree, every parameter's
-    ``requires_grad``, and the tensors of the ``keep`` modules (those the block may write into)."""
+    ``requires_grad`` and storage (an init such as PiSSA gives a frozen weight new values by replacing its
+    ``.data``: the old storage is kept by reference, no copy), and the tensors of the ``keep`` modules (those the
+    block may write into in place)."""
     children = [(m, dict(m._modules)) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
+    grads = [(p, p.requires_grad, p.data) for p in model.parameters()]
     saved = [(t, t.detach().clone()) for m in keep for t in m.state_dict(keep_vars=True).values()]
     try:
         yield
@@ -135,8 +140,9 @@ def transaction(model: nn.Module, keep: Iterable[nn.Module] = ()):
         for m, kids in children:
             m._modules.clear()
             m._modules.update(kids)
-        for p, flag in grads:
+        for p, flag, data in grads:
             p.requires_grad_(flag)
+            p.data = data
         for t, v in saved:
             t.data.copy_(v)
         raise

@@ -33,8 +33,10 @@ DIFFERENCES = {
     "writes the exact module list, which PEFT loads",
 }
 
-# The hook for the `layers` work (nn.Conv2d support): these cells target conv layers, refused today.
+# Cells that target conv layers (a conv net, ViT's patch embedding): the full cell for the LoRA family (PEFT runs
+# it on nn.Conv2d), a TypeError naming the layer type for the methods PEFT runs on linear layers only.
 CONV_CELLS = {"convnet": ["conv", "fc1"], "vit": ["patch_embeddings.projection", "q_proj"]}
+CONV_METHODS = ["lora", "rslora", "loraplus", "dora"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -67,7 +69,7 @@ def out(model, arch):
 
 
 def targets_of(arch, spec):
-    return "all-linear" if spec == "all-linear" else ARCHS[arch].attn
+    return "all-linear" if spec == "all-linear" else CONV_CELLS[arch] if spec == "conv" else ARCHS[arch].attn
 
 
 def randomize(params, seed=0):
@@ -144,9 +146,11 @@ def test_cell(tmp_path, arch, method, spec):
     torch.testing.assert_close(out(back, arch), ref_peft, **TOL)
 
 
-@pytest.mark.xfail(raises=TypeError, strict=True,
-                   reason="nn.Conv2d targets (a conv net, ViT's patch embedding) come with the `layers` work "
-                   "(issue 11 item 6); until then only their Linear layers are in the matrix")
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("arch", list(CONV_CELLS))
-def test_conv_cells(arch):
-    peftzoo.attach(fresh(arch), "lora", targets=CONV_CELLS[arch], r=2)
+def test_conv_cells(tmp_path, arch, method):
+    if method in CONV_METHODS:
+        test_cell(tmp_path, arch, method, "conv")
+    else:
+        with pytest.raises(TypeError, match=rf"is a Conv2d, not a layer type {method} adapts"):
+            peftzoo.attach(fresh(arch), method, targets=CONV_CELLS[arch], **KW[method])

@@ -71,7 +71,7 @@ class MLP(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """A small conv net: its Conv2d is not targeted yet (see CONV_CELLS in test_matrix.py), its Linear layers are."""
+    """A small conv net: its Linear layers are in every cell, its Conv2d in the conv cells (CONV_CELLS, test_matrix.py)."""
 
     def __init__(self):
         super().__init__()

@@ -25,6 +25,7 @@ from torch import nn
 from peftzoo.adapters.base import AdapterConfig, AdapterLayer
 from peftzoo.adapters.fused import lowrank_linear
 from peftzoo.adapters.layered import LayerAdapter
+from peftzoo.inject import LINEAR_TYPES
 
 
 @dataclass
@@ -99,7 +100,7 @@ class AdaLoraLayer(AdapterLayer):
 class AdaLora(LayerAdapter):
     name = "adalora"
     config_cls = AdaLoraConfig
-    layer_cls = AdaLoraLayer
+    layer_classes = dict.fromkeys(LINEAR_TYPES, AdaLoraLayer)  # PEFT adapts only linear layers with AdaLoRA
     peft_type = "ADALORA"
     default_lr = 1e-3
     budget_knob = "target_r"

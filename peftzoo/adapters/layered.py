@@ -1,7 +1,9 @@
-"""The generic Adapter for per-layer methods: wraps every target ``nn.Linear`` in the method's AdapterLayer.
+"""The generic Adapter for per-layer methods: wraps every target layer in the method's AdapterLayer for its type.
 
-A method supplies ``layer_cls`` (and, for state shared across layers such as VeRA's projections,
-``make_shared``); everything else (injection, counting, state, merge, PEFT tensors) is answered here once.
+A method supplies ``layer_classes``, a map from the layer types it adapts to its AdapterLayer class for each
+(``{nn.Linear: LoraLayer, nn.Embedding: LoraEmbedding, ...}``: a new layer type is one new class and one entry),
+and, for state shared across layers such as VeRA's projections, ``make_shared``; everything else (injection,
+counting, state, merge, PEFT tensors) is answered here once.
 """
 from __future__ import annotations
 
@@ -12,34 +14,44 @@ import torch
 from torch import nn
 
 from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer, copy_checked
-from peftzoo.inject import find_modules, find_targets, freeze, layer_dims, replace_module
+from peftzoo.inject import find_modules, find_targets, freeze, replace_module
 
 PEFT_PREFIX = "base_model.model."
 
 
 class LayerAdapter(Adapter):
-    layer_cls: ClassVar[type[AdapterLayer]]
+    layer_classes: ClassVar[dict[type, type[AdapterLayer]]]  # layer type adapted -> its AdapterLayer class
     peft_type: ClassVar[str] = ""  # PEFT's peft_type for this method's saved adapters
 
     def __init__(self, model: nn.Module, config: AdapterConfig):
         super().__init__(model, config)
         self.validate(config)
         train = find_modules(model, config.train) if config.train else {}
-        targets = find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,))
+        targets = self.find(model, config, train)
         for name, lin in targets.items():
-            self.layer_cls.check(name, lin, config)
-        _warn_rank(self.layer_cls.rank(config), {n: layer_dims(m) for n, m in targets.items()})
+            self.layer_class(lin).check(name, lin, config)
+        _warn_rank({n: (self.layer_class(m).rank(config), self.layer_class(m).dims(m)) for n, m in targets.items()})
         self.shared = self.make_shared(targets, config)
         freeze(model)
         gen = torch.Generator().manual_seed(config.seed)
         self.layers: dict[str, AdapterLayer] = {}
         for name, lin in targets.items():
-            layer = self.layer_cls(name, lin, config, self.shared, gen)
+            layer = self.layer_class(lin)(name, lin, config, self.shared, gen)
             replace_module(model, name, layer)
             self.layers[name] = layer
         for m in train.values():
             m.requires_grad_(True)
         self._train_modules = train
+
+    @classmethod
+    def layer_class(cls, module: nn.Module) -> type[AdapterLayer]:
+        """The AdapterLayer class for ``module``: its own type's entry, else its nearest base class's."""
+        return next(cls.layer_classes[t] for t in type(module).__mro__ if t in cls.layer_classes)
+
+    @classmethod
+    def find(cls, model: nn.Module, config: AdapterConfig, train: dict) -> dict[str, nn.Module]:
+        return find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,),
+                            base_types=tuple(cls.layer_classes), method=cls.name)
 
     @torch.no_grad()
     def initialize(self) -> None:
@@ -52,7 +64,7 @@ class LayerAdapter(Adapter):
         shared = self.make_shared(targets, self.config)
         gen = torch.Generator().manual_seed(self.config.seed)
         for name, layer in self.layers.items():
-            fresh = self.layer_cls(name, layer.base, self.config, shared, gen)
+            fresh = self.layer_class(layer.base)(name, layer.base, self.config, shared, gen)
             mine = {**dict(layer.named_parameters()), **dict(layer.named_buffers())}
             for k, t in [*fresh.named_parameters(), *fresh.named_buffers()]:
                 if not k.startswith("base."):
@@ -65,7 +77,7 @@ class LayerAdapter(Adapter):
         """Reject bad hyperparameters before touching the model."""
 
     @classmethod
-    def make_shared(cls, targets: dict[str, nn.Linear], config: AdapterConfig) -> Any:
+    def make_shared(cls, targets: dict[str, nn.Module], config: AdapterConfig) -> Any:
         """State shared by all layers (VeRA's frozen projections); None for most methods."""
         return None
 
@@ -74,20 +86,19 @@ class LayerAdapter(Adapter):
     def count(cls, model: nn.Module, config: AdapterConfig) -> int:
         cls.validate(config)
         train = find_modules(model, config.train) if config.train else {}
-        targets = find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,))
+        targets = cls.find(model, config, train)
         n = 0
         for name, lin in targets.items():
-            cls.layer_cls.check(name, lin, config)
-            n += cls.layer_cls.count(name, *layer_dims(lin), config)
+            cls.layer_class(lin).check(name, lin, config)
+            n += cls.layer_class(lin).count_layer(name, lin, config)
         return n + sum(p.numel() for m in train.values() for p in m.parameters())
 
     @classmethod
     def rank_fits(cls, model: nn.Module, config: AdapterConfig) -> bool:
         """False when the rank exceeds min(d_in, d_out) of a target: allowed, but a budget gains nothing from it."""
-        r = cls.layer_cls.rank(config)
         train = find_modules(model, config.train) if config.train else {}
-        targets = find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,))
-        return r is None or all(r <= min(layer_dims(m)) for m in targets.values())
+        layers = [(cls.layer_class(m), m) for m in cls.find(model, config, train).values()]
+        return all(k.rank(config) is None or k.rank(config) <= min(k.dims(m)) for k, m in layers)
 
     def roles(self) -> dict[str, list[nn.Parameter]]:
         out: dict[str, list[nn.Parameter]] = {}
@@ -135,11 +146,12 @@ def _check_keys(expected: set, got: set) -> None:
         raise ValueError(f"adapter file does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
 
 
-def _warn_rank(r: int | None, dims: dict[str, tuple[int, int]]) -> None:
-    """PEFT accepts a rank above min(d_in, d_out); so do we, with a note that the update's rank is capped there."""
-    over = [(n, d) for n, d in dims.items() if r is not None and r > min(d)]
+def _warn_rank(ranks: dict[str, tuple[int | None, tuple[int, int]]]) -> None:
+    """PEFT accepts a rank above min(d_in, d_out); so do we, with a note that the update's rank is capped there.
+    ``ranks``: layer name -> (its rank or None, its (d_in, d_out))."""
+    over = [(n, r, d) for n, (r, d) in ranks.items() if r is not None and r > min(d)]
     if over:
-        n, (di, do) = over[0]
+        n, r, (di, do) = over[0]
         warnings.warn(f"rank {r} exceeds min(d_in, d_out) on {len(over)} layer(s), e.g. {n!r} ({di}->{do}): "
                       "their update has rank at most min(d_in, d_out) and some trained elements are redundant "
                       "(accepted, as PEFT does)", stacklevel=4)

@@ -20,7 +20,7 @@ from torch import nn
 
 from peftzoo.adapters.base import AdapterConfig, AdapterLayer, copy_checked
 from peftzoo.adapters.layered import LayerAdapter
-from peftzoo.inject import layer_dims
+from peftzoo.inject import LINEAR_TYPES, layer_dims
 
 
 @dataclass
@@ -93,7 +93,7 @@ class VeraLayer(AdapterLayer):
 class Vera(LayerAdapter):
     name = "vera"
     config_cls = VeraConfig
-    layer_cls = VeraLayer
+    layer_classes = dict.fromkeys(LINEAR_TYPES, VeraLayer)  # PEFT adapts only linear layers with VeRA
     peft_type = "VERA"
     default_lr = 1e-2
     budget_knob = "r"
