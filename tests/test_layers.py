@@ -226,35 +226,3 @@ def test_embedding_update_is_scaled_like_the_base():
     ad.merge()
     torch.testing.assert_close(model(x), out, **TOL)
 
-
-def tiny_vit(seed=0):
-    from transformers import ViTConfig, ViTForImageClassification
-    torch.manual_seed(seed)
-    cfg = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=16,
-                    patch_size=4, num_channels=3, num_labels=3)
-    return ViTForImageClassification(cfg).eval()
-
-
-@pytest.mark.parametrize("method", ["lora", "dora"])
-def test_vit_patch_embedding_both_peft_directions(tmp_path, method):
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    model = tiny_vit()
-    ad = peftzoo.attach(model, method, targets=["projection", "q_proj"], r=4, train=["classifier"])
-    assert isinstance(ad.layers["vit.embeddings.patch_embeddings.projection"].base, nn.Conv2d)
-    randomize(ad)
-    out = model(x).logits
-    ad.save_peft(tmp_path / "ours")
-    pm = peft.PeftModel.from_pretrained(tiny_vit(), tmp_path / "ours").eval()
-    torch.testing.assert_close(pm(x).logits, out, **TOL)
-    with torch.no_grad():
-        for p in pm.parameters():
-            p.add_(0.1) if p.requires_grad else None  # PEFT loads inference-only: nothing requires grad
-        for n, p in pm.named_parameters():
-            if "lora_" in n:
-                p.add_(0.05)
-    ref = pm(x).logits
-    pm.save_pretrained(tmp_path / "peft")
-    fresh = tiny_vit()
-    peftzoo.load_peft(fresh, tmp_path / "peft")
-    torch.testing.assert_close(fresh(x).logits, ref, **TOL)
-    assert (ref - out).abs().max() > 1e-4
