@@ -94,6 +94,26 @@ def test_attach_is_identity_and_only_adapter_tensors_get_gradients(kind, method)
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("method", METHODS)
+def test_count_leaves_the_model_alone_and_a_step_moves_only_adapter_tensors(kind, method):
+    model = make(kind)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n = peftzoo.count(model, method, targets=TARGETS[kind], r=2)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not any(isinstance(m, AdapterLayer) for m in model.modules())
+    ad = peftzoo.attach(model, method, targets=TARGETS[kind], r=2, alpha=6)
+    assert n == ad.num_trainable() == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    opt = torch.optim.AdamW(ad.param_groups(lr=1e-2))
+    params = dict(model.named_parameters())
+    start = {k: v.detach().clone() for k, v in params.items()}
+    model(inputs(kind)).square().mean().backward()
+    opt.step()
+    own = {id(p) for p in ad.adapter_parameters()}
+    changed = {k for k, v in params.items() if not torch.equal(v, start[k])}
+    assert changed and changed <= {k for k, v in params.items() if id(v) in own}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
 def test_layer_equals_base_with_merged_weight_and_merge_roundtrip(kind, method):
     x = inputs(kind)
     model, ad = attach(kind, method)
