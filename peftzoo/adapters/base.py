@@ -100,6 +100,11 @@ class Adapter(ABC):
     def count(cls, model: nn.Module, config: AdapterConfig) -> int:
         """Trainable adapter elements attaching would add, computed without touching the model."""
 
+    def initialize(self) -> None:
+        """Run the adapter's initialisation again on the model as it is now (after ``to_empty`` on ``meta``)."""
+        raise NotImplementedError(f"{self.name} cannot be initialised again in place: attach it to the "
+                                  "materialised model instead")
+
     # ---- training-loop hooks (no-ops unless a method needs them) ---------------------------------------------
     def set_total_steps(self, total_steps: int) -> None:  # noqa: B027
         pass

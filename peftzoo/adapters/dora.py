@@ -24,7 +24,7 @@ from torch import nn
 
 from peftzoo.adapters.conv import LoraConv
 from peftzoo.adapters.embedding import LoraEmbedding
-from peftzoo.adapters.fused import FusedDora, _dora_scale, many_rows
+from peftzoo.adapters.fused import FusedDora, _dora_scale, fusable, many_rows
 from peftzoo.adapters.lora import Lora, LoraConfig, LoraLayer
 from peftzoo.inject import LINEAR_TYPES
 
@@ -112,7 +112,7 @@ class DoraLayer(DoraMixin, LoraLayer):
     def forward(self, x):
         if self.merged:
             return self.base(x)
-        if self.dropout is None and not self.base.weight.requires_grad:
+        if self.dropout is None and not self.base.weight.requires_grad and fusable(x):
             return FusedDora.apply(x, self.base_weight(), self.base.bias, self.A, self.B, self.m, self.weight_norm(),
                                    self.scaling, many_rows(x, self))
         h = self.dropout(x) if self.dropout is not None else x

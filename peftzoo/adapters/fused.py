@@ -77,9 +77,14 @@ class FusedLowRankLinear(torch.autograd.Function):
 def lowrank_linear(x, layer, A, B, scale: float):
     """layer.base(x) + scale · B(A(x)) for an AdapterLayer, fused when nothing needs the frozen weight's gradient."""
     base = layer.base
-    if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
+    if not fusable(x) or base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
         return base(x) + (x @ A.t() @ B.t()) * scale
     return FusedLowRankLinear.apply(x, layer.base_weight(), base.bias, A, B, scale, many_rows(x, layer))
+
+
+def fusable(x) -> bool:
+    """Whether the fused functions may run on x's device: not on ``meta`` (no autocast there; shapes only)."""
+    return x.device.type != "meta"
 
 
 def many_rows(x, layer) -> bool:

@@ -65,10 +65,10 @@ class LayerAdapter(Adapter):
         gen = torch.Generator().manual_seed(self.config.seed)
         for name, layer in self.layers.items():
             fresh = self.layer_class(layer.base)(name, layer.base, self.config, shared, gen)
+            mine = {**dict(layer.named_parameters()), **dict(layer.named_buffers())}
             for k, t in [*fresh.named_parameters(), *fresh.named_buffers()]:
                 if not k.startswith("base."):
-                    dst = layer.get_parameter(k) if k in dict(fresh.named_parameters()) else layer.get_buffer(k)
-                    dst.copy_(t)
+                    mine[k].copy_(t)
             layer.merged = False
 
     # ---- hooks a method may override ------------------------------------------------------------------------
