@@ -246,3 +246,30 @@ def test_embedding_update_is_scaled_like_the_base():
     ad.merge()
     torch.testing.assert_close(model(x), out, **TOL)
 
+
+
+def load_base_weights(model, ref):
+    """Copy ``ref``'s weights and buffers into ``model``, whose wrapped layers keep theirs under '<layer>.base.'."""
+    weights = {**dict(ref.named_parameters()), **dict(ref.named_buffers())}
+    with torch.no_grad():
+        for k, v in [*model.named_parameters(), *model.named_buffers()]:
+            if k.replace(".base.", ".") in weights:
+                v.copy_(weights[k.replace(".base.", ".")])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_meta_device_then_initialize(kind, method):
+    _, real = attach(kind, method)
+    with torch.device("meta"):
+        model = make(kind)
+    assert peftzoo.count(model, method, targets=TARGETS[kind], r=2) == real.num_trainable()
+    ad = peftzoo.attach(model, method, targets=TARGETS[kind], r=2, alpha=6)
+    model.to_empty(device="cpu")
+    load_base_weights(model, make(kind))
+    ad.initialize()
+    want = real.model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    randomize(ad)
+    randomize(real)
+    assert torch.equal(model(inputs(kind)), real.model(inputs(kind)))

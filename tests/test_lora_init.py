@@ -189,3 +189,17 @@ def test_failed_load_of_a_residual_init_file_restores_the_weights(tmp_path, mode
         peftzoo.load_peft(model, tmp_path)
     assert not any(isinstance(m, AdapterLayer) for m in model.modules())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_pissa_on_the_meta_device_then_initialize(ids):
+    from test_layers import load_base_weights
+    real, _ = ours("dora", "pissa")
+    with torch.device("meta"):
+        model = tiny_bert(0)
+    ad = peftzoo.attach(model, "dora", targets=TARGETS, r=4, alpha=8.0, init_lora_weights="pissa", train=["classifier"])
+    model.to_empty(device="cpu")
+    load_base_weights(model, tiny_bert(0))  # the original weights: initialize() decomposes them
+    ad.initialize()
+    want = real.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    torch.testing.assert_close(model(ids).logits, real(ids).logits, atol=0, rtol=0)
