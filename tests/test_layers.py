@@ -94,6 +94,26 @@ def test_attach_is_identity_and_only_adapter_tensors_get_gradients(kind, method)
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("method", METHODS)
+def test_count_leaves_the_model_alone_and_a_step_moves_only_adapter_tensors(kind, method):
+    model = make(kind)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n = peftzoo.count(model, method, targets=TARGETS[kind], r=2)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not any(isinstance(m, AdapterLayer) for m in model.modules())
+    ad = peftzoo.attach(model, method, targets=TARGETS[kind], r=2, alpha=6)
+    assert n == ad.num_trainable() == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    opt = torch.optim.AdamW(ad.param_groups(lr=1e-2))
+    params = dict(model.named_parameters())
+    start = {k: v.detach().clone() for k, v in params.items()}
+    model(inputs(kind)).square().mean().backward()
+    opt.step()
+    own = {id(p) for p in ad.adapter_parameters()}
+    changed = {k for k, v in params.items() if not torch.equal(v, start[k])}
+    assert changed and changed <= {k for k, v in params.items() if id(v) in own}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
 def test_layer_equals_base_with_merged_weight_and_merge_roundtrip(kind, method):
     x = inputs(kind)
     model, ad = attach(kind, method)
@@ -227,34 +247,29 @@ def test_embedding_update_is_scaled_like_the_base():
     torch.testing.assert_close(model(x), out, **TOL)
 
 
-def tiny_vit(seed=0):
-    from transformers import ViTConfig, ViTForImageClassification
-    torch.manual_seed(seed)
-    cfg = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=16,
-                    patch_size=4, num_channels=3, num_labels=3)
-    return ViTForImageClassification(cfg).eval()
 
-
-@pytest.mark.parametrize("method", ["lora", "dora"])
-def test_vit_patch_embedding_both_peft_directions(tmp_path, method):
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    model = tiny_vit()
-    ad = peftzoo.attach(model, method, targets=["projection", "q_proj"], r=4, train=["classifier"])
-    assert isinstance(ad.layers["vit.embeddings.patch_embeddings.projection"].base, nn.Conv2d)
-    randomize(ad)
-    out = model(x).logits
-    ad.save_peft(tmp_path / "ours")
-    pm = peft.PeftModel.from_pretrained(tiny_vit(), tmp_path / "ours").eval()
-    torch.testing.assert_close(pm(x).logits, out, **TOL)
+def load_base_weights(model, ref):
+    """Copy ``ref``'s weights and buffers into ``model``, whose wrapped layers keep theirs under '<layer>.base.'."""
+    weights = {**dict(ref.named_parameters()), **dict(ref.named_buffers())}
     with torch.no_grad():
-        for p in pm.parameters():
-            p.add_(0.1) if p.requires_grad else None  # PEFT loads inference-only: nothing requires grad
-        for n, p in pm.named_parameters():
-            if "lora_" in n:
-                p.add_(0.05)
-    ref = pm(x).logits
-    pm.save_pretrained(tmp_path / "peft")
-    fresh = tiny_vit()
-    peftzoo.load_peft(fresh, tmp_path / "peft")
-    torch.testing.assert_close(fresh(x).logits, ref, **TOL)
-    assert (ref - out).abs().max() > 1e-4
+        for k, v in [*model.named_parameters(), *model.named_buffers()]:
+            if k.replace(".base.", ".") in weights:
+                v.copy_(weights[k.replace(".base.", ".")])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_meta_device_then_initialize(kind, method):
+    _, real = attach(kind, method)
+    with torch.device("meta"):
+        model = make(kind)
+    assert peftzoo.count(model, method, targets=TARGETS[kind], r=2) == real.num_trainable()
+    ad = peftzoo.attach(model, method, targets=TARGETS[kind], r=2, alpha=6)
+    model.to_empty(device="cpu")
+    load_base_weights(model, make(kind))
+    ad.initialize()
+    want = real.model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    randomize(ad)
+    randomize(real)
+    assert torch.equal(model(inputs(kind)), real.model(inputs(kind)))

@@ -139,3 +139,67 @@ def test_peft_files_from_plain_inits_load_exactly(tmp_path, ids, init):
 def test_residual_init_rank_must_fit(model):
     with pytest.raises(ValueError, match=r"init_lora_weights='pissa' needs r <= min\(d_in, d_out\) = 32"):
         peftzoo.attach(model, "lora", targets=["query"], r=40, init_lora_weights="pissa")
+
+
+def gpt2():
+    from zoo import ARCHS
+    torch.manual_seed(0)
+    return ARCHS["gpt2"].build().eval()
+
+
+def test_pissa_on_gpt2_conv1d_matches_peft(tmp_path):
+    from zoo import ARCHS, output
+    x = ARCHS["gpt2"].inputs(torch.Generator().manual_seed(1))
+    model = gpt2()
+    ad = peftzoo.attach(model, "lora", targets=["c_attn"], r=4, alpha=8, init_lora_weights="pissa")
+    pm = peft.get_peft_model(gpt2(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"],
+                                                     init_lora_weights="pissa", fan_in_fan_out=True))
+    for name, layer in ad.layers.items():  # W is stored (d_in, d_out) here: the residual must be too
+        theirs = pm.base_model.model.get_submodule(name)
+        torch.testing.assert_close(layer.A, theirs.lora_A["default"].weight, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(layer.B, theirs.lora_B["default"].weight, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(layer.base.weight, theirs.base_layer.weight, atol=1e-6, rtol=1e-6)
+    randomize(ad, std=0.1)
+    out = output(model, x)
+    ad.save_peft(tmp_path)
+    back = peft.PeftModel.from_pretrained(gpt2(), tmp_path).eval()
+    torch.testing.assert_close(output(back, x), out, **TOL)
+    fresh = gpt2()
+    peftzoo.load_peft(fresh, tmp_path)
+    torch.testing.assert_close(output(fresh, x), out, **TOL)
+
+
+def test_olora_on_gpt2_conv1d_is_refused():
+    # PEFT 0.21.2 QR-decomposes the stored (d_in, d_out) matrix: its A gets d_out columns and forward fails
+    with pytest.raises(ValueError, match=r"init_lora_weights='olora' on 'transformer.h.0.attn.c_attn', a "
+                                         r"transformers Conv1D"):
+        peftzoo.attach(gpt2(), "lora", targets=["c_attn"], r=4, init_lora_weights="olora")
+
+
+def test_failed_load_of_a_residual_init_file_restores_the_weights(tmp_path, model):
+    _, ad = ours("lora", "pissa")
+    ad.save_peft(tmp_path)
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(tmp_path / "adapter_model.safetensors"))
+    key = next(k for k in tensors if k.endswith("lora_B.weight") and "layer.1." in k)
+    tensors[key] = tensors[key][:, :2].contiguous()  # the last layer's B does not fit: the load fails after PiSSA
+    save_file(tensors, str(tmp_path / "adapter_model.safetensors"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="lora_B.weight"):
+        peftzoo.load_peft(model, tmp_path)
+    assert not any(isinstance(m, AdapterLayer) for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_pissa_on_the_meta_device_then_initialize(ids):
+    from test_layers import load_base_weights
+    real, _ = ours("dora", "pissa")
+    with torch.device("meta"):
+        model = tiny_bert(0)
+    ad = peftzoo.attach(model, "dora", targets=TARGETS, r=4, alpha=8.0, init_lora_weights="pissa", train=["classifier"])
+    model.to_empty(device="cpu")
+    load_base_weights(model, tiny_bert(0))  # the original weights: initialize() decomposes them
+    ad.initialize()
+    want = real.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    torch.testing.assert_close(model(ids).logits, real(ids).logits, atol=0, rtol=0)

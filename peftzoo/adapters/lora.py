@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from peftzoo.adapters.base import AdapterConfig, AdapterLayer
 from peftzoo.adapters.conv import LoraConv
@@ -67,6 +68,10 @@ class LoraLayer(AdapterLayer):
         if config.init_lora_weights in RESIDUAL and isinstance(r, int) and r > min(cls.dims(base)):
             raise ValueError(f"init_lora_weights={config.init_lora_weights!r} needs r <= min(d_in, d_out) = "
                              f"{min(cls.dims(base))} at layer {name!r}, got r={r}")  # the SVD/QR has only that many parts
+        if config.init_lora_weights == "olora" and isinstance(base, Conv1D):
+            raise ValueError(f"init_lora_weights='olora' on {name!r}, a transformers Conv1D: PEFT 0.21.2 decomposes "
+                             "its stored (d_in, d_out) weight and then fails in forward, so no PEFT file could be "
+                             "exchanged; use 'pissa' (which PEFT handles on Conv1D)")
         if not isinstance(r, int) or r < 1:
             raise ValueError(f"r={r} must be a positive integer")
         if not 0.0 <= config.dropout < 1.0:
