@@ -7,6 +7,7 @@ from torch import nn
 
 from peftzoo import adapters
 from peftzoo.adapters.base import Adapter, AdapterConfig
+from peftzoo.inject import transaction
 
 
 def methods() -> list[str]:
@@ -32,7 +33,8 @@ def attach(model: nn.Module, method: str, **kwargs) -> Adapter:
     Every base parameter is frozen; the adapter's tensors and the ``train`` modules are trainable.
     """
     cfg = make_config(method, **kwargs)
-    return adapters.get(method)(model, cfg)
+    with transaction(model):  # on any error the model is left exactly as it was
+        return adapters.get(method)(model, cfg)
 
 
 def count(model: nn.Module, method: str, **kwargs) -> int:

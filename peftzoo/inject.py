@@ -1,14 +1,24 @@
 """Find target modules, swap in adapter layers, freeze the rest. Knows nothing about any particular method."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 from typing import Iterable
 
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
-# Output heads are never adapted by "all-linear" (PEFT excludes the output layer the same way).
-HEAD_NAMES = ("classifier", "score", "lm_head", "qa_outputs", "pooler.dense", "out_proj")
+# The layers per-layer methods adapt and "all-linear" collects: nn.Linear and transformers' Conv1D (GPT-2's
+# projections, weight stored (d_in, d_out): PEFT's fan_in_fan_out). Non-linear layer types are added per method.
+LINEAR_TYPES = (nn.Linear, Conv1D)
+
+
+def layer_dims(module: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of a linear layer, whichever way its weight is stored."""
+    if isinstance(module, Conv1D):
+        return module.weight.shape[0], module.weight.shape[1]
+    return module.in_features, module.out_features
 
 
 def _suffixes(name: str) -> list[str]:
@@ -22,12 +32,11 @@ def _matches(name: str, targets) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def _is_head(model: nn.Module, name: str) -> bool:
-    out = getattr(model, "get_output_embeddings", lambda: None)()
-    if out is not None and model.get_submodule(name) is out:
-        return True
-    return any(name == h or name.endswith("." + h) or name.startswith(h + ".") or f".{h}." in name
-               for h in HEAD_NAMES)
+def _output_layer(model: nn.Module) -> nn.Module | None:
+    """A transformers model's output layer (``lm_head``, or whatever is tied to the output embeddings), else None.
+    As in PEFT, only a ``PreTrainedModel`` has one: a plain module's last layer is adapted like any other."""
+    from transformers import PreTrainedModel
+    return model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
 
 
 def _under(name: str, prefixes: Iterable[str]) -> bool:
@@ -35,13 +44,14 @@ def _under(name: str, prefixes: Iterable[str]) -> bool:
 
 
 def find_modules(model: nn.Module, names, what: str = "train") -> dict[str, nn.Module]:
-    """Modules whose name is, or ends with, one of ``names``. Each name must match something."""
+    """Modules whose name ends with one of ``names`` (PEFT's ``modules_to_save`` rule: a plain string suffix, so
+    ``"classifier"`` also takes DistilBERT's ``pre_classifier``). Each name must match something."""
     if isinstance(names, str):
         names = [names]
     all_names = [n for n, _ in model.named_modules() if n]
     found = {}
     for t in names:
-        hits = {n: model.get_submodule(n) for n in all_names if n == t or n.endswith("." + t)}
+        hits = {n: model.get_submodule(n) for n in all_names if n.endswith(t)}
         if not hits:
             raise ValueError(_no_match_message(t, all_names, what))
         found.update(hits)
@@ -55,46 +65,53 @@ def _no_match_message(target: str, all_names: list[str], what: str) -> str:
     return f"{what} {target!r} matches no module of the model.{hint}"
 
 
-def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_types: tuple = ()) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` modules an adapter should wrap, by PEFT's ``target_modules`` rules.
+def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_types: tuple = (),
+                 base_types: tuple = LINEAR_TYPES, method: str = "") -> dict[str, nn.Module]:
+    """The layers an adapter should wrap, by PEFT's rules (``all-linear``: ``nn.Linear``, transformers' ``Conv1D``).
 
-    ``targets``: a list of name suffixes, a regex string (full match, as PEFT), or ``"all-linear"``.
+    ``targets``: a list of name suffixes, a regex string (full match, as PEFT), or ``"all-linear"``: every linear
+    layer except the model's output layer (``get_output_embeddings()``: ``lm_head`` or the layer tied to the input
+    embeddings) and the ``skip`` modules, which is PEFT's rule (PEFT with ``task_type=SEQ_CLS`` also leaves out
+    ``classifier``/``score``, which it then trains in full: name them in ``train`` for the same effect).
     ``skip``: module prefixes never adapted (the fully trained modules). ``layer_types``: adapter layer
-    classes; a target that is already one of them is an error (an adapter is attached already).
+    classes; a model that already holds one is an error (one adapter per model).
+    ``base_types``: the layer types ``method`` can adapt; a named target of another type is a TypeError.
     """
     if targets is None or (not isinstance(targets, str) and len(list(targets)) == 0):
         raise ValueError("targets is empty: name the nn.Linear modules to adapt, e.g. targets=['query', 'value'], "
                          "or targets='all-linear'")
     skip = list(skip)
     named = [(n, m) for n, m in model.named_modules() if n]
-    adapted = {n for n, m in named if layer_types and isinstance(m, layer_types)}
+    adapted = sorted(n for n, m in named if layer_types and isinstance(m, layer_types))
+    if adapted:
+        raise ValueError(f"the model already has an adapter ({len(adapted)} adapter layers, e.g. {adapted[0]!r}): "
+                         "attaching twice is not supported (a second attach would freeze the first adapter). "
+                         "Attach every target in one call, or start from a fresh copy of the model")
     if targets == "all-linear":
-        if adapted:
-            raise ValueError(f"the model already has adapter layers ({sorted(adapted)[0]}, ...): "
-                             "attaching twice to the same layer is not supported")
-        found = {n: m for n, m in named if isinstance(m, nn.Linear) and not _is_head(model, n) and not _under(n, skip)}
+        out = _output_layer(model)
+        found = {n: m for n, m in named if isinstance(m, LINEAR_TYPES) and m is not out and not _under(n, skip)}
         if not found:
-            raise ValueError("targets='all-linear' found no nn.Linear outside the output head")
+            raise ValueError("targets='all-linear' found no nn.Linear/Conv1D outside the output layer and train modules")
         return found
     tlist = [targets] if isinstance(targets, str) else list(targets)
-    hits = {n: m for n, m in named if _matches(n, targets) and not _under(n, skip)
-            and not any(_under(n, [a + ".base"]) for a in adapted)}
+    hits = {n: m for n, m in named if _matches(n, targets) and not _under(n, skip)}
     if not isinstance(targets, str):
         for t in tlist:
-            if not any(_matches(n, [t]) for n in hits):
+            if not any(_matches(n, [t]) for n, _ in named):
                 raise ValueError(_no_match_message(t, [n for n, _ in named], "target"))
-    elif not hits:
+    elif not any(_matches(n, targets) for n, _ in named):
         raise ValueError(f"target regex {targets!r} matches no module of the model")
-    twice = [n for n in hits if n in adapted]
-    if twice:
-        raise ValueError(f"{twice[0]!r} already has an adapter layer: attaching twice to the same layer is not "
-                         "supported (merge and detach the first adapter, or pick other targets)")
-    bad = {n: type(m).__name__ for n, m in hits.items() if not isinstance(m, nn.Linear)}
+    if not hits:
+        raise ValueError(f"every module matching targets={targets!r} is inside a train module {skip}: "
+                         "nothing is left to adapt")
+    bad = {n: type(m).__name__ for n, m in hits.items() if not isinstance(m, base_types)}
     if bad:
         n, t = next(iter(bad.items()))
-        inner = [f"{n}.{c}" for c, cm in model.get_submodule(n).named_modules() if isinstance(cm, nn.Linear) and c]
-        hint = f" Its nn.Linear submodules: {', '.join(inner[:5])}." if inner else ""
-        raise TypeError(f"target {n!r} is a {t}, not an nn.Linear; peftzoo adapts nn.Linear layers only.{hint}")
+        kinds = ", ".join(f"nn.{b.__name__}" if b.__module__.startswith("torch.nn") else
+                          f"{b.__module__.split('.')[0]}.{b.__name__}" for b in base_types)
+        inner = [f"{n}.{c}" for c, cm in model.get_submodule(n).named_modules() if isinstance(cm, base_types) and c]
+        hint = f" Its submodules {method or 'peftzoo'} can adapt: {', '.join(inner[:5])}." if inner else ""
+        raise TypeError(f"target {n!r} is a {t}, not a layer type {method or 'peftzoo'} adapts ({kinds}).{hint}")
     return hits
 
 
@@ -107,3 +124,26 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 def freeze(model: nn.Module) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
+
+
+@contextlib.contextmanager
+def transaction(model: nn.Module, keep: Iterable[nn.Module] = ()):
+    """On any error inside the block, put ``model`` back as it was: its module tree, every parameter's
+    ``requires_grad`` and storage (an init such as PiSSA gives a frozen weight new values by replacing its
+    ``.data``: the old storage is kept by reference, no copy), and the tensors of the ``keep`` modules (those the
+    block may write into in place)."""
+    children = [(m, dict(m._modules)) for m in model.modules()]
+    grads = [(p, p.requires_grad, p.data) for p in model.parameters()]
+    saved = [(t, t.detach().clone()) for m in keep for t in m.state_dict(keep_vars=True).values()]
+    try:
+        yield
+    except BaseException:
+        for m, kids in children:
+            m._modules.clear()
+            m._modules.update(kids)
+        for p, flag, data in grads:
+            p.requires_grad_(flag)
+            p.data = data
+        for t, v in saved:
+            t.data.copy_(v)
+        raise

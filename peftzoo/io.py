@@ -17,13 +17,14 @@ from safetensors.torch import load_file, save_file
 
 from peftzoo import adapters
 from peftzoo.adapters.base import Adapter, copy_checked
-from peftzoo.inject import find_modules
+from peftzoo.inject import find_modules, transaction
 
 FORMAT = 1
 TRAIN = "train."
 PEFT_PREFIX = "base_model.model."
 # PEFT features we do not implement: loading them silently would give different outputs.
-PEFT_UNSUPPORTED = {"fan_in_fan_out": False, "layers_to_transform": None, "layer_replication": None,
+# (fan_in_fan_out is not among them: PEFT sets it per layer from the layer's type, and so do we.)
+PEFT_UNSUPPORTED = {"layers_to_transform": None, "layer_replication": None,
                     "target_parameters": None, "trainable_token_indices": None, "alpha_pattern": {},
                     "exclude_modules": None, "lora_bias": False}
 
@@ -36,13 +37,30 @@ def _train_tensors(ad: Adapter, prefix: str) -> dict[str, torch.Tensor]:
     return {f"{prefix}{m}.{k}": v for m, mod in ad.train_modules.items() for k, v in mod.state_dict().items()}
 
 
-def _load_train(ad: Adapter, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+def _load_train(ad: Adapter, tensors: dict[str, torch.Tensor], prefix: str) -> set[str]:
+    """Copy the ``train`` modules' tensors from the file; returns the keys used."""
+    used = set()
     for m, mod in ad.train_modules.items():
         for k, v in mod.state_dict().items():
             key = f"{prefix}{m}.{k}"
             if key not in tensors:
                 raise ValueError(f"adapter file lacks {key!r} of the fully trained module {m!r}")
             copy_checked(v, tensors[key], key)
+            used.add(key)
+    return used
+
+
+def _check_all_used(tensors: dict, used: set, path) -> None:
+    """Never ignore a tensor of the file: one that fits nowhere means the model or config differs from the saved."""
+    left = sorted(set(tensors) - used)
+    if left:
+        raise ValueError(f"{path}: {len(left)} tensor(s) of the adapter file fit no adapter layer or train module "
+                         f"of this model: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}")
+
+
+def _kept_modules(model, train) -> list:
+    """The modules a load may write into (the train modules): restored if the load fails."""
+    return list(find_modules(model, train).values()) if train else []
 
 
 def _write_json(path: Path, obj) -> None:
@@ -67,11 +85,13 @@ def load(model, path) -> Adapter:
         hint = " (it looks like a PEFT adapter: use peftzoo.load_peft)" if (path / "adapter_config.json").exists() else ""
         raise FileNotFoundError(f"{path} holds no peftzoo.json{hint}")
     meta = json.loads((path / "peftzoo.json").read_text())
-    ad = attach(model, meta["method"], **meta["config"])
-    ad.load_extra_state(meta.get("extra", {}))
     tensors = load_file(str(path / "adapter.safetensors"))
-    ad.load_state({k: v for k, v in tensors.items() if not k.startswith(TRAIN)})
-    _load_train(ad, tensors, TRAIN)
+    with transaction(model, keep=_kept_modules(model, meta["config"].get("train"))):
+        ad = attach(model, meta["method"], **meta["config"])
+        ad.load_extra_state(meta.get("extra", {}))
+        own = {k: v for k, v in tensors.items() if not k.startswith(TRAIN)}
+        ad.load_state(own)
+        _check_all_used(tensors, set(own) | _load_train(ad, tensors, TRAIN), path)
     return ad
 
 
@@ -88,8 +108,9 @@ def save_peft(ad: Adapter, path) -> None:
     targets = ad.config.targets
     if not isinstance(targets, (list, tuple)):  # regex or all-linear: write the exact modules adapted
         targets = "^(" + "|".join(n.replace(".", r"\.") for n in ad.layers) + ")$"
+    conv1d = any(getattr(layer, "fan_in_fan_out", False) for layer in ad.layers.values())
     cfg = {"peft_type": cls.peft_type, "task_type": None, "bias": "none", "inference_mode": True,
-           "fan_in_fan_out": False, "target_modules": list(targets) if isinstance(targets, (list, tuple)) else targets,
+           "fan_in_fan_out": conv1d, "target_modules": list(targets) if isinstance(targets, (list, tuple)) else targets,
            "modules_to_save": list(ad.config.train) or None,
            "base_model_name_or_path": getattr(getattr(ad.model, "config", None), "_name_or_path", None) or None,
            **cls.peft_config(ad.config)}
@@ -117,12 +138,11 @@ def load_peft(model, path) -> Adapter:
     cls = matches[0]
     targets = cfg["target_modules"]
     train = list(cfg.get("modules_to_save") or [])
-    ad = attach(model, cls.name, targets=targets if isinstance(targets, str) else sorted(targets), train=train,
-                **cls.from_peft_config(cfg))
     tensors = load_file(str(path / "adapter_model.safetensors"))
     tensors = {k.replace(".default.", ".").removesuffix(".default"): v for k, v in tensors.items()}
-    ad.load_peft_state(tensors)
-    if train:
-        find_modules(model, train)  # clear error if the model lacks them
-        _load_train(ad, tensors, PEFT_PREFIX)
+    with transaction(model, keep=_kept_modules(model, train)):
+        ad = attach(model, cls.name, targets=targets if isinstance(targets, str) else sorted(targets), train=train,
+                    **cls.from_peft_config(cfg))
+        used = ad.load_peft_state(tensors)
+        _check_all_used(tensors, used | _load_train(ad, tensors, PEFT_PREFIX), path)
     return ad

@@ -24,15 +24,23 @@ def test_target_matching_nothing_lists_close_names(model):
 
 
 def test_target_that_is_not_linear(model):
-    with pytest.raises(TypeError, match=r"BertSelfAttention, not an nn.Linear.*self\.query"):
+    with pytest.raises(TypeError, match=r"BertSelfAttention, not a layer type lora adapts \(nn\.Linear, .*self\.query"):
         peftzoo.attach(model, "lora", targets=["attention.self"])
 
 
-@pytest.mark.parametrize("r", [0, -1, 33])
+@pytest.mark.parametrize("r", [0, -1, 2.5])
 def test_rank_out_of_range(model, r):
-    with pytest.raises(ValueError, match=r"r=.* need 1 <= r <= min\(d_in, d_out\) = 32"):
+    with pytest.raises(ValueError, match=rf"r={r} must be a positive integer"):
         peftzoo.attach(model, "lora", targets=["query"], r=r)
     assert all(p.requires_grad for p in model.parameters()), "a failed attach must leave the model untouched"
+
+
+@pytest.mark.parametrize("method, kw", [("lora", {"r": 40}), ("dora", {"r": 40}),
+                                        ("adalora", {"init_r": 40, "target_r": 4})])
+def test_rank_above_layer_size_is_accepted_with_a_warning_as_peft(model, method, kw):
+    with pytest.warns(UserWarning, match=r"rank 40 exceeds min\(d_in, d_out\) on 2 layer\(s\).*accepted, as PEFT"):
+        ad = peftzoo.attach(model, method, targets=["query"], **kw)
+    assert ad.num_trainable() == peftzoo.count(tiny_bert(), method, targets=["query"], **kw) > 0
 
 
 def test_vera_rank_may_exceed_layer_but_not_be_zero(model):
@@ -41,17 +49,22 @@ def test_vera_rank_may_exceed_layer_but_not_be_zero(model):
         peftzoo.attach(tiny_bert(), "vera", targets=["query"], r=0)
 
 
-@pytest.mark.parametrize("targets", [["query"], "all-linear"])
-def test_attaching_twice_to_the_same_layer(model, targets):
-    peftzoo.attach(model, "lora", targets=["query"])
-    with pytest.raises(ValueError, match="attaching twice"):
+@pytest.mark.parametrize("targets", [["query"], ["value"], "all-linear"])
+def test_a_second_attach_is_a_clear_error_and_changes_nothing(model, targets):
+    ad = peftzoo.attach(model, "lora", targets=["query"], train=["classifier"])
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"already has an adapter \(2 adapter layers.*attaching twice is not supported"):
         peftzoo.attach(model, "dora", targets=targets)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == trainable  # the first stays trainable
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()) and len(ad.layers) == 2
 
 
-def test_all_linear_skips_head_and_train_modules(model):
+def test_all_linear_skips_output_layer_and_train_modules_only(model):
+    """PEFT's rule: every linear layer but the output layer and the train modules (the pooler is adapted)."""
     ad = peftzoo.attach(model, "lora", targets="all-linear", r=2, train=["classifier"])
-    assert "classifier" not in ad.layers and "bert.pooler.dense" not in ad.layers
-    assert len(ad.layers) == 2 * 6  # q, k, v, attn-out, ffn-in, ffn-out per layer
+    assert "classifier" not in ad.layers and "bert.pooler.dense" in ad.layers
+    assert len(ad.layers) == 2 * 6 + 1  # q, k, v, attn-out, ffn-in, ffn-out per layer, and the pooler
 
 
 def test_train_module_that_does_not_exist(model):
@@ -94,8 +107,8 @@ def test_own_loader_points_to_peft_loader(tmp_path):
 
 
 def test_count_reports_bad_input_too(model):
-    with pytest.raises(ValueError, match="r=64"):
-        peftzoo.count(model, "lora", targets=["query"], r=64)
+    with pytest.raises(ValueError, match="r=0"):
+        peftzoo.count(model, "lora", targets=["query"], r=0)
 
 
 def test_loraplus_groups_put_exactly_B_at_ratio(model):

@@ -25,6 +25,7 @@ from torch import nn
 from peftzoo.adapters.base import AdapterConfig, AdapterLayer
 from peftzoo.adapters.fused import lowrank_linear
 from peftzoo.adapters.layered import LayerAdapter
+from peftzoo.inject import LINEAR_TYPES
 
 
 @dataclass
@@ -65,14 +66,12 @@ class AdaLoraLayer(AdapterLayer):
         return int(sum(pattern)) if pattern is not None else config.init_r
 
     @classmethod
-    def check(cls, name, base, config):
-        lim = min(base.in_features, base.out_features)
-        if config.init_r > lim:
-            raise ValueError(f"init_r={config.init_r} does not fit layer {name!r}: need init_r <= {lim}")
-
-    @classmethod
     def count(cls, name, in_features, out_features, config):
         return cls.rank_of(name, config) * (in_features + out_features + 1)
+
+    @classmethod
+    def rank(cls, config):
+        return config.init_r
 
     def state_tensors(self):
         return {"A": self.A, "B": self.B, "E": self.E, "keep": self.keep}
@@ -90,7 +89,7 @@ class AdaLoraLayer(AdapterLayer):
         if self.merged:
             return self.base(x)
         if self.dropout is None:
-            return lowrank_linear(x, self.base, self.A * self.lam(), self.B, self.scaling)
+            return lowrank_linear(x, self, self.A * self.lam(), self.B, self.scaling)
         return self.base(x) + (self.dropout(x) @ (self.A * self.lam()).t() @ self.B.t()) * self.scaling
 
     def peft_state(self):
@@ -101,7 +100,7 @@ class AdaLoraLayer(AdapterLayer):
 class AdaLora(LayerAdapter):
     name = "adalora"
     config_cls = AdaLoraConfig
-    layer_cls = AdaLoraLayer
+    layer_classes = dict.fromkeys(LINEAR_TYPES, AdaLoraLayer)  # PEFT adapts only linear layers with AdaLoRA
     peft_type = "ADALORA"
     default_lr = 1e-3
     budget_knob = "target_r"

@@ -3,7 +3,8 @@
 Two kinds of methods share it:
 
 * per-layer methods (LoRA family, DoRA, VeRA, AdaLoRA) implement a small :class:`AdapterLayer` that wraps one
-  frozen ``nn.Linear``; :class:`peftzoo.adapters.layered.LayerAdapter` injects them and answers the contract;
+  frozen layer (an ``nn.Linear``, or for the LoRA family also an ``nn.Embedding`` / ``nn.Conv*d``);
+  :class:`peftzoo.adapters.layered.LayerAdapter` injects them and answers the contract;
 * whole-model methods (the random-subspace method) implement :class:`Adapter` directly.
 
 Hooks the training loop calls explicitly (nothing hidden in ``forward``):
@@ -21,13 +22,14 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 
 @dataclass
 class AdapterConfig:
     """Fields every method has. Subclasses add the method's own hyperparameters."""
 
-    targets: Any = ("query", "value")  # nn.Linear modules to adapt: name suffixes, a regex string, or "all-linear"
+    targets: Any = ("query", "value")  # layers to adapt: name suffixes, a regex string, or "all-linear"
     train: Any = ()  # modules trained in full (e.g. the classification head); PEFT's modules_to_save
     seed: int = 0  # seeds every random initialisation of the adapter (a torch.Generator, never the global RNG)
 
@@ -98,6 +100,11 @@ class Adapter(ABC):
     def count(cls, model: nn.Module, config: AdapterConfig) -> int:
         """Trainable adapter elements attaching would add, computed without touching the model."""
 
+    def initialize(self) -> None:
+        """Run the adapter's initialisation again on the model as it is now (after ``to_empty`` on ``meta``)."""
+        raise NotImplementedError(f"{self.name} cannot be initialised again in place: attach it to the "
+                                  "materialised model instead")
+
     # ---- training-loop hooks (no-ops unless a method needs them) ---------------------------------------------
     def set_total_steps(self, total_steps: int) -> None:  # noqa: B027
         pass
@@ -163,27 +170,81 @@ class Adapter(ABC):
 
 
 class AdapterLayer(nn.Module):
-    """Wraps one frozen ``nn.Linear`` (kept as ``self.base``). Subclasses define the update.
+    """Wraps one frozen layer (kept as ``self.base``). Subclasses define the update.
+
+    The base is an ``nn.Linear`` or transformers' ``Conv1D`` (weight stored (d_in, d_out): PEFT's
+    ``fan_in_fan_out``), or, for the methods whose ``layer_classes`` name them, another layer type
+    (``nn.Embedding``, ``nn.Conv*d``); linear subclasses read W as (d_out, d_in) through ``base_weight()`` and
+    write it through ``set_base_weight``, so they never see the storage order (for other types both use
+    ``base.weight``'s own shape). To code that inspects it, the wrapper looks like the layer it wraps:
+    ``weight``, ``bias``, ``in_features``, ``out_features`` and any other attribute of the base (T5's
+    ``DenseReluDense`` reads ``self.wo.weight.dtype``).
 
     A subclass sets ``peft_names`` (its tensor name -> PEFT's key suffix) and implements ``roles``,
-    ``delta_weight`` (ΔW with W + ΔW the merged weight) and ``forward``; ``count`` gives its trainable elements.
+    ``delta_weight`` (ΔW with W + ΔW the merged weight, laid out as ``base_weight()``) and ``forward``; ``count``
+    gives its trainable elements. A layer type other than ``nn.Linear`` overrides ``dims`` (and ``count_layer``
+    when its count needs more than the two sizes, e.g. a conv kernel).
     """
 
     peft_names: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, base: nn.Linear):
+    def __init__(self, base: nn.Module):
         super().__init__()
         self.base = base
         self.merged = False
-        self.in_features, self.out_features = base.in_features, base.out_features
+        self.fan_in_fan_out = isinstance(base, Conv1D)
+        self.in_features, self.out_features = self.dims(base)
+
+    @staticmethod
+    def dims(base: nn.Module) -> tuple[int, int]:
+        """(d_in, d_out) of the wrapped layer, as PEFT counts them (other layer types override this)."""
+        from peftzoo.inject import layer_dims
+        return layer_dims(base)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self.__dict__.get("_modules", {}).get("base")
+            if base is None or name.startswith("_"):
+                raise
+            return getattr(base, name)
+
+    def base_weight(self) -> torch.Tensor:
+        """The frozen W as (d_out, d_in), whatever the base's storage order (a view, no copy)."""
+        w = self.base.weight
+        return w.t() if self.fan_in_fan_out else w
+
+    def set_base_weight(self, w: torch.Tensor) -> None:
+        """Replace the frozen W's values with ``w``, given as (d_out, d_in)."""
+        dst = self.base.weight
+        dst.data = (w.t() if self.fan_in_fan_out else w).to(dst.dtype).contiguous()
 
     @classmethod
-    def check(cls, name: str, base: nn.Linear, config: AdapterConfig) -> None:
+    def check(cls, name: str, base: nn.Module, config: AdapterConfig) -> None:
         """Raise ValueError if ``config`` cannot adapt this layer (e.g. r > min(d_in, d_out) for LoRA)."""
 
     @classmethod
     def count(cls, name: str, in_features: int, out_features: int, config: AdapterConfig) -> int:
         raise NotImplementedError
+
+    @classmethod
+    def count_layer(cls, name: str, base: nn.Module, config: AdapterConfig) -> int:
+        """Trainable elements this layer class would add to ``base``."""
+        return cls.count(name, *cls.dims(base), config)
+
+    @classmethod
+    def rank(cls, config: AdapterConfig) -> int | None:
+        """The rank of the layer's low-rank factors (attach notes when it exceeds min(d_in, d_out)); None: no such rank."""
+        return None
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors ``Adapter.state`` saves for this layer (default: those PEFT saves)."""
@@ -200,13 +261,18 @@ class AdapterLayer(nn.Module):
 
     def merge(self) -> None:
         if not self.merged:
-            self.base.weight.data += self.delta_weight().to(self.base.weight.dtype)
+            self._add_to_weight(self.delta_weight())
             self.merged = True
 
     def unmerge(self) -> None:
         if self.merged:
             self.merged = False  # delta_weight() of merged-aware layers reads this flag
-            self.base.weight.data -= self.delta_weight().to(self.base.weight.dtype)
+            self._add_to_weight(-self.delta_weight())
+
+    @torch.no_grad()
+    def _add_to_weight(self, delta: torch.Tensor) -> None:
+        w = self.base.weight.data
+        w += (delta.t() if self.fan_in_fan_out else delta).to(w.dtype)
 
     # PEFT interop: tensors by PEFT's names (subclasses with extra logic override)
     def peft_state(self) -> dict[str, torch.Tensor]:

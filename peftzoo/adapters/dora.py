@@ -3,13 +3,17 @@
     W' = m ⊙ (W + s·BA) / ‖W + s·BA‖_row,      y = W' x + b
        = (m / ‖W + s·BA‖) ⊙ (W x + s·B(A x)) + b
 
-m ∈ R^{d_out} starts at ‖W‖_row (so W' = W at init); the norm is detached from the graph (paper §4.3), as in PEFT.
+m ∈ R^{d_out} starts at ‖W + s·BA‖_row (so W' = W at init; = ‖W‖_row for the default init, B = 0); the norm
+is detached from the graph (paper §4.3), as in PEFT.
 The d_out × d_in matrix W + s·BA is never built: with w_i the rows of W,
     ‖w_i + s·(BA)_i‖² = ‖w_i‖² + 2s·⟨(W Aᵀ)_i, B_i⟩ + s²·B_i (A Aᵀ) B_iᵀ
 needs ‖w_i‖² (cached while W is frozen), W Aᵀ (d_out × r) and A Aᵀ (r × r). A row whose norm is 0 has a zero
 direction, so its scale is taken as 0 instead of m / 0 (no NaN/inf).
 
-Trainable elements per adapted layer: r · (d_in + d_out) + d_out.
+The same holds for the other layer types with W read as a matrix whose rows are the output units: a
+convolution's c_out × (c_in·∏k) kernel, an embedding table's transpose (d × V), as PEFT does.
+
+Trainable elements per adapted layer: LoRA's count for the layer type + d_out (c_out; d for an embedding).
 """
 from __future__ import annotations
 
@@ -18,8 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peftzoo.adapters.fused import FusedDora, _dora_scale, many_rows
+from peftzoo.adapters.conv import LoraConv
+from peftzoo.adapters.embedding import LoraEmbedding
+from peftzoo.adapters.fused import FusedDora, _dora_scale, fusable, many_rows
 from peftzoo.adapters.lora import Lora, LoraConfig, LoraLayer
+from peftzoo.inject import LINEAR_TYPES
 
 
 @dataclass
@@ -27,81 +34,149 @@ class DoraConfig(LoraConfig):
     pass
 
 
-class DoraLayer(LoraLayer):
-    peft_names = {"A": "lora_A.weight", "B": "lora_B.weight", "m": "lora_magnitude_vector"}
+class DoraMixin:
+    """DoRA on top of a LoRA layer of any type. The layer class supplies ``factors2d`` (W, A, B as matrices whose
+    rows are the output units: d_out × d_in, r × d_in, d_out × r), ``weight_view`` (how a per-output vector
+    broadcasts against W as ``base_weight()`` lays it out) and, from LoRA, ``lowrank_delta`` (s·BA, laid out
+    the same way)."""
 
     def __init__(self, name, base, config, shared, gen):
         super().__init__(name, base, config, shared, gen)
-        w = base.weight.detach()
+        w = self.factors2d()[0].detach()
         self.register_buffer("w_sq", (w.float() ** 2).sum(1), persistent=False)  # ‖w_i‖², W frozen
-        self.m = nn.Parameter(self.w_sq.sqrt().to(w.dtype))
+        # ‖W + s·BA‖ at init (= ‖W‖ unless an init such as PiSSA moved part of W into A, B)
+        self.m = nn.Parameter(self.weight_norm().to(w.dtype))
         self.register_buffer("merge_scale", torch.zeros(0), persistent=False)  # m/‖·‖ used by merge(), for unmerge
 
     @classmethod
-    def count(cls, name, in_features, out_features, config):
-        return config.r * (in_features + out_features) + out_features
+    def count_layer(cls, name, base, config):
+        return super().count_layer(name, base, config) + cls.dims(base)[1]
 
     def roles(self):
-        return {"A": [self.A], "B": [self.B], "magnitude": [self.m]}
+        return {**super().roles(), "magnitude": [self.m]}
 
     @torch.no_grad()
     def weight_norm(self) -> torch.Tensor:
         """‖W + s·BA‖ per output row, from d_out × r and r × r products only (no d_out × d_in matrix)."""
-        A, B, s = self.A.float(), self.B.float(), self.scaling
-        wa = self.base.weight.float() @ A.t()  # (d_out, r)
+        w, A, B = self.factors2d()
+        A, B, s = A.float(), B.float(), self.scaling
+        wa = w.float() @ A.t()  # (d_out, r)
         sq = self.w_sq + 2 * s * (wa * B).sum(1) + s * s * ((B @ (A @ A.t())) * B).sum(1)
         return sq.clamp_min(0).sqrt()
 
     def scale(self) -> torch.Tensor:
         return _dora_scale(self.m, self.weight_norm())
 
-    def forward(self, x):
-        if self.merged:
-            return self.base(x)
-        if self.dropout is None and not self.base.weight.requires_grad:
-            return FusedDora.apply(x, self.base.weight, self.base.bias, self.A, self.B, self.m, self.weight_norm(),
-                                   self.scaling, many_rows(x, self.base))
-        h = self.dropout(x) if self.dropout is not None else x
-        out = nn.functional.linear(x, self.base.weight) + (h @ self.A.t() @ self.B.t()) * self.scaling
-        out = out * self.scale().to(out.dtype)
-        return out + self.base.bias if self.base.bias is not None else out
-
     def delta_weight(self):
-        w = self.base.weight
+        w = self.base_weight()
         if self.merged:  # base.weight holds W'; ΔW = W' - W
             return w - self._unmerged_weight()
-        return self.scale().unsqueeze(1) * (w + self.scaling * self.B @ self.A) - w
+        return self.weight_view(self.scale()) * (w + self.lowrank_delta()) - w
 
     def _unmerged_weight(self):
-        sc = self.merge_scale.unsqueeze(1)
-        w = torch.where(sc != 0, self.base.weight / torch.where(sc != 0, sc, 1), self._zero_rows)
-        return w - self.scaling * self.B @ self.A
+        sc = self.weight_view(self.merge_scale)
+        w = torch.where(sc != 0, self.base_weight() / torch.where(sc != 0, sc, 1), self._zero_rows)
+        return w - self.lowrank_delta()
 
     @torch.no_grad()
     def merge(self):
         if not self.merged:
             sc = self.scale()
-            w = self.base.weight
-            self._zero_rows = w.detach().clone() * (sc == 0).unsqueeze(1)  # rows m/‖·‖ = 0 cannot be divided back
+            w = self.base_weight()
+            self._zero_rows = w.detach().clone() * (self.weight_view(sc) == 0)  # rows m/‖·‖ = 0 cannot be divided back
             self.merge_scale = sc
-            w.data = (sc.unsqueeze(1) * (w + self.scaling * self.B @ self.A)).to(w.dtype)
+            self.set_base_weight(self.weight_view(sc) * (w + self.lowrank_delta()))
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self):
         if self.merged:
-            self.base.weight.data = self._unmerged_weight().to(self.base.weight.dtype)
+            self.set_base_weight(self._unmerged_weight())
             self.merged = False
             self.merge_scale = torch.zeros(0, device=self.m.device)
 
     def after_load(self):
-        self.w_sq = (self.base.weight.detach().float() ** 2).sum(1)
+        self.w_sq = (self.factors2d()[0].detach().float() ** 2).sum(1)
+
+
+class DoraLayer(DoraMixin, LoraLayer):
+    peft_names = {"A": "lora_A.weight", "B": "lora_B.weight", "m": "lora_magnitude_vector"}
+
+    def factors2d(self):
+        return self.base_weight(), self.A, self.B
+
+    @staticmethod
+    def weight_view(v):
+        return v.unsqueeze(1)
+
+    def forward(self, x):
+        if self.merged:
+            return self.base(x)
+        if self.dropout is None and not self.base.weight.requires_grad and fusable(x):
+            return FusedDora.apply(x, self.base_weight(), self.base.bias, self.A, self.B, self.m, self.weight_norm(),
+                                   self.scaling, many_rows(x, self))
+        h = self.dropout(x) if self.dropout is not None else x
+        out = nn.functional.linear(x, self.base_weight()) + (h @ self.A.t() @ self.B.t()) * self.scaling
+        out = out * self.scale().to(out.dtype)
+        return out + self.base.bias if self.base.bias is not None else out
+
+
+class DoraConv(DoraMixin, LoraConv):
+    """DoRA on a convolution: the norm is over each output channel's kernel (c_in·∏k values), as PEFT; PEFT stores
+    the magnitude with shape (1, c_out, 1, …)."""
+    peft_names = {"A": "lora_A.weight", "B": "lora_B.weight", "m": "lora_magnitude_vector"}
+
+    def factors2d(self):
+        return self.base.weight.flatten(1), self.A.flatten(1), self.B.flatten(1)
+
+    def weight_view(self, v):
+        return v.view(-1, *(1,) * (self.base.weight.dim() - 1))
+
+    def out_view(self, v):
+        return v.view(1, -1, *(1,) * (self.base.weight.dim() - 2))
+
+    def forward(self, x):
+        if self.merged:
+            return self.base(x)
+        b = self.base
+        out = self.conv(x, b.weight, None, b.stride, b.padding, b.dilation, b.groups) + self.update(x)
+        out = out * self.out_view(self.scale().to(out.dtype))
+        return out if b.bias is None else out + self.out_view(b.bias)
+
+    def peft_state(self):
+        return {**super().peft_state(), "lora_magnitude_vector": self.out_view(self.m.detach())}
+
+    def load_peft_state(self, tensors):
+        m = tensors.get("lora_magnitude_vector")
+        if m is not None and m.numel() == self.m.numel():
+            tensors = {**tensors, "lora_magnitude_vector": m.reshape(-1)}
+        super().load_peft_state(tensors)
+
+
+class DoraEmbedding(DoraMixin, LoraEmbedding):
+    """DoRA on an embedding: W's output units are its d columns, so the norm of each column runs over the whole
+    vocabulary (PEFT's choice: it treats the V × d table as the transposed weight of a d_in = V layer)."""
+    peft_names = {"A": "lora_embedding_A", "B": "lora_embedding_B", "m": "lora_magnitude_vector"}
+
+    def factors2d(self):
+        return self.base.weight.t(), self.A, self.B
+
+    @staticmethod
+    def weight_view(v):
+        return v.unsqueeze(0)
+
+    def forward(self, x):
+        if self.merged:
+            return self.base(x)
+        out = self.base(x) + self.update(x)
+        return out * self.scale().to(out.dtype)
 
 
 class Dora(Lora):
     name = "dora"
     config_cls = DoraConfig
-    layer_cls = DoraLayer
+    layer_classes = {**dict.fromkeys(LINEAR_TYPES, DoraLayer), nn.Embedding: DoraEmbedding,
+                     **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), DoraConv)}
     paper = "Liu et al. 2024, arXiv:2402.09353"
     equation = "m ⊙ (W + (α/r)·BA) / ‖W + (α/r)·BA‖_row"
     formula = "r·(d_in + d_out) + d_out"

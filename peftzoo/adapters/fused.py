@@ -74,17 +74,23 @@ class FusedLowRankLinear(torch.autograd.Function):
         return gx, None, None, gA, gB, None, None
 
 
-def lowrank_linear(x, base, A, B, scale: float):
-    """base(x) + scale · B(A(x)), fused when nothing needs the frozen weight's gradient."""
-    if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
+def lowrank_linear(x, layer, A, B, scale: float):
+    """layer.base(x) + scale · B(A(x)) for an AdapterLayer, fused when nothing needs the frozen weight's gradient."""
+    base = layer.base
+    if not fusable(x) or base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
         return base(x) + (x @ A.t() @ B.t()) * scale
-    return FusedLowRankLinear.apply(x, base.weight, base.bias, A, B, scale, many_rows(x, base))
+    return FusedLowRankLinear.apply(x, layer.base_weight(), base.bias, A, B, scale, many_rows(x, layer))
 
 
-def many_rows(x, base) -> bool:
+def fusable(x) -> bool:
+    """Whether the fused functions may run on x's device: not on ``meta`` (no autocast there; shapes only)."""
+    return x.device.type != "meta"
+
+
+def many_rows(x, layer) -> bool:
     """True when the activations are larger than the weight: then building W + s·BA beats extra passes over x."""
     rows = x.numel() // x.shape[-1]
-    return rows * (base.in_features + base.out_features) > base.in_features * base.out_features
+    return rows * (layer.in_features + layer.out_features) > layer.in_features * layer.out_features
 
 
 def _dora_scale(m, norm):

@@ -1,10 +1,13 @@
-"""The generic Adapter for per-layer methods: wraps every target ``nn.Linear`` in the method's AdapterLayer.
+"""The generic Adapter for per-layer methods: wraps every target layer in the method's AdapterLayer for its type.
 
-A method supplies ``layer_cls`` (and, for state shared across layers such as VeRA's projections,
-``make_shared``); everything else (injection, counting, state, merge, PEFT tensors) is answered here once.
+A method supplies ``layer_classes``, a map from the layer types it adapts to its AdapterLayer class for each
+(``{nn.Linear: LoraLayer, nn.Embedding: LoraEmbedding, ...}``: a new layer type is one new class and one entry),
+and, for state shared across layers such as VeRA's projections, ``make_shared``; everything else (injection,
+counting, state, merge, PEFT tensors) is answered here once.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -17,27 +20,56 @@ PEFT_PREFIX = "base_model.model."
 
 
 class LayerAdapter(Adapter):
-    layer_cls: ClassVar[type[AdapterLayer]]
+    layer_classes: ClassVar[dict[type, type[AdapterLayer]]]  # layer type adapted -> its AdapterLayer class
     peft_type: ClassVar[str] = ""  # PEFT's peft_type for this method's saved adapters
 
     def __init__(self, model: nn.Module, config: AdapterConfig):
         super().__init__(model, config)
         self.validate(config)
         train = find_modules(model, config.train) if config.train else {}
-        targets = find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,))
+        targets = self.find(model, config, train)
         for name, lin in targets.items():
-            self.layer_cls.check(name, lin, config)
+            self.layer_class(lin).check(name, lin, config)
+        _warn_rank({n: (self.layer_class(m).rank(config), self.layer_class(m).dims(m)) for n, m in targets.items()})
         self.shared = self.make_shared(targets, config)
         freeze(model)
         gen = torch.Generator().manual_seed(config.seed)
         self.layers: dict[str, AdapterLayer] = {}
         for name, lin in targets.items():
-            layer = self.layer_cls(name, lin, config, self.shared, gen)
+            layer = self.layer_class(lin)(name, lin, config, self.shared, gen)
             replace_module(model, name, layer)
             self.layers[name] = layer
         for m in train.values():
             m.requires_grad_(True)
         self._train_modules = train
+
+    @classmethod
+    def layer_class(cls, module: nn.Module) -> type[AdapterLayer]:
+        """The AdapterLayer class for ``module``: its own type's entry, else its nearest base class's."""
+        return next(cls.layer_classes[t] for t in type(module).__mro__ if t in cls.layer_classes)
+
+    @classmethod
+    def find(cls, model: nn.Module, config: AdapterConfig, train: dict) -> dict[str, nn.Module]:
+        return find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,),
+                            base_types=tuple(cls.layer_classes), method=cls.name)
+
+    @torch.no_grad()
+    def initialize(self) -> None:
+        """Run the adapter's initialisation again (same seed, same values as attaching to the model as it is now).
+
+        For a model attached on the ``meta`` device: ``model.to_empty(device=...)``, load the base weights, then
+        ``ad.initialize()``; DoRA's magnitude is computed from the loaded W here.
+        """
+        targets = {n: layer.base for n, layer in self.layers.items()}
+        shared = self.make_shared(targets, self.config)
+        gen = torch.Generator().manual_seed(self.config.seed)
+        for name, layer in self.layers.items():
+            fresh = self.layer_class(layer.base)(name, layer.base, self.config, shared, gen)
+            mine = {**dict(layer.named_parameters()), **dict(layer.named_buffers())}
+            for k, t in [*fresh.named_parameters(), *fresh.named_buffers()]:
+                if not k.startswith("base."):
+                    mine[k].copy_(t)
+            layer.merged = False
 
     # ---- hooks a method may override ------------------------------------------------------------------------
     @classmethod
@@ -45,7 +77,7 @@ class LayerAdapter(Adapter):
         """Reject bad hyperparameters before touching the model."""
 
     @classmethod
-    def make_shared(cls, targets: dict[str, nn.Linear], config: AdapterConfig) -> Any:
+    def make_shared(cls, targets: dict[str, nn.Module], config: AdapterConfig) -> Any:
         """State shared by all layers (VeRA's frozen projections); None for most methods."""
         return None
 
@@ -54,12 +86,19 @@ class LayerAdapter(Adapter):
     def count(cls, model: nn.Module, config: AdapterConfig) -> int:
         cls.validate(config)
         train = find_modules(model, config.train) if config.train else {}
-        targets = find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,))
+        targets = cls.find(model, config, train)
         n = 0
         for name, lin in targets.items():
-            cls.layer_cls.check(name, lin, config)
-            n += cls.layer_cls.count(name, lin.in_features, lin.out_features, config)
+            cls.layer_class(lin).check(name, lin, config)
+            n += cls.layer_class(lin).count_layer(name, lin, config)
         return n + sum(p.numel() for m in train.values() for p in m.parameters())
+
+    @classmethod
+    def rank_fits(cls, model: nn.Module, config: AdapterConfig) -> bool:
+        """False when the rank exceeds min(d_in, d_out) of a target: allowed, but a budget gains nothing from it."""
+        train = find_modules(model, config.train) if config.train else {}
+        layers = [(cls.layer_class(m), m) for m in cls.find(model, config, train).values()]
+        return all(k.rank(config) is None or k.rank(config) <= min(k.dims(m)) for k, m in layers)
 
     def roles(self) -> dict[str, list[nn.Parameter]]:
         out: dict[str, list[nn.Parameter]] = {}
@@ -90,14 +129,29 @@ class LayerAdapter(Adapter):
     def peft_state(self) -> dict[str, torch.Tensor]:
         return {f"{PEFT_PREFIX}{n}.{k}": v for n, layer in self.layers.items() for k, v in layer.peft_state().items()}
 
-    def load_peft_state(self, tensors: dict[str, torch.Tensor]) -> None:
+    def load_peft_state(self, tensors: dict[str, torch.Tensor]) -> set[str]:
+        """Load the layers' tensors from a PEFT file; returns the keys used (the caller fails on any left over)."""
+        used = set()
         for n, layer in self.layers.items():
             p = f"{PEFT_PREFIX}{n}."
             layer.load_peft_state({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
             layer.after_load()
+            used |= {p + k for k in layer.peft_state()}
+        return used
 
 
 def _check_keys(expected: set, got: set) -> None:
     missing, extra = sorted(expected - got), sorted(got - expected)
     if missing or extra:
         raise ValueError(f"adapter file does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
+
+
+def _warn_rank(ranks: dict[str, tuple[int | None, tuple[int, int]]]) -> None:
+    """PEFT accepts a rank above min(d_in, d_out); so do we, with a note that the update's rank is capped there.
+    ``ranks``: layer name -> (its rank or None, its (d_in, d_out))."""
+    over = [(n, r, d) for n, (r, d) in ranks.items() if r is not None and r > min(d)]
+    if over:
+        n, r, (di, do) = over[0]
+        warnings.warn(f"rank {r} exceeds min(d_in, d_out) on {len(over)} layer(s), e.g. {n!r} ({di}->{do}): "
+                      "their update has rank at most min(d_in, d_out) and some trained elements are redundant "
+                      "(accepted, as PEFT does)", stacklevel=4)

@@ -4,7 +4,9 @@ LoRA+ (Hayou et al. 2024, arXiv:2402.12354).
     y = W x + b + s · B A dropout(x),   A ∈ R^{r×d_in} (Kaiming-uniform, a=√5),  B ∈ R^{d_out×r} (zeros)
     LoRA:   s = α / r          rsLoRA: s = α / √r          LoRA+: LoRA, with B's learning rate = lr × ratio
 
-Trainable elements per adapted layer: r · (d_in + d_out).
+Trainable elements per adapted layer: r · (d_in + d_out). Other initialisations (``init_lora_weights``:
+"gaussian", "pissa", "olora") are in lora_init.py; the layer types other than ``nn.Linear`` (``nn.Embedding``,
+``nn.Conv1d/2d/3d``) in embedding.py and conv.py, chosen by ``Lora.layer_classes``.
 """
 from __future__ import annotations
 
@@ -13,10 +15,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from peftzoo.adapters.base import AdapterConfig, AdapterLayer
+from peftzoo.adapters.conv import LoraConv
+from peftzoo.adapters.embedding import LoraEmbedding
 from peftzoo.adapters.fused import lowrank_linear
 from peftzoo.adapters.layered import LayerAdapter
+from peftzoo.adapters.lora_init import PEFT_PLAIN, RESIDUAL, check_init, init_factors
+from peftzoo.inject import LINEAR_TYPES
 
 
 @dataclass
@@ -24,6 +31,9 @@ class LoraConfig(AdapterConfig):
     r: int = 8  # rank of the update: trainable elements grow linearly with it
     alpha: float = 16.0  # scale numerator: the update is multiplied by alpha / r (rsLoRA: alpha / sqrt(r))
     dropout: float = 0.0  # dropout on the adapter's input only; 0 enables the fused fast path
+    # PEFT's init option: True (Kaiming A, B = 0), "gaussian", or "pissa" / "olora" (start from W's top-r part,
+    # which leaves the residual in the frozen weight); see lora_init.py
+    init_lora_weights: bool | str = True
 
     def scaling(self) -> float:
         return self.alpha / self.r
@@ -45,20 +55,25 @@ class LoraLayer(AdapterLayer):
 
     def __init__(self, name: str, base: nn.Linear, config: LoraConfig, shared, gen: torch.Generator):
         super().__init__(base)
-        w = base.weight
         self.scaling = config.scaling()
-        self.A = nn.Parameter(torch.empty(config.r, self.in_features, dtype=w.dtype))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5), generator=gen)
-        self.A.data = self.A.data.to(w.device)
-        self.B = nn.Parameter(torch.zeros(self.out_features, config.r, dtype=w.dtype, device=w.device))
+        a, b, residual = init_factors(config.init_lora_weights, self.base_weight(), config.r, self.scaling, gen)
+        self.A, self.B = nn.Parameter(a), nn.Parameter(b)
+        if residual is not None:
+            self.set_base_weight(residual)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
 
     @classmethod
     def check(cls, name, base, config):
-        r, lim = config.r, min(base.in_features, base.out_features)
-        if not isinstance(r, int) or r < 1 or r > lim:
-            raise ValueError(f"r={r} does not fit layer {name!r} ({base.in_features}->{base.out_features}): "
-                             f"need 1 <= r <= min(d_in, d_out) = {lim}")
+        r = config.r
+        if config.init_lora_weights in RESIDUAL and isinstance(r, int) and r > min(cls.dims(base)):
+            raise ValueError(f"init_lora_weights={config.init_lora_weights!r} needs r <= min(d_in, d_out) = "
+                             f"{min(cls.dims(base))} at layer {name!r}, got r={r}")  # the SVD/QR has only that many parts
+        if config.init_lora_weights == "olora" and isinstance(base, Conv1D):
+            raise ValueError(f"init_lora_weights='olora' on {name!r}, a transformers Conv1D: PEFT 0.21.2 decomposes "
+                             "its stored (d_in, d_out) weight and then fails in forward, so no PEFT file could be "
+                             "exchanged; use 'pissa' (which PEFT handles on Conv1D)")
+        if not isinstance(r, int) or r < 1:
+            raise ValueError(f"r={r} must be a positive integer")
         if not 0.0 <= config.dropout < 1.0:
             raise ValueError(f"dropout={config.dropout} must be in [0, 1)")
 
@@ -66,24 +81,33 @@ class LoraLayer(AdapterLayer):
     def count(cls, name, in_features, out_features, config):
         return config.r * (in_features + out_features)
 
+    @classmethod
+    def rank(cls, config):
+        return config.r
+
     def roles(self):
         return {"A": [self.A], "B": [self.B]}
 
-    def delta_weight(self):
+    def lowrank_delta(self):
+        """s · B A: the plain low-rank update in W's shape (DoRA builds on it)."""
         return (self.B @ self.A) * self.scaling
+
+    def delta_weight(self):
+        return self.lowrank_delta()
 
     def forward(self, x):
         if self.merged:
             return self.base(x)
         if self.dropout is None:
-            return lowrank_linear(x, self.base, self.A, self.B, self.scaling)
+            return lowrank_linear(x, self, self.A, self.B, self.scaling)
         return self.base(x) + (self.dropout(x) @ self.A.t() @ self.B.t()) * self.scaling
 
 
 class Lora(LayerAdapter):
     name = "lora"
     config_cls = LoraConfig
-    layer_cls = LoraLayer
+    layer_classes = {**dict.fromkeys(LINEAR_TYPES, LoraLayer), nn.Embedding: LoraEmbedding,
+                     **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), LoraConv)}  # PEFT's LoRA layer types
     peft_type = "LORA"
     default_lr = 5e-4
     budget_knob = "r"
@@ -92,9 +116,14 @@ class Lora(LayerAdapter):
     formula = "r·(d_in + d_out)"
 
     @classmethod
+    def validate(cls, config: LoraConfig) -> None:
+        check_init(config.init_lora_weights)
+
+    @classmethod
     def peft_config(cls, config: LoraConfig) -> dict:
         return {"r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
-                "use_rslora": isinstance(config, RsLoraConfig), "use_dora": False, "init_lora_weights": True}
+                "use_rslora": isinstance(config, RsLoraConfig), "use_dora": False,
+                "init_lora_weights": config.init_lora_weights}
 
     @classmethod
     def accepts_peft(cls, peft: dict) -> bool:
@@ -103,8 +132,12 @@ class Lora(LayerAdapter):
 
     @classmethod
     def from_peft_config(cls, peft: dict) -> dict:
+        init = peft.get("init_lora_weights", True)
+        if not any(init is i or (isinstance(init, str) and init == i) for i in PEFT_PLAIN + RESIDUAL):
+            check_init(init)  # raises, naming the option
         return {"r": int(peft["r"]), "alpha": float(peft.get("lora_alpha", 8)),
-                "dropout": float(peft.get("lora_dropout", 0.0))}
+                "dropout": float(peft.get("lora_dropout", 0.0)),
+                "init_lora_weights": init if init in RESIDUAL else True}  # the file's A, B replace any other init
 
 
 class RsLora(Lora):
@@ -122,6 +155,7 @@ class LoraPlus(Lora):
 
     @classmethod
     def validate(cls, config):
+        super().validate(config)
         if config.lr_ratio <= 0:
             raise ValueError(f"lr_ratio={config.lr_ratio} must be > 0")
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peftzoo.adapters.base import AdapterConfig, AdapterLayer
+from peftzoo.adapters.base import AdapterConfig, AdapterLayer, copy_checked
 from peftzoo.adapters.layered import LayerAdapter
+from peftzoo.inject import LINEAR_TYPES, layer_dims
 
 
 @dataclass
@@ -84,7 +85,7 @@ class VeraLayer(AdapterLayer):
         if self.dropout is None and 3 * n * r * (di + do) > 3 * r * di * do + n * di * do:
             # FLOPs (forward + backward): two rank-r passes over every row cost more than building ΔW once and
             # its (d_out × d_in) gradient; then one matmul with W + ΔW replaces the base and low-rank ones
-            return nn.functional.linear(x, self.base.weight + self.delta_weight(), self.base.bias)
+            return nn.functional.linear(x, self.base_weight() + self.delta_weight(), self.base.bias)
         h = self.dropout(x) if self.dropout is not None else x
         return self.base(x) + self.lambda_b * ((self.lambda_d * (h @ A.t())) @ B.t())
 
@@ -92,7 +93,7 @@ class VeraLayer(AdapterLayer):
 class Vera(LayerAdapter):
     name = "vera"
     config_cls = VeraConfig
-    layer_cls = VeraLayer
+    layer_classes = dict.fromkeys(LINEAR_TYPES, VeraLayer)  # PEFT adapts only linear layers with VeRA
     peft_type = "VERA"
     default_lr = 1e-2
     budget_knob = "r"
@@ -103,12 +104,22 @@ class Vera(LayerAdapter):
     @classmethod
     def make_shared(cls, targets, config):
         lin = next(iter(targets.values()))
-        return VeraShared(config.r, max(m.in_features for m in targets.values()),
-                          max(m.out_features for m in targets.values()), config.projection_seed,
+        dims = [layer_dims(m) for m in targets.values()]
+        return VeraShared(config.r, max(d[0] for d in dims), max(d[1] for d in dims), config.projection_seed,
                           lin.weight.dtype, lin.weight.device)
 
     def extra_state(self):
         return {"projection_seed": self.config.projection_seed}
+
+    def load_peft_state(self, tensors):
+        """PEFT saves the shared projections too (save_projection=True, its default): load them, exactly."""
+        used = super().load_peft_state(tensors)
+        for k in ("A", "B"):
+            key = f"base_model.vera_{k}"
+            if key in tensors:
+                copy_checked(getattr(self.shared, k), tensors[key], key)
+                used.add(key)
+        return used
 
     @classmethod
     def peft_config(cls, config):

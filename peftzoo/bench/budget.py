@@ -35,9 +35,12 @@ def solve(model, method: str, budget: int, max_value: int = 1 << 20, **base_kwar
 
     def count(v: int):
         try:
-            return cls.budget_count(model, make_config(method, **{**base_kwargs, **cls.budget_kwargs(v)}))
+            cfg = make_config(method, **{**base_kwargs, **cls.budget_kwargs(v)})
+            if not getattr(cls, "rank_fits", lambda m, c: True)(model, cfg):
+                return None  # r > min(d_in, d_out) is accepted by attach, but adds only redundant elements
+            return cls.budget_count(model, cfg)
         except ValueError:
-            return None  # the value does not fit the model (e.g. r > min(d_in, d_out))
+            return None  # the value does not fit the model
 
     first = 1  # the smallest valid value (SAID needs d > its number of scales)
     while first <= max_value and count(first) is None:
