@@ -33,9 +33,10 @@ def _matches(name: str, targets) -> bool:
 
 
 def _output_layer(model: nn.Module) -> nn.Module | None:
-    """The model's output layer (``lm_head``, or whatever is tied to the output embeddings), else None."""
-    get = getattr(model, "get_output_embeddings", None)
-    return get() if callable(get) else None
+    """A transformers model's output layer (``lm_head``, or whatever is tied to the output embeddings), else None.
+    As in PEFT, only a ``PreTrainedModel`` has one: a plain module's last layer is adapted like any other."""
+    from transformers import PreTrainedModel
+    return model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
 
 
 def _under(name: str, prefixes: Iterable[str]) -> bool:

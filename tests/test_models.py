@@ -205,3 +205,24 @@ def test_peft_vera_file_with_saved_projections_loads_them(tmp_path, ids):
     model = tiny_bert()
     peftzoo.load_peft(model, tmp_path)
     torch.testing.assert_close(model(ids).logits, pm(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_all_linear_on_a_plain_module_adapts_its_last_layer_as_peft():
+    """PEFT excludes the output layer of a transformers model only; a plain module's get_output_embeddings is not
+    consulted, so its last layer is adapted (here with r > its d_out, accepted)."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.head = torch.nn.Linear(8, 8), torch.nn.Linear(8, 2)
+
+        def get_output_embeddings(self):
+            return self.head
+
+        def forward(self, x):
+            return self.head(self.hidden(x))
+
+    torch.manual_seed(0)
+    ours = peftzoo.attach(Net(), "lora", targets="all-linear", r=4)
+    pm = peft.get_peft_model(Net(), peft.LoraConfig(r=4, target_modules="all-linear"))
+    theirs = {n.removeprefix("base_model.model.") for n, m in pm.named_modules() if hasattr(m, "lora_A")}
+    assert set(ours.layers) == theirs == {"hidden", "head"}
