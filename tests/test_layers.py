@@ -273,3 +273,17 @@ def test_meta_device_then_initialize(kind, method):
     randomize(ad)
     randomize(real)
     assert torch.equal(model(inputs(kind)), real.model(inputs(kind)))
+
+
+def test_tied_embedding_warns_that_merge_changes_the_output_layer():
+    from zoo import ARCHS, output
+    torch.manual_seed(0)
+    model = ARCHS["gpt2"].build().eval()  # wte is tied to lm_head
+    x = ARCHS["gpt2"].inputs(torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match=r"target 'transformer.wte' shares its weight with 'lm_head'.*merge\(\)"):
+        ad = peftzoo.attach(model, "lora", targets=["wte"], r=2)
+    randomize(ad)
+    out = output(model, x)
+    assert model.lm_head.weight is ad.layers["transformer.wte"].base.weight
+    ad.merge()  # what the warning says: lm_head now sees the merged weight
+    assert (output(model, x) - out).abs().max() > 1e-3

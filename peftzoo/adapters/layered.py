@@ -31,6 +31,7 @@ class LayerAdapter(Adapter):
         for name, lin in targets.items():
             self.layer_class(lin).check(name, lin, config)
         _warn_rank({n: (self.layer_class(m).rank(config), self.layer_class(m).dims(m)) for n, m in targets.items()})
+        _warn_tied(model, targets)
         self.shared = self.make_shared(targets, config)
         freeze(model)
         gen = torch.Generator().manual_seed(config.seed)
@@ -155,3 +156,19 @@ def _warn_rank(ranks: dict[str, tuple[int | None, tuple[int, int]]]) -> None:
         warnings.warn(f"rank {r} exceeds min(d_in, d_out) on {len(over)} layer(s), e.g. {n!r} ({di}->{do}): "
                       "their update has rank at most min(d_in, d_out) and some trained elements are redundant "
                       "(accepted, as PEFT does)", stacklevel=4)
+
+
+def _warn_tied(model: nn.Module, targets: dict[str, nn.Module]) -> None:
+    """A target whose weight another module shares (an input embedding tied to the output layer): the adapter
+    changes that target's output only, as PEFT does without ``ensure_weight_tying``, but ``merge()`` writes into the
+    shared weight, so after it the other modules change too (PEFT warns the same)."""
+    owners: dict[int, list[str]] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        for p in m.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(n)
+    for name, mod in targets.items():
+        others = [o for o in owners.get(id(getattr(mod, "weight", None)), []) if o != name]
+        if others:
+            warnings.warn(f"target {name!r} shares its weight with {', '.join(map(repr, others))} (tied weights): "
+                          f"the adapter changes {name!r} only, but merge() writes into the shared weight and so also "
+                          f"changes {others[0]!r}; outputs after merge() differ from the adapted model's", stacklevel=4)
