@@ -1,29 +1,19 @@
 """The public face: methods, attach, count, load, load_peft."""
 from __future__ import annotations
 
-import dataclasses
-
 from torch import nn
 
-from peftzoo import adapters
-from peftzoo.adapters.base import Adapter, AdapterConfig
+import peftzoo.adapters  # noqa: F401  every method, so the registry is complete
+from peftzoo import registry
+from peftzoo.adapters.base import Adapter
 from peftzoo.inject import transaction
+from peftzoo.io import load, load_peft  # noqa: F401  (the public names)
+from peftzoo.registry import make_config
 
 
 def methods() -> list[str]:
     """Sorted names of the registered methods."""
-    return sorted(adapters.REGISTRY)
-
-
-def make_config(method: str, **kwargs) -> AdapterConfig:
-    """The method's config dataclass from keyword arguments; unknown names are an error that lists the known ones."""
-    cls = adapters.get(method)
-    fields = {f.name for f in dataclasses.fields(cls.config_cls)}
-    unknown = sorted(set(kwargs) - fields)
-    if unknown:
-        raise TypeError(f"{method} has no option {', '.join(map(repr, unknown))}; its options: {', '.join(sorted(fields))}")
-    kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
-    return cls.config_cls(**kwargs)
+    return sorted(registry.REGISTRY)
 
 
 def attach(model: nn.Module, method: str, **kwargs) -> Adapter:
@@ -34,20 +24,11 @@ def attach(model: nn.Module, method: str, **kwargs) -> Adapter:
     """
     cfg = make_config(method, **kwargs)
     with transaction(model):  # on any error the model is left exactly as it was
-        return adapters.get(method)(model, cfg)
+        return registry.get(method)(model, cfg)
 
 
 def count(model: nn.Module, method: str, **kwargs) -> int:
     """Trainable elements ``attach(model, method, **kwargs)`` would give, without touching the model."""
     cfg = make_config(method, **kwargs)
-    return adapters.get(method).count(model, cfg)
+    return registry.get(method).count(model, cfg)
 
-
-def load(model: nn.Module, path) -> Adapter:
-    from peftzoo.io import load as _load
-    return _load(model, path)
-
-
-def load_peft(model: nn.Module, path) -> Adapter:
-    from peftzoo.io import load_peft as _load_peft
-    return _load_peft(model, path)

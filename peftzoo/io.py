@@ -9,24 +9,41 @@ which ``peft.PeftModel.from_pretrained`` loads; the ``train`` modules travel as 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from peftzoo import adapters
-from peftzoo.adapters.base import Adapter, copy_checked
+from peftzoo import registry
+from peftzoo._atomic import write_json
 from peftzoo.inject import find_modules, transaction
+
+if TYPE_CHECKING:
+    from peftzoo.adapters.base import Adapter
 
 FORMAT = 1
 TRAIN = "train."
-PEFT_PREFIX = "base_model.model."
+PEFT_PREFIX = "base_model.model."  # PEFT's key prefix: base_model.model.<module>.<tensor>
 # PEFT features we do not implement: loading them silently would give different outputs.
 # (fan_in_fan_out is not among them: PEFT sets it per layer from the layer's type, and so do we.)
 PEFT_UNSUPPORTED = {"layers_to_transform": None, "layer_replication": None,
                     "target_parameters": None, "trainable_token_indices": None, "alpha_pattern": {},
                     "exclude_modules": None, "lora_bias": False}
+
+
+def copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
+    """Copy ``src`` into ``dst`` or raise a ValueError naming the tensor and both shapes."""
+    if tuple(dst.shape) != tuple(src.shape):
+        raise ValueError(f"adapter tensor {name!r} has shape {tuple(src.shape)} but the model needs "
+                         f"{tuple(dst.shape)}: the adapter was made for a different model or configuration")
+    with torch.no_grad():
+        dst.copy_(src.to(dtype=dst.dtype, device=dst.device))
+
+
+def _attach(model, method: str, **config) -> Adapter:
+    """The adapter of ``method`` on ``model`` (the caller holds the transaction that undoes it on error)."""
+    return registry.get(method)(model, registry.make_config(method, **config))
 
 
 def _contiguous(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -63,23 +80,16 @@ def _kept_modules(model, train) -> list:
     return list(find_modules(model, train).values()) if train else []
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def save(ad: Adapter, path) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {**ad.state(), **_train_tensors(ad, TRAIN)}
     save_file(_contiguous(tensors), str(path / "adapter.safetensors"))
-    _write_json(path / "peftzoo.json", {"format": FORMAT, "method": ad.name, "config": ad.config.to_dict(),
+    write_json(path / "peftzoo.json", {"format": FORMAT, "method": ad.name, "config": ad.config.to_dict(),
                                         "extra": ad.extra_state(), "summary": ad.summary()})
 
 
 def load(model, path) -> Adapter:
-    from peftzoo.api import attach
     path = Path(path)
     if not (path / "peftzoo.json").exists():
         hint = " (it looks like a PEFT adapter: use peftzoo.load_peft)" if (path / "adapter_config.json").exists() else ""
@@ -87,7 +97,7 @@ def load(model, path) -> Adapter:
     meta = json.loads((path / "peftzoo.json").read_text())
     tensors = load_file(str(path / "adapter.safetensors"))
     with transaction(model, keep=_kept_modules(model, meta["config"].get("train"))):
-        ad = attach(model, meta["method"], **meta["config"])
+        ad = _attach(model, meta["method"], **meta["config"])
         ad.load_extra_state(meta.get("extra", {}))
         own = {k: v for k, v in tensors.items() if not k.startswith(TRAIN)}
         ad.load_state(own)
@@ -117,17 +127,16 @@ def save_peft(ad: Adapter, path) -> None:
     cfg.update(ad.peft_extra_config() if hasattr(ad, "peft_extra_config") else {})
     tensors = {**ad.peft_state(), **_train_tensors(ad, PEFT_PREFIX)}
     save_file(_contiguous(tensors), str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
-    _write_json(path / "adapter_config.json", cfg)
+    write_json(path / "adapter_config.json", cfg)
 
 
 def load_peft(model, path) -> Adapter:
-    from peftzoo.api import attach
     path = Path(path)
     cfg = json.loads((path / "adapter_config.json").read_text())
     kind = cfg.get("peft_type")
-    matches = [c for c in adapters.REGISTRY.values() if hasattr(c, "accepts_peft") and c.accepts_peft(cfg)]
+    matches = [c for c in registry.REGISTRY.values() if hasattr(c, "accepts_peft") and c.accepts_peft(cfg)]
     if not matches:
-        known = sorted({c.peft_type for c in adapters.REGISTRY.values() if getattr(c, "peft_type", "")})
+        known = sorted({c.peft_type for c in registry.REGISTRY.values() if getattr(c, "peft_type", "")})
         raise ValueError(f"PEFT adapter type {kind!r} (use_dora={cfg.get('use_dora', False)}) is not supported by "
                          f"peftzoo; supported PEFT types: {', '.join(known)}")
     for key, default in PEFT_UNSUPPORTED.items():
@@ -141,7 +150,7 @@ def load_peft(model, path) -> Adapter:
     tensors = load_file(str(path / "adapter_model.safetensors"))
     tensors = {k.replace(".default.", ".").removesuffix(".default"): v for k, v in tensors.items()}
     with transaction(model, keep=_kept_modules(model, train)):
-        ad = attach(model, cls.name, targets=targets if isinstance(targets, str) else sorted(targets), train=train,
+        ad = _attach(model, cls.name, targets=targets if isinstance(targets, str) else sorted(targets), train=train,
                     **cls.from_peft_config(cfg))
         used = ad.load_peft_state(tensors)
         _check_all_used(tensors, used | _load_train(ad, tensors, PEFT_PREFIX), path)

@@ -1,35 +1,14 @@
-"""The method registry: name -> Adapter class. Adding a method = one new file + one line here."""
+"""Every method: importing this package imports each method's module, whose ``@register`` files it in
+``peftzoo.registry``. Adding a method = one new file (its class decorated with ``@register``) + one line here.
+The order of the lines is the order of tables and listings."""
 from __future__ import annotations
 
+from peftzoo.adapters import lora  # noqa: F401  lora, rslora, loraplus
+from peftzoo.adapters import dora  # noqa: F401
+from peftzoo.adapters import vera  # noqa: F401
+from peftzoo.adapters import adalora  # noqa: F401
+from peftzoo.adapters import subspace  # noqa: F401  did, said
 from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer
-from peftzoo.adapters.adalora import AdaLora
-from peftzoo.adapters.dora import Dora
-from peftzoo.adapters.lora import Lora, LoraPlus, RsLora
-from peftzoo.adapters.vera import Vera
-from peftzoo.intrinsic.subspace import Did, Said
-
-REGISTRY: dict[str, type[Adapter]] = {}
-
-
-def register(cls: type[Adapter]) -> type[Adapter]:
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-register(Lora)
-register(RsLora)
-register(LoraPlus)
-register(Dora)
-register(Vera)
-register(AdaLora)
-register(Did)
-register(Said)
-
-
-def get(name: str) -> type[Adapter]:
-    if name not in REGISTRY:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
-
+from peftzoo.registry import REGISTRY, get, register
 
 __all__ = ["Adapter", "AdapterConfig", "AdapterLayer", "REGISTRY", "register", "get"]

@@ -26,6 +26,7 @@ from peftzoo.adapters.base import AdapterConfig, AdapterLayer
 from peftzoo.adapters.fused import lowrank_linear
 from peftzoo.adapters.layered import LayerAdapter
 from peftzoo.inject import LINEAR_TYPES
+from peftzoo.registry import register
 
 
 @dataclass
@@ -97,6 +98,7 @@ class AdaLoraLayer(AdapterLayer):
         return {"lora_A": self.A[idx].detach(), "lora_B": self.B[:, idx].detach(), "lora_E": self.lam()[idx].detach()}
 
 
+@register
 class AdaLora(LayerAdapter):
     name = "adalora"
     config_cls = AdaLoraConfig

@@ -24,6 +24,10 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from peftzoo import io
+from peftzoo.inject import layer_dims
+from peftzoo.io import copy_checked
+
 
 @dataclass
 class AdapterConfig:
@@ -157,12 +161,10 @@ class Adapter(ABC):
                 for s, ps in sorted(groups.items()) if ps]
 
     def save(self, path) -> None:
-        from peftzoo.io import save
-        save(self, path)
+        io.save(self, path)
 
     def save_peft(self, path) -> None:
-        from peftzoo.io import save_peft
-        save_peft(self, path)
+        io.save_peft(self, path)
 
     def __repr__(self) -> str:
         s = self.summary()
@@ -198,7 +200,6 @@ class AdapterLayer(nn.Module):
     @staticmethod
     def dims(base: nn.Module) -> tuple[int, int]:
         """(d_in, d_out) of the wrapped layer, as PEFT counts them (other layer types override this)."""
-        from peftzoo.inject import layer_dims
         return layer_dims(base)
 
     @property
@@ -283,13 +284,4 @@ class AdapterLayer(nn.Module):
             if peft not in tensors:
                 raise ValueError(f"PEFT adapter file lacks {peft!r} for a layer of type {type(self).__name__}")
             copy_checked(getattr(self, ours), tensors[peft], peft)
-
-
-def copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
-    """Copy ``src`` into ``dst`` or raise a ValueError naming the tensor and both shapes."""
-    if tuple(dst.shape) != tuple(src.shape):
-        raise ValueError(f"adapter tensor {name!r} has shape {tuple(src.shape)} but the model needs "
-                         f"{tuple(dst.shape)}: the adapter was made for a different model or configuration")
-    with torch.no_grad():
-        dst.copy_(src.to(dtype=dst.dtype, device=dst.device))
 

@@ -27,6 +27,7 @@ from peftzoo.adapters.embedding import LoraEmbedding
 from peftzoo.adapters.fused import FusedDora, _dora_scale, fusable, many_rows
 from peftzoo.adapters.lora import Lora, LoraConfig, LoraLayer
 from peftzoo.inject import LINEAR_TYPES
+from peftzoo.registry import register
 
 
 @dataclass
@@ -172,6 +173,7 @@ class DoraEmbedding(DoraMixin, LoraEmbedding):
         return out * self.scale().to(out.dtype)
 
 
+@register
 class Dora(Lora):
     name = "dora"
     config_cls = DoraConfig

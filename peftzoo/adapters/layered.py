@@ -13,10 +13,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer, copy_checked
+from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer
 from peftzoo.inject import find_modules, find_targets, freeze, replace_module
-
-PEFT_PREFIX = "base_model.model."
+from peftzoo.io import PEFT_PREFIX, copy_checked
 
 
 class LayerAdapter(Adapter):

@@ -24,6 +24,7 @@ from peftzoo.adapters.fused import lowrank_linear
 from peftzoo.adapters.layered import LayerAdapter
 from peftzoo.adapters.lora_init import PEFT_PLAIN, RESIDUAL, check_init, init_factors
 from peftzoo.inject import LINEAR_TYPES
+from peftzoo.registry import register
 
 
 @dataclass
@@ -103,6 +104,7 @@ class LoraLayer(AdapterLayer):
         return self.base(x) + (self.dropout(x) @ self.A.t() @ self.B.t()) * self.scaling
 
 
+@register
 class Lora(LayerAdapter):
     name = "lora"
     config_cls = LoraConfig
@@ -140,6 +142,7 @@ class Lora(LayerAdapter):
                 "init_lora_weights": init if init in RESIDUAL else True}  # the file's A, B replace any other init
 
 
+@register
 class RsLora(Lora):
     name = "rslora"
     config_cls = RsLoraConfig
@@ -147,6 +150,7 @@ class RsLora(Lora):
     equation = "W x + (α/√r)·B A x"
 
 
+@register
 class LoraPlus(Lora):
     name = "loraplus"
     config_cls = LoraPlusConfig

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peftzoo.adapters.base import AdapterConfig, AdapterLayer, copy_checked
+from peftzoo.adapters.base import AdapterConfig, AdapterLayer
 from peftzoo.adapters.layered import LayerAdapter
 from peftzoo.inject import LINEAR_TYPES, layer_dims
+from peftzoo.io import copy_checked
+from peftzoo.registry import register
 
 
 @dataclass
@@ -90,6 +92,7 @@ class VeraLayer(AdapterLayer):
         return self.base(x) + self.lambda_b * ((self.lambda_d * (h @ A.t())) @ B.t())
 
 
+@register
 class Vera(LayerAdapter):
     name = "vera"
     config_cls = VeraConfig

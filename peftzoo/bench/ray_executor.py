@@ -11,7 +11,9 @@ Ray is optional: ``pip install 'peftzoo[ray]'``.
 """
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -142,7 +144,7 @@ def run_on_ray(todo: list, root, out, data_dir=None, device=None, quiet=False, r
     from tqdm.auto import tqdm
 
     from peftzoo.bench.runner import execute
-    from peftzoo.bench.sweep import _say
+    _say = functools.partial(tqdm.write, file=sys.stderr)  # above the bar, as the in-process sweep prints
     data_dir = str(data_dir or os.environ.get(ENV) or "") or None  # the workers get the driver's data folder
     mine = []
     for spec in todo:
@@ -192,20 +194,3 @@ def run_on_ray(todo: list, root, out, data_dir=None, device=None, quiet=False, r
             if i not in released:
                 claim.release(path)
 
-
-def d90_points(cfg: dict, data_dir, opts: RayOptions, bar=None) -> Callable:
-    """A d90 ``evaluate_many`` that scores (d, seed) points as Ray tasks, yielding each as it finishes; ``bar``
-    (a tqdm bar, counting finished points) shows how many are in flight."""
-    from peftzoo.intrinsic.cli import evaluate_point
-    data_dir = str(data_dir or os.environ.get(ENV) or "") or None
-    show = None if bar is None else lambda n: bar.set_postfix_str(f"running or queued {n}", refresh=True)  # noqa: E731
-
-    def many(points):
-        points = list(points)
-        for i, got, err in imap(evaluate_point, [(cfg, d, s, data_dir) for d, s in points], opts, on_wait=show):
-            d, s = points[i]
-            if err is not None:
-                raise RuntimeError(f"d90 point d={d} seed={s} failed on Ray: {reason(err, opts)}; the scores "
-                                   "finished so far are saved, a rerun resumes from them")
-            yield points[i], got[0]
-    return many

@@ -6,23 +6,18 @@ invalid one is reported by path and treated as absent.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
-import math
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from peftzoo import _atomic
+from peftzoo._atomic import OutputError, _write_all, dumps, plain  # noqa: F401 (re-exported)
 
 # RunSpec fields that do not change a run's result: left out of its id (the suite is the folder it lives in)
 ID_EXCLUDE = frozenset({"suite"})
 STATUSES = ("ok", "failed", "skipped")
-
-
-class OutputError(RuntimeError):
-    """An output file could not be written; the previous version of that file (if any) is untouched."""
 
 
 def _fmt(v) -> str:
@@ -45,57 +40,9 @@ def run_path(root: Path, suite: str, task: str, rid: str) -> Path:
     return Path(root) / suite / "runs" / task / f"{rid}.json"
 
 
-def plain(obj, where: str = ""):
-    """JSON-ready copy: NaN/inf -> None (strict JSON has no NaN), numpy scalars -> Python, tuples -> lists."""
-    if isinstance(obj, dict):
-        return {str(k): plain(v, f"{where}.{k}") for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [plain(v, where) for v in obj]
-    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy / torch scalar
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)  # Paths and the like
-
-
-def dumps(obj) -> str:
-    return json.dumps(plain(obj), indent=2, sort_keys=True, allow_nan=False)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def write_bytes(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, written, fsynced, renamed over ``path``: readers see the old file or the whole
-    new one. On any error the temp file is removed and ``OutputError`` says the previous file is intact."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}; nothing was changed") from e
-    try:
-        try:
-            os.fchmod(fd, 0o644)
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        full = " (disk full)" if e.errno == errno.ENOSPC else ""
-        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-        raise OutputError(f"could not write {path}: {e.strerror or e}{full}; the temporary file was removed, "
-                          f"{kept} and earlier results are untouched") from e
+    """``peftzoo._atomic.write_bytes``, through this module's ``_write_all`` (which the fault tests replace)."""
+    _atomic.write_bytes(path, data, _write_all)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -104,7 +51,7 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj) -> None:
     """Strict JSON (no NaN: non-finite numbers become null), written atomically."""
-    write_bytes(path, (dumps(obj) + "\n").encode())
+    write_bytes(path, _atomic.json_bytes(obj))
 
 
 def write_figure(path: Path, fig, **kw) -> None:

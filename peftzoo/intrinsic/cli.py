@@ -5,11 +5,12 @@ executor (in-process, or Ray) can run it anywhere. ``config`` is also the identi
 """
 from __future__ import annotations
 
+import os
 import time
 from functools import lru_cache
 from pathlib import Path
 
-from peftzoo.bench.tasks import TASKS, data_source, get_task
+from peftzoo.bench.tasks import ENV, TASKS, data_source, get_task
 
 IMAGE_TASKS = ("digits", "mnist", "fashion-mnist")
 # defaults of the learning rates, per kind of task: (subspace lr, full fine-tuning lr)
@@ -163,7 +164,7 @@ def run_d90(args):
     search = Search(lambda d, s: evaluate_point(cfg, d, s, args.data_dir, progress=not args.quiet), args.baseline,
                     args.seeds, path=out / f"{name}.json", meta=meta, progress=bar, config=cfg,
                     overwrite=args.overwrite,
-                    evaluate_many=ray and ray_executor.d90_points(cfg, args.data_dir, ray, bar))
+                    evaluate_many=ray and d90_points(cfg, args.data_dir, ray, bar))
     result = search.run(grid, args.bisect, whole_grid=ray is not None)
     bar.close()
     result = {**meta, **result, "wall_s": time.perf_counter() - t0}
@@ -173,6 +174,24 @@ def run_d90(args):
     print(f"{name}: full FT {result['baseline']:.4f}; d90 = {result['d90']} (bracket {lo}..{hi}); "
           f"wall {result['wall_s']:.0f} s; wrote {out / (name + '.json')} and .png")
     return result
+
+
+def d90_points(cfg: dict, data_dir, opts, bar=None):
+    """A d90 ``evaluate_many`` that scores (d, seed) points as Ray tasks, yielding each as it finishes; ``opts``: a
+    ``ray_executor.RayOptions``; ``bar`` (a tqdm bar, counting finished points) shows how many are in flight."""
+    from peftzoo.bench.ray_executor import imap, reason
+    data_dir = str(data_dir or os.environ.get(ENV) or "") or None
+    show = None if bar is None else lambda n: bar.set_postfix_str(f"running or queued {n}", refresh=True)  # noqa: E731
+
+    def many(points):
+        points = list(points)
+        for i, got, err in imap(evaluate_point, [(cfg, d, s, data_dir) for d, s in points], opts, on_wait=show):
+            d, s = points[i]
+            if err is not None:
+                raise RuntimeError(f"d90 point d={d} seed={s} failed on Ray: {reason(err, opts)}; the scores "
+                                   "finished so far are saved, a rerun resumes from them")
+            yield points[i], got[0]
+    return many
 
 
 def _argv(args) -> list[str]:

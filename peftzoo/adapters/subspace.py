@@ -18,9 +18,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from peftzoo.adapters.base import Adapter, AdapterConfig, copy_checked
+from peftzoo.adapters.base import Adapter, AdapterConfig
+from peftzoo.adapters.fastfood import DenseProjection, Fastfood
 from peftzoo.inject import find_modules, freeze
-from peftzoo.intrinsic.fastfood import DenseProjection, Fastfood
+from peftzoo.io import copy_checked
+from peftzoo.registry import register
 
 
 @dataclass
@@ -64,6 +66,7 @@ class SubspaceModel(nn.Module):
         return functional_call(self.base, self.params(), args, kwargs, strict=False)
 
 
+@register
 class Did(Adapter):
     name = "did"
     config_cls = SubspaceConfig
@@ -150,6 +153,7 @@ class Did(Adapter):
         self._shift(-1.0, False)
 
 
+@register
 class Said(Did):
     name = "said"
     said = True
