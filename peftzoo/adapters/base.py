@@ -25,8 +25,18 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peftzoo import io
-from peftzoo.inject import layer_dims
+from peftzoo.inject import find_modules, freeze, layer_dims
 from peftzoo.io import copy_checked
+
+
+def find_train(model: nn.Module, config: "AdapterConfig") -> dict[str, nn.Module]:
+    """The modules ``config.train`` names, trained in full (PEFT's ``modules_to_save``); {} when it names none."""
+    return find_modules(model, config.train) if config.train else {}
+
+
+def count_train(train: dict[str, nn.Module]) -> int:
+    """Elements of the ``train`` modules: every method's count includes them."""
+    return sum(p.numel() for m in train.values() for p in m.parameters())
 
 
 @dataclass
@@ -119,6 +129,13 @@ class Adapter(ABC):
     def on_step(self, step: int) -> None:  # noqa: B027
         pass
 
+    def freeze_base(self, train: dict[str, nn.Module]) -> None:
+        """Freeze every parameter of the model, then make the ``train`` modules (``find_train``) trainable."""
+        freeze(self.model)
+        for m in train.values():
+            m.requires_grad_(True)
+        self._train_modules = train
+
     # ---- derived answers: the same for every method -----------------------------------------------------------
     @property
     def train_modules(self) -> dict[str, nn.Module]:
@@ -183,17 +200,19 @@ class AdapterLayer(nn.Module):
     ``DenseReluDense`` reads ``self.wo.weight.dtype``).
 
     A subclass sets ``peft_names`` (its tensor name -> PEFT's key suffix) and implements ``roles``,
-    ``delta_weight`` (ΔW with W + ΔW the merged weight, laid out as ``base_weight()``) and ``forward``; ``count``
+    ``delta_weight`` (ΔW with W + ΔW the merged weight, laid out as ``base_weight()``) and ``adapted`` (the forward
+    while not merged; ``forward`` itself calls the frozen layer alone once merged); ``count``
     gives its trainable elements. A layer type other than ``nn.Linear`` overrides ``dims`` (and ``count_layer``
     when its count needs more than the two sizes, e.g. a conv kernel).
     """
 
     peft_names: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, base: nn.Module):
+    def __init__(self, base: nn.Module, dropout: float = 0.0):
         super().__init__()
         self.base = base
         self.merged = False
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None  # on the adapter's input only (see ``drop``)
         self.fan_in_fan_out = isinstance(base, Conv1D)
         self.in_features, self.out_features = self.dims(base)
 
@@ -259,6 +278,18 @@ class AdapterLayer(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         raise NotImplementedError
+
+    def forward(self, x):
+        """The frozen layer itself once the update is merged into its weight, else ``adapted(x)``."""
+        return self.base(x) if self.merged else self.adapted(x)
+
+    def adapted(self, x):
+        """The output with the update applied beside the frozen layer (not merged)."""
+        raise NotImplementedError
+
+    def drop(self, x):
+        """Dropout on the adapter's input (the identity when the config's dropout is 0)."""
+        return self.dropout(x) if self.dropout is not None else x
 
     def merge(self) -> None:
         if not self.merged:

@@ -30,7 +30,7 @@ class LoraConv(AdapterLayer):
     peft_names = {"A": "lora_A.weight", "B": "lora_B.weight"}
 
     def __init__(self, name, base, config, shared, gen: torch.Generator):
-        super().__init__(base)
+        super().__init__(base, config.dropout)
         w = base.weight
         self.conv = CONV_FN[w.dim() - 2]
         self.scaling = config.scaling()
@@ -42,7 +42,6 @@ class LoraConv(AdapterLayer):
         self.A = nn.Parameter(a.to(w.device))
         self.B = nn.Parameter(torch.zeros(self.out_features, config.r, *(1,) * (w.dim() - 2), dtype=w.dtype,
                                           device=w.device))
-        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
 
     @staticmethod
     def dims(base):
@@ -81,10 +80,7 @@ class LoraConv(AdapterLayer):
 
     def update(self, x):
         """s · B(A(dropout(x))): the adapter's share of the output."""
-        h = self.dropout(x) if self.dropout is not None else x
-        return self.conv(self.conv(h, self.A, None, self.base.stride, self.base.padding), self.B) * self.scaling
+        return self.conv(self.conv(self.drop(x), self.A, None, self.base.stride, self.base.padding), self.B) * self.scaling
 
-    def forward(self, x):
-        if self.merged:
-            return self.base(x)
+    def adapted(self, x):
         return self.base(x) + self.update(x)

@@ -110,14 +110,11 @@ class DoraLayer(DoraMixin, LoraLayer):
     def weight_view(v):
         return v.unsqueeze(1)
 
-    def forward(self, x):
-        if self.merged:
-            return self.base(x)
+    def adapted(self, x):
         if self.dropout is None and not self.base.weight.requires_grad and fusable(x):
             return FusedDora.apply(x, self.base_weight(), self.base.bias, self.A, self.B, self.m, self.weight_norm(),
                                    self.scaling, many_rows(x, self))
-        h = self.dropout(x) if self.dropout is not None else x
-        out = nn.functional.linear(x, self.base_weight()) + (h @ self.A.t() @ self.B.t()) * self.scaling
+        out = nn.functional.linear(x, self.base_weight()) + (self.drop(x) @ self.A.t() @ self.B.t()) * self.scaling
         out = out * self.scale().to(out.dtype)
         return out + self.base.bias if self.base.bias is not None else out
 
@@ -136,9 +133,7 @@ class DoraConv(DoraMixin, LoraConv):
     def out_view(self, v):
         return v.view(1, -1, *(1,) * (self.base.weight.dim() - 2))
 
-    def forward(self, x):
-        if self.merged:
-            return self.base(x)
+    def adapted(self, x):
         b = self.base
         out = self.conv(x, b.weight, None, b.stride, b.padding, b.dilation, b.groups) + self.update(x)
         out = out * self.out_view(self.scale().to(out.dtype))
@@ -166,9 +161,7 @@ class DoraEmbedding(DoraMixin, LoraEmbedding):
     def weight_view(v):
         return v.unsqueeze(0)
 
-    def forward(self, x):
-        if self.merged:
-            return self.base(x)
+    def adapted(self, x):
         out = self.base(x) + self.update(x)
         return out * self.scale().to(out.dtype)
 

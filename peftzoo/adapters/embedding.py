@@ -73,7 +73,5 @@ class LoraEmbedding(AdapterLayer):
         es = getattr(b, "embed_scale", None)
         return out if es is None else out * torch.as_tensor(es, dtype=out.dtype, device=out.device)
 
-    def forward(self, x):
-        if self.merged:
-            return self.base(x)
+    def adapted(self, x):
         return self.base(x) + self.update(x)

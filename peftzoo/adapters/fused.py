@@ -36,6 +36,27 @@ def _lowrank_grads(ctx, g, x2, xa, weight, A, B, idx):
     return gx, gA, gB
 
 
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """Under autocast its dtype (the functions cast explicitly with autocast off; backward does the same), else the
+    promoted dtype of x and W."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(x.dtype, weight.dtype)
+
+
+def _lowrank_product(x2, weight, bias, A, B, scale: float, merged: bool, dt):
+    """(y, x Aᵀ) with y = x (W + s·BA)ᵀ (+ b), for x as (N × d_in) in ``dt``, by either schedule: merged builds
+    W + s·BA once and makes one matmul (x Aᵀ is not formed: None); factored makes x Wᵀ and adds s·(x Aᵀ) Bᵀ in
+    place."""
+    if merged:
+        w, xa = torch.addmm(weight.to(dt), B.to(dt), A.to(dt), alpha=scale), None
+    else:
+        w, xa = weight.to(dt), x2 @ A.to(dt).t()
+    y = torch.addmm(bias.to(dt), x2, w.t()) if bias is not None else x2 @ w.t()
+    if xa is not None:
+        y.addmm_(xa, B.to(dt).t(), alpha=scale)
+    return y, xa
+
+
 class FusedLowRankLinear(torch.autograd.Function):
     """Two schedules of the same function, chosen per call by the shapes (``lowrank_linear``):
 
@@ -47,20 +68,10 @@ class FusedLowRankLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, A, B, scale: float, merged: bool = False):
-        shape, dev = x.shape, x.device.type
-        # under autocast compute in its dtype (explicit casts, autocast off inside: backward does the same)
-        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(x.dtype, weight.dtype)
-        with torch.autocast(dev, enabled=False):
+        shape, dt = x.shape, _compute_dtype(x, weight)
+        with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, shape[-1]).to(dt)
-            if merged:
-                w = torch.addmm(weight.to(dt), B.to(dt), A.to(dt), alpha=scale)
-                y = torch.addmm(bias.to(dt), x2, w.t()) if bias is not None else x2 @ w.t()
-                xa = None
-            else:
-                xa = x2 @ A.to(dt).t()
-                w = weight.to(dt)
-                y = torch.addmm(bias.to(dt), x2, w.t()) if bias is not None else x2 @ w.t()
-                y.addmm_(xa, B.to(dt).t(), alpha=scale)
+            y, xa = _lowrank_product(x2, weight, bias, A, B, scale, merged, dt)
         ctx.save_for_backward(x2, xa, weight, A, B)
         ctx.scale, ctx.shape, ctx.dt, ctx.xdt, ctx.merged = scale, shape, dt, x.dtype, merged
         return y.reshape(*shape[:-1], weight.shape[0])
@@ -109,17 +120,10 @@ class FusedDora(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, A, B, m, norm, scale: float, merged: bool = False):
-        shape, dev = x.shape, x.device.type
-        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(x.dtype, weight.dtype)
-        with torch.autocast(dev, enabled=False):
+        shape, dt = x.shape, _compute_dtype(x, weight)
+        with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, shape[-1]).to(dt)
-            if merged:  # many rows: one matmul with W + s·BA (as FusedLowRankLinear)
-                xa = None
-                y = x2 @ torch.addmm(weight.to(dt), B.to(dt), A.to(dt), alpha=scale).t()
-            else:
-                xa = x2 @ A.to(dt).t()
-                y = x2 @ weight.to(dt).t()
-                y.addmm_(xa, B.to(dt).t(), alpha=scale)
+            y, xa = _lowrank_product(x2, weight, None, A, B, scale, merged, dt)  # the bias comes after the scale
             c = _dora_scale(m, norm).to(dt)
             y.mul_(c)
             if bias is not None:

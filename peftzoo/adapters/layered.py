@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer
-from peftzoo.inject import find_modules, find_targets, freeze, replace_module
+from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer, count_train, find_train
+from peftzoo.inject import find_targets, replace_module
 from peftzoo.io import PEFT_PREFIX, copy_checked
 
 
@@ -25,23 +25,20 @@ class LayerAdapter(Adapter):
     def __init__(self, model: nn.Module, config: AdapterConfig):
         super().__init__(model, config)
         self.validate(config)
-        train = find_modules(model, config.train) if config.train else {}
+        train = find_train(model, config)
         targets = self.find(model, config, train)
         for name, lin in targets.items():
             self.layer_class(lin).check(name, lin, config)
         _warn_rank({n: (self.layer_class(m).rank(config), self.layer_class(m).dims(m)) for n, m in targets.items()})
         _warn_tied(model, targets)
         self.shared = self.make_shared(targets, config)
-        freeze(model)
+        self.freeze_base(train)
         gen = torch.Generator().manual_seed(config.seed)
         self.layers: dict[str, AdapterLayer] = {}
         for name, lin in targets.items():
             layer = self.layer_class(lin)(name, lin, config, self.shared, gen)
             replace_module(model, name, layer)
             self.layers[name] = layer
-        for m in train.values():
-            m.requires_grad_(True)
-        self._train_modules = train
 
     @classmethod
     def layer_class(cls, module: nn.Module) -> type[AdapterLayer]:
@@ -85,18 +82,18 @@ class LayerAdapter(Adapter):
     @classmethod
     def count(cls, model: nn.Module, config: AdapterConfig) -> int:
         cls.validate(config)
-        train = find_modules(model, config.train) if config.train else {}
+        train = find_train(model, config)
         targets = cls.find(model, config, train)
         n = 0
         for name, lin in targets.items():
             cls.layer_class(lin).check(name, lin, config)
             n += cls.layer_class(lin).count_layer(name, lin, config)
-        return n + sum(p.numel() for m in train.values() for p in m.parameters())
+        return n + count_train(train)
 
     @classmethod
     def rank_fits(cls, model: nn.Module, config: AdapterConfig) -> bool:
         """False when the rank exceeds min(d_in, d_out) of a target: allowed, but a budget gains nothing from it."""
-        train = find_modules(model, config.train) if config.train else {}
+        train = find_train(model, config)
         layers = [(cls.layer_class(m), m) for m in cls.find(model, config, train).values()]
         return all(k.rank(config) is None or k.rank(config) <= min(k.dims(m)) for k, m in layers)
 

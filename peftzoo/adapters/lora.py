@@ -55,13 +55,12 @@ class LoraLayer(AdapterLayer):
     peft_names = {"A": "lora_A.weight", "B": "lora_B.weight"}
 
     def __init__(self, name: str, base: nn.Linear, config: LoraConfig, shared, gen: torch.Generator):
-        super().__init__(base)
+        super().__init__(base, config.dropout)
         self.scaling = config.scaling()
         a, b, residual = init_factors(config.init_lora_weights, self.base_weight(), config.r, self.scaling, gen)
         self.A, self.B = nn.Parameter(a), nn.Parameter(b)
         if residual is not None:
             self.set_base_weight(residual)
-        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
 
     @classmethod
     def check(cls, name, base, config):
@@ -96,9 +95,7 @@ class LoraLayer(AdapterLayer):
     def delta_weight(self):
         return self.lowrank_delta()
 
-    def forward(self, x):
-        if self.merged:
-            return self.base(x)
+    def adapted(self, x):
         if self.dropout is None:
             return lowrank_linear(x, self, self.A, self.B, self.scaling)
         return self.base(x) + (self.dropout(x) @ self.A.t() @ self.B.t()) * self.scaling

@@ -18,9 +18,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from peftzoo.adapters.base import Adapter, AdapterConfig
+from peftzoo.adapters.base import Adapter, AdapterConfig, count_train, find_train
 from peftzoo.adapters.fastfood import DenseProjection, Fastfood
-from peftzoo.inject import find_modules, freeze
 from peftzoo.io import copy_checked
 from peftzoo.registry import register
 
@@ -79,15 +78,12 @@ class Did(Adapter):
 
     def __init__(self, model: nn.Module, config: SubspaceConfig):
         super().__init__(model, config)
-        train = find_modules(model, config.train) if config.train else {}
+        train = find_train(model, config)
         skip = {id(p) for m in train.values() for p in m.parameters()}
         names = [n for n, p in model.named_parameters() if id(p) not in skip]
         m = len(names) if self.said else 0
         dz = self._check(config, m)
-        freeze(model)
-        for mod in train.values():
-            mod.requires_grad_(True)
-        self._train_modules = train
+        self.freeze_base(train)
         self.D = sum(p.numel() for n, p in model.named_parameters() if id(p) not in skip)
         proj = None
         if config.d > 0:
@@ -110,10 +106,10 @@ class Did(Adapter):
 
     @classmethod
     def count(cls, model, config):
-        train = find_modules(model, config.train) if config.train else {}
+        train = find_train(model, config)
         m = sum(1 for _ in model.parameters()) - sum(1 for t in train.values() for _ in t.parameters())
         cls._check(config, m if cls.said else 0)
-        return config.d + sum(p.numel() for t in train.values() for p in t.parameters())
+        return config.d + count_train(train)
 
     def roles(self):
         out = {"z": [self.model.z]} if self.model.z.numel() else {}

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from peftzoo.adapters.base import AdapterConfig, AdapterLayer
+from peftzoo.adapters.fused import many_rows
 from peftzoo.adapters.layered import LayerAdapter
 from peftzoo.inject import LINEAR_TYPES, layer_dims
 from peftzoo.io import copy_checked
@@ -53,12 +54,11 @@ class VeraLayer(AdapterLayer):
     peft_names = {"lambda_b": "vera_lambda_b", "lambda_d": "vera_lambda_d"}
 
     def __init__(self, name, base, config: VeraConfig, shared: VeraShared, gen):
-        super().__init__(base)
+        super().__init__(base, config.dropout)
         w = base.weight
         self.shared = shared
         self.lambda_d = nn.Parameter(torch.full((config.r,), float(config.d_initial), dtype=w.dtype, device=w.device))
         self.lambda_b = nn.Parameter(torch.zeros(self.out_features, dtype=w.dtype, device=w.device))
-        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
 
     @classmethod
     def check(cls, name, base, config):
@@ -79,17 +79,13 @@ class VeraLayer(AdapterLayer):
         A, B = self.projections()
         return (self.lambda_b.unsqueeze(1) * B) @ (self.lambda_d.unsqueeze(1) * A)
 
-    def forward(self, x):
-        if self.merged:
-            return self.base(x)
+    def adapted(self, x):
         A, B = self.projections()
-        n, r, di, do = x.numel() // x.shape[-1], A.shape[0], self.in_features, self.out_features
-        if self.dropout is None and 3 * n * r * (di + do) > 3 * r * di * do + n * di * do:
-            # FLOPs (forward + backward): two rank-r passes over every row cost more than building ΔW once and
-            # its (d_out × d_in) gradient; then one matmul with W + ΔW replaces the base and low-rank ones
+        if self.dropout is None and many_rows(x, self):
+            # the activations outweigh the weight (as for LoRA's fused path): one matmul with W + ΔW replaces the
+            # base and the two rank-r ones, at the price of building ΔW and its (d_out × d_in) gradient
             return nn.functional.linear(x, self.base_weight() + self.delta_weight(), self.base.bias)
-        h = self.dropout(x) if self.dropout is not None else x
-        return self.base(x) + self.lambda_b * ((self.lambda_d * (h @ A.t())) @ B.t())
+        return self.base(x) + self.lambda_b * ((self.lambda_d * (self.drop(x) @ A.t())) @ B.t())
 
 
 @register

@@ -5,17 +5,13 @@ They are not registered methods: they add no tensors and have nothing to merge o
 """
 from __future__ import annotations
 
-from peftzoo.adapters.base import Adapter, AdapterConfig
-from peftzoo.inject import find_modules, freeze
+from peftzoo.adapters.base import Adapter, AdapterConfig, find_train
 
 
 class _Baseline(Adapter):
     def __init__(self, model, config: AdapterConfig):
         super().__init__(model, config)
-        freeze(model)
-        self._train_modules = find_modules(model, config.train) if config.train else {}
-        for m in self._train_modules.values():
-            m.requires_grad_(True)
+        self.freeze_base(find_train(model, config))
 
     def state(self):
         return {}
@@ -58,8 +54,7 @@ class FullFinetune(_Baseline):
 
     @classmethod
     def count(cls, model, config):
-        head = {id(p) for m in (find_modules(model, config.train) if config.train else {}).values()
-                for p in m.parameters()}
+        head = {id(p) for m in find_train(model, config).values() for p in m.parameters()}
         return sum(p.numel() for p in model.parameters() if id(p) not in head)
 
 
