@@ -16,6 +16,7 @@ Trainable elements per adapted layer: r_init · (d_in + d_out + 1); after prunin
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from peftzoo.adapters.base import AdapterConfig, AdapterLayer
 from peftzoo.adapters.fused import lowrank_linear
 from peftzoo.adapters.layered import LayerAdapter
 from peftzoo.inject import LINEAR_TYPES
+from peftzoo.io import PEFT_PREFIX
 from peftzoo.registry import register
 
 
@@ -49,7 +51,7 @@ class AdaLoraLayer(AdapterLayer):
     peft_names = {"A": "lora_A", "B": "lora_B", "E": "lora_E"}
 
     def __init__(self, name, base, config: AdaLoraConfig, shared, gen):
-        super().__init__(base)
+        super().__init__(base, config.dropout)
         w = base.weight
         r = self.rank_of(name, config)
         kw = dict(dtype=w.dtype, device=w.device)
@@ -59,7 +61,6 @@ class AdaLoraLayer(AdapterLayer):
         self.register_buffer("keep", torch.ones(r, 1, **kw))  # 1 = triplet kept, 0 = pruned
         self.enforce = config.rank_pattern is not None  # forward multiplies by keep once the pattern is final
         self.scaling = (config.alpha if config.alpha > 0 else config.init_r) / (config.init_r + 1e-5)
-        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
 
     @staticmethod
     def rank_of(name, config):
@@ -86,9 +87,7 @@ class AdaLoraLayer(AdapterLayer):
     def delta_weight(self):
         return self.B @ (self.A * self.lam()) * self.scaling
 
-    def forward(self, x):
-        if self.merged:
-            return self.base(x)
+    def adapted(self, x):
         if self.dropout is None:
             return lowrank_linear(x, self, self.A * self.lam(), self.B, self.scaling)
         return self.base(x) + (self.dropout(x) @ (self.A * self.lam()).t() @ self.B.t()) * self.scaling
@@ -114,7 +113,6 @@ class AdaLora(LayerAdapter):
     @classmethod
     def budget_count(cls, model, config):
         """AdaLoRA is matched on its final budget (target_r per layer), the count it ends training with."""
-        import dataclasses
         return cls.count(model, dataclasses.replace(config, init_r=config.target_r))
     paper = "Zhang et al. 2023, arXiv:2303.10512"
     equation = "W x + (α/r)·P diag(Λ) Q x, ranks pruned by importance"
@@ -127,7 +125,8 @@ class AdaLora(LayerAdapter):
         self.init_bgt = sum(layer.A.shape[0] for layer in self.layers.values())
         self.target_bgt = config.target_r * len(self.layers)
         first = next(iter(self.layers.values()))
-        first.register_forward_pre_hook(self._count_forward)
+        # watches for a loop that never calls on_step(); removed once on_step() runs or the warning is given
+        self._watch = first.register_forward_pre_hook(self._count_forward)
 
     @classmethod
     def validate(cls, c):
@@ -146,13 +145,11 @@ class AdaLora(LayerAdapter):
                              f"tinit + tfinal = {c.tinit + c.tfinal}")
 
     def set_total_steps(self, total_steps):
-        cfg = self.config
-        old, cfg.total_steps = cfg.total_steps, total_steps
-        try:
-            self.validate(cfg)
-        except ValueError:
-            cfg.total_steps = old
-            raise
+        """The schedule's length, kept on the adapter: it takes a copy of its config carrying it (checked first), so
+        a config object the caller holds is never changed."""
+        cfg = dataclasses.replace(self.config, total_steps=total_steps)
+        self.validate(cfg)
+        self.config = cfg
 
     def _count_forward(self, module, args):
         if module.training and torch.is_grad_enabled() and not self._warned:
@@ -163,6 +160,7 @@ class AdaLora(LayerAdapter):
                               "ranks are not being reallocated (this is plain SVD-LoRA). Call ad.on_step(step) "
                               "after optimizer.step() and add ad.extra_loss() to the loss, or train with "
                               "peftzoo.bench.train.", stacklevel=2)
+                self._watch.remove()
 
     def extra_loss(self):
         self.extra_loss_calls += 1
@@ -228,6 +226,7 @@ class AdaLora(LayerAdapter):
         if c.total_steps is None:
             raise RuntimeError("AdaLoRA needs the schedule length: ad.set_total_steps(n) before training "
                                "(peftzoo's training loop does this)")
+        self._watch.remove()  # the loop calls on_step(): nothing left to watch for
         if self.steps_seen >= 10 and self.extra_loss_calls == 0 and c.orth_reg_weight > 0 and not self._warned:
             self._warned = True
             warnings.warn("AdaLoRA: on_step() runs but extra_loss() was never added to the loss", stacklevel=2)
@@ -285,7 +284,7 @@ class AdaLora(LayerAdapter):
     def from_peft_config(cls, p):
         pattern = p.get("rank_pattern")
         if pattern:
-            pattern = {k.removeprefix("base_model.model.").removesuffix(".lora_E").replace(".default", ""): v
+            pattern = {k.removeprefix(PEFT_PREFIX).removesuffix(".lora_E").replace(".default", ""): v
                        for k, v in pattern.items()}
         return {"init_r": int(p.get("init_r", 12)), "target_r": int(p.get("target_r", 8)),
                 "alpha": float(p.get("lora_alpha", 8)), "tinit": int(p.get("tinit", 0)),
