@@ -21,25 +21,29 @@ def _demo(args):
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     tok = AutoTokenizer.from_pretrained(path)
     total = sum(p.numel() for p in model.parameters())
-    ad = peftzoo.attach(model, args.method, targets=["query", "value"], r=8, train=["classifier"])
+    # the method's own defaults (rank, subspace dimension, ...); per-layer methods adapt query and value
+    ad = peftzoo.attach(model, args.method, targets=["query", "value"], train=["classifier"])
     print(f"model: {path}\n{total:,} parameters; {args.method} trains {ad.num_trainable():,} "
           f"({ad.summary()['adapter']:,} adapter + {ad.summary()['train_modules']:,} head)")
     batch = tok(["a gripping, beautiful film", "dull and far too long"] * 4, return_tensors="pt", padding=True)
     batch["labels"] = torch.tensor([1, 0] * 4)
-    opt = torch.optim.AdamW(ad.param_groups(lr=1e-3))
-    model.train()
-    for step in range(1, args.steps + 1):
-        loss = model(**batch).loss
-        loss.backward()
+    ad.set_total_steps(args.steps)
+    opt = torch.optim.AdamW(ad.param_groups(lr=type(ad).default_lr))
+    ad.model.train()
+    for step in range(1, args.steps + 1):  # the adapter's hooks, as README's loop calls them
+        loss = ad.model(**batch).loss
+        extra = ad.extra_loss()
+        (loss + extra if extra is not None else loss).backward()
         opt.step()
         ad.on_step(step)
         opt.zero_grad()
         print(f"step {step}: loss {loss.item():.4f}")
-    model.eval()
+    ad.model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
-        before = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        before = ad.model(**inputs).logits
         ad.merge()
-        after = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        after = ad.model(**inputs).logits
     print(f"merged: max |logits change| = {(before - after).abs().max().item():.2e}")
 
 

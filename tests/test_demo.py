@@ -1,0 +1,34 @@
+"""`peftzoo demo` runs every registered method with its own defaults (it once passed r=8 to all of them)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import peftzoo
+from peftzoo.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from peftzoo.bench.runner import default_model
+    d = tmp_path_factory.mktemp("tiny")
+    tok = AutoTokenizer.from_pretrained(default_model())
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     vocab_size=tok.vocab_size, max_position_embeddings=64, num_labels=2)
+    BertForSequenceClassification(cfg).save_pretrained(d)
+    return str(d)
+
+
+@pytest.mark.parametrize("method", peftzoo.methods())
+def test_demo_trains_and_merges_every_method(method, tiny_model_dir, capsys):
+    assert main(["demo", "--method", method, "--steps", "2", "--model", tiny_model_dir]) == 0
+    out = capsys.readouterr().out
+    assert f"{method} trains" in out and "step 2: loss" in out
+    change = float(re.search(r"max \|logits change\| = (\S+)", out).group(1))
+    assert change < 1e-4  # merging keeps the outputs
