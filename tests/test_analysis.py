@@ -18,6 +18,8 @@ CFG = AnalysisConfig(threads=1)
 def lora_dir(tmp_path, name="a", r=4, seed=0, peft=False):
     ad = peftzoo.attach(tiny_bert(), "lora", targets=TARGETS, r=r, alpha=8, train=["classifier"], seed=seed)
     randomize(ad, seed)
+    with torch.no_grad():
+        next(iter(ad.train_modules.values())).weight.add_(1.0)  # a trained head: saved, but not an adapted layer
     hand = {n: (layer.base.weight.detach().double().numpy(), (layer.B.double() @ layer.A.double()).detach().numpy() * 8 / r)
             for n, layer in ad.layers.items()}
     (ad.save_peft if peft else ad.save)(tmp_path / name)
@@ -55,7 +57,7 @@ def test_lora_adapter_quantities_equal_hand_svd(tmp_path, peft):
     path, hand = lora_dir(tmp_path, r=4, peft=peft)
     res = analyze_adapter(tiny_bert(), path, config=AnalysisConfig(threads=1, float64=True))
     assert res["source"]["format"] == ("peft" if peft else "peftzoo")
-    assert set(res["layers"]) == set(hand)
+    assert set(res["layers"]) == set(hand)  # the classifier (train=["classifier"], trained in full) is not a ΔW
     for n, (W, dW) in hand.items():
         v = res["layers"][n]
         U, S, Vt = np.linalg.svd(dW)

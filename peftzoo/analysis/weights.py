@@ -2,7 +2,8 @@
 
 An adapter's ΔW is read by merging it, for every method alike: the model is cast to float64 first, the weights of
 its ``nn.Linear`` modules are copied, the adapter is loaded and merged, and ΔW = W_merged − W₀ (float64, so the
-subtraction loses nothing of ΔW even when it is 10⁻⁵ of W). Layers whose weight did not change are not adapted.
+subtraction loses nothing of ΔW even when it is 10⁻⁵ of W). Layers whose weight did not change are not adapted;
+the adapter's ``train`` modules (e.g. the classifier, trained in full from a fresh initialisation) are left out.
 """
 from __future__ import annotations
 
@@ -55,8 +56,11 @@ def adapter_deltas(model: nn.Module, path) -> tuple[dict[str, LayerDelta], dict]
         raise ValueError(f"adapter {path} does not fit this model: {e}") from e
     with torch.no_grad():
         ad.merge()
+    trained = {id(m) for mod in ad.train_modules.values() for m in mod.modules()}  # trained in full, not adapted
     out = {}
     for n, m in lin.items():
+        if id(m) in trained:
+            continue
         d = m.weight.detach() - w0[n]
         if torch.any(d != 0):
             out[n] = LayerDelta(w0[n], d)
