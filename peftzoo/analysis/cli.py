@@ -7,7 +7,9 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("analyze", help="spectra, ranks, amplification, intruders and φ of weight updates",
-                       description=__doc__)
+                       description="Per adapted layer: ΔW's singular values, effective and stable rank, ‖ΔW‖/‖W‖, "
+                       "LoRA's amplification factor, intruder dimensions vs ε; with --compare, φ(i, j) between two "
+                       "adapters. Writes analysis.json and PNGs to --out.")
     p.add_argument("--model", default=None, help="the base model: transformers id or path (default: embedded MiniLM)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--adapter", help="adapter folder (peftzoo.json or PEFT's adapter_config.json)")
