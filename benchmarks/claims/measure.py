@@ -71,7 +71,10 @@ def intruders(groups: dict[str, list[dict]], eps: str = "0.5") -> dict:
         curve = {e: float(np.mean([_mean_layers(x["analysis"], lambda v, e=e: v["intruders"]["counts"][e], is_qv)
                                    for x in runs])) for e in eps_all}
         rel = [_mean_layers(x["analysis"], lambda v: v["relative_norm"], is_qv) for x in runs]
-        out[name] = {"count": per_seed, "curve": curve, "relative_norm": rel, "score": [x["score"] for x in runs]}
+        where = sorted({n for x in runs for n, v in x["analysis"]["layers"].items()
+                        if is_qv(n) and v["intruders"]["counts"][eps] > 0})
+        out[name] = {"count": per_seed, "curve": curve, "relative_norm": rel, "score": [x["score"] for x in runs],
+                     "layers_with_intruders": where}
     return out
 
 
@@ -92,7 +95,8 @@ def d90(res: dict) -> dict:
     """Claim 10: per-seed d_90 for MNIST FC at 10k and 5k training images and LeNet at 10k."""
     out = {}
     for (case, seed), r in res.items():
-        o = out.setdefault(case, {"d90": [], "baseline": [], "reached": []})
+        o = out.setdefault(case, {"d90": [], "baseline": [], "reached": [], "wall_s": 0.0})
+        o["wall_s"] += r.get("wall_s", 0.0)
         o["d90"].append(r["d90"])
         o["baseline"].append(r["baseline"])
         o["reached"].append(bool(r.get("reached", True)))

@@ -25,7 +25,8 @@ def c4(d):
     chance = 1 / r["dim"]
     above = _lo(r["phi11"]) > 10 * chance
     top = np.mean(r["phi11"]) > np.mean(r["phi88"])
-    verdict = ("**holds**" if above and top else "**partly holds**: above chance, but not concentrated in the top "
+    weaker = f" qualitatively; φ(1,1) is below the paper's 0.5" if np.mean(r["phi11"]) < 0.5 else ""
+    verdict = (f"**holds**{weaker}" if above and top else "**partly holds**: above chance, but not concentrated in the top "
                "direction" if above else "**does not hold** at this scale")
     ours = (f"φ(1,1) = {fmt(r['phi11'])} (chance 1/d = {chance:.4f}); φ(8,8) = {fmt(r['phi88'])} (chance "
             f"{8 * chance:.3f}); left singular vectors: φ(1,1) = {fmt(left['phi11'])}")
@@ -41,7 +42,9 @@ def c5(d):
     f4, f64 = a[4]["factor_q"], a[64]["factor_q"]
     more = _lo(f4) > _hi(f64)
     hidden = np.mean(a[4]["proj_dW_q"]) < np.mean(a[4]["proj_W_q"]) / 3
-    verdict = ("**holds**" if more and hidden and np.mean(f4) > 1 else
+    weaker = "; the r=4 factor is far below the paper's 21.5" if np.mean(f4) < 21.5 / 3 else ""
+    weaker += "; at r=64 ΔW does not amplify at all (factor < 1)" if _hi(f64) < 1 else ""
+    verdict = (f"**holds**{weaker}" if more and hidden and np.mean(f4) > 1 else
                "**partly holds**" if (more or hidden) else "**does not hold** at this scale")
     ours = (f"factor (query layers) r=4: {fmt(f4)}, r=64: {fmt(f64)}; ‖UᵀWVᵀ‖_F r=4: ΔW dirs "
             f"{np.mean(a[4]['proj_dW_q']):.3f}, W's top-4 {np.mean(a[4]['proj_W_q']):.3f}, random "
@@ -67,6 +70,8 @@ def c7(d):
              "fewer at r=64 than at r=4" if _hi(loras["LoRA r=64"]) < _lo(loras["LoRA r=4"]) else
              f"no clear rank trend (r=64 − r=4 = {rank_trend:+.2f})")
     ours = f"intruders among the top 10 at ε = 0.5, per q/v layer: {by_rank}; full FT: {fmt(full)}"
+    where = sorted({n for v in c.values() for n in v["layers_with_intruders"]})
+    ours += f" (every intruder found is in: {', '.join(where) or 'none'})"
     verdict += f"; rank: {trend}"
     rel = ", ".join(f"{k} {np.mean(v['relative_norm']):.3g}" for k, v in c.items())
     rule = f"every LoRA rank's CI above full FT's (‖ΔW‖/‖W‖ on q/v: {rel})"
@@ -144,9 +149,12 @@ def readme(d: dict) -> str:
     measured = [c4(d), c5(d), c7(d), c8(d), c10(d)]
     all_rows = sorted(measured + pending(d), key=lambda r: int(r[0]))
     lines = ["# The literature's claims on why low rank suffices, re-tested at CPU scale", "",
-             f"Made by {CMD} (wall {d['wall_s'] / 60:.0f} min on a 2-core CPU shared with other jobs; runs cached "
-             "under `local-results/claims`). Numbers: mean ± 95% t-interval half-width over seeds (n = 3). "
-             f"SST-2 setup: {d['setup']}.", "",
+             f"Made by {CMD} on a 2-core CPU shared with other jobs: the 12 SST-2 runs train for "
+             f"{d['sst2_train_s'] / 60:.0f} min in all (cached under `local-results/claims`; this invocation took "
+             f"{d['wall_s'] / 60:.1f} min). Numbers: mean ± 95% t-interval half-width over seeds (n = 3). "
+             f"SST-2 setup: {d['setup']}."
+             + (f" The MNIST d_90 searches (claim 10) took {sum(v['wall_s'] for v in d['c10'].values()) / 60:.0f} min "
+                "(their JSONs under `d90/` are reused when present)." if "c10" in d else ""), "",
              "| # | claim | source (paper's number) | our setup | our number (95% CI) | verdict | rule / what is missing |",
              "|---|---|---|---|---|---|---|"]
     for row in all_rows:

@@ -47,7 +47,7 @@ def main(argv=None):
     full = [runs[("full", None, s)] for s in SEEDS]
     # r = 8 seed s against r = 64 seed s+1: independent initialisations (same seed would share rows of A)
     pairs = [compare(lora[8][i], lora[64][(i + 1) % len(SEEDS)], setup, args.data_dir) for i in range(len(SEEDS))]
-    data = {"setup": setup.describe(),
+    data = {"setup": setup.describe(), "sst2_train_s": sum(x["train_s"] for x in runs.values()),
             "scores": {**{f"lora r={r}": [x["score"] for x in lora[r]] for r in lora}, "full": [x["score"] for x in full]},
             "c4": measure.subspace(pairs), "c5": measure.amplification(lora[4], lora[64]),
             "c7": measure.intruders({"LoRA r=4": lora[4], "LoRA r=8": lora[8], "LoRA r=64": lora[64], "full FT": full}),

@@ -76,8 +76,10 @@ def run(method: str, seed: int, rank: int | None, setup: Setup, work: Path, data
     from peftzoo.bench.train import fit
     name = f"{method}{'-r' + str(rank) if rank else ''}-s{seed}"
     cache = work / f"{name}.json"
-    if cache.is_file() and json.loads(cache.read_text()).get("setup") == asdict(setup):
-        return json.loads(cache.read_text())
+    if cache.is_file():  # compare as JSON: a tuple comes back from the cache as a list
+        cached = json.loads(cache.read_text())
+        if cached.get("setup") == json.loads(json.dumps(asdict(setup))):
+            return cached
     torch.manual_seed(seed)
     model, batches, evals = _data(setup, data_dir)
     order = np.random.default_rng(seed)
