@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -38,6 +39,7 @@ def main(argv=None):
         ad.save(d)
         torch.manual_seed(0)
         base = BertModel(cfg)
+        load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         res = analyze_adapter(base, d, config=AnalysisConfig(threads=args.threads))
         t_analyze = time.perf_counter() - t0
@@ -47,7 +49,8 @@ def main(argv=None):
     rec = {"parameters": n_params, "layers": res["summary"]["layers"], "threads": args.threads,
            "analyze_s": t_analyze, "svd_and_metrics_s": res["seconds"], "write_json_png_s": t_write,
            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-           "note": "measured on a 2-core CPU shared with other jobs (load average ~10): an upper bound",
+           "load_average_1min_before_after": [load0, os.getloadavg()[0]], "cpu_count": os.cpu_count(),
+           "note": "a CPU shared with other jobs gives an upper bound (see the load average)",
            "command": "python benchmarks/analyze_speed.py --threads %d" % args.threads}
     atomic_write_text(args.out, json.dumps(rec, indent=1))
     print(json.dumps(rec, indent=1))
