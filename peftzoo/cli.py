@@ -144,6 +144,8 @@ def main(argv=None):
     from peftzoo.intrinsic.cli import add_arguments
     add_arguments(i)
     i.set_defaults(fn=_d90)
+    from peftzoo.analysis.cli import register as register_analyze
+    register_analyze(sub)
     args = p.parse_args(argv)
     try:
         return args.fn(args) or 0

@@ -60,11 +60,16 @@ class TrainResult:
 
 
 def fit(ad, batches_per_epoch, epochs: int, lr: float, evaluate=None, warmup: float = 0.06,
-        weight_decay: float = 0.0, clip: float = 1.0, progress=None, max_steps: int | None = None) -> TrainResult:
-    """Train ``ad`` for ``epochs``; ``batches_per_epoch(epoch)`` yields batches; ``evaluate()`` -> metrics dict."""
+        weight_decay: float = 0.0, clip: float = 1.0, progress=None, max_steps: int | None = None,
+        callbacks=()) -> TrainResult:
+    """Train ``ad`` for ``epochs``; ``batches_per_epoch(epoch)`` yields batches; ``evaluate()`` -> metrics dict.
+    ``callbacks``: objects with ``on_train_begin(ad, total_steps)`` and ``on_step_end(step, loss)`` (e.g.
+    ``peftzoo.analysis.GradientRank``)."""
     n_batches = len(batches_per_epoch(0))
     total = epochs * n_batches if max_steps is None else min(max_steps, epochs * n_batches)
     ad.set_total_steps(total)
+    for cb in callbacks:
+        cb.on_train_begin(ad, total)
     opt = torch.optim.AdamW(ad.param_groups(lr=lr, weight_decay=weight_decay))
     sched = linear_schedule(opt, total, warmup)
     res, step, t0 = TrainResult(), 0, time.perf_counter()
@@ -81,6 +86,8 @@ def fit(ad, batches_per_epoch, epochs: int, lr: float, evaluate=None, warmup: fl
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             res.step_times.append(time.perf_counter() - ts)
+            for cb in callbacks:  # after the timing: a probe's cost is not the method's
+                cb.on_step_end(step, losses[-1])
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)

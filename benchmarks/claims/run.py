@@ -1,0 +1,66 @@
+"""One command for results/claims/: the literature's claims about why low rank suffices, re-tested at CPU scale.
+
+    PEFTZOO_DATA_DIR=../shared/data python benchmarks/claims/run.py
+
+Trains the SST-2 runs (LoRA r = 4, 8, 64 and full fine-tuning, 3 seeds; cached under --work), runs the MNIST d_90
+searches (peftzoo d90, one seed each), analyses everything with peftzoo.analysis and writes
+results/claims/README.md, claims.json and one PNG per measured claim.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import measure  # noqa: E402
+import mnist_d90  # noqa: E402
+import plots  # noqa: E402
+import rows  # noqa: E402
+from sst2 import Setup, compare, run  # noqa: E402
+
+from peftzoo.analysis.report import atomic_write_text  # noqa: E402
+
+SEEDS = (0, 1, 2)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="local-results/claims", help="cache of trained runs and adapters")
+    p.add_argument("--out", default="results/claims")
+    p.add_argument("--data-dir", default=os.environ.get("PEFTZOO_DATA_DIR"))
+    p.add_argument("--skip-d90", action="store_true", help="leave claim 10 out (its searches take the longest)")
+    args = p.parse_args(argv)
+    if not args.data_dir:
+        p.error("needs GLUE and MNIST: pass --data-dir or set PEFTZOO_DATA_DIR")
+    torch.set_num_threads(1)  # a shared CPU: one thread beats two that spin against other jobs
+    t0 = time.perf_counter()
+    setup, work, out = Setup(), Path(args.work), Path(args.out)
+    runs = {(m, r, s): run(m, s, r, setup, work, args.data_dir)
+            for s in SEEDS for m, r in (("lora", 8), ("lora", 64), ("lora", 4), ("full", None))}
+    lora = {r: [runs[("lora", r, s)] for s in SEEDS] for r in (4, 8, 64)}
+    full = [runs[("full", None, s)] for s in SEEDS]
+    # r = 8 seed s against r = 64 seed s+1: independent initialisations (same seed would share rows of A)
+    pairs = [compare(lora[8][i], lora[64][(i + 1) % len(SEEDS)], setup, args.data_dir) for i in range(len(SEEDS))]
+    data = {"setup": setup.describe(), "sst2_train_s": sum(x["train_s"] for x in runs.values()),
+            "scores": {**{f"lora r={r}": [x["score"] for x in lora[r]] for r in lora}, "full": [x["score"] for x in full]},
+            "c4": measure.subspace(pairs), "c5": measure.amplification(lora[4], lora[64]),
+            "c7": measure.intruders({"LoRA r=4": lora[4], "LoRA r=8": lora[8], "LoRA r=64": lora[64], "full FT": full}),
+            "c8": measure.grad_rank(full)}
+    if not args.skip_d90:
+        data["c10"] = measure.d90(mnist_d90.run_all(out / "d90", args.data_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    plots.all_plots(data, out)
+    data["wall_s"] = time.perf_counter() - t0
+    atomic_write_text(out / "claims.json", json.dumps(data, indent=1, default=str))
+    atomic_write_text(out / "README.md", rows.readme(data))
+    print(f"wrote {out / 'README.md'} ({data['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
