@@ -256,6 +256,9 @@ class AdaLora(LayerAdapter):
         return {**super().summary(), "initial_budget": self.init_bgt, "rank_budget_now": sum(self.ranks().values()),
                 "target_budget": self.target_bgt}
 
+    def report(self):
+        return {"adalora_ranks": self.ranks()}
+
     def extra_state(self):
         return {"enforce": {n: l.enforce for n, l in self.layers.items()}, "ranks": self.ranks()}
 

@@ -16,8 +16,10 @@ Hooks the training loop calls explicitly (nothing hidden in ``forward``):
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -165,6 +167,16 @@ class Adapter(ABC):
 
     def effective_count(self) -> int:
         return sum(p.numel() for p in self.adapter_parameters())
+
+    def report(self) -> dict:
+        """Method-specific fields for a run's record, taken after training (AdaLoRA: the ranks it kept)."""
+        return {}
+
+    def file_bytes(self) -> int:
+        """Bytes of this adapter's saved files: what storing one trained copy of it costs."""
+        with tempfile.TemporaryDirectory() as d:
+            self.save(d)
+            return sum(p.stat().st_size for p in Path(d).iterdir())
 
     def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict]:
         """Groups for ``torch.optim``: one per learning-rate scale, chosen by role, never by parameter name."""

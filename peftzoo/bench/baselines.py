@@ -5,6 +5,9 @@ They are not registered methods: they add no tensors and have nothing to merge o
 """
 from __future__ import annotations
 
+import os
+import tempfile
+
 from peftzoo.adapters.base import Adapter, AdapterConfig, find_train
 
 
@@ -15,6 +18,14 @@ class _Baseline(Adapter):
 
     def state(self):
         return {}
+
+    def file_bytes(self) -> int:
+        """A baseline's checkpoint is its trained tensors (for ``full``, the whole model), as one safetensors file."""
+        from safetensors.torch import save_file
+        with tempfile.TemporaryDirectory() as d:
+            save_file({f"t{i}": p.detach().contiguous().cpu() for i, p in enumerate(self.trainable_parameters())},
+                      f"{d}/t.safetensors")
+            return os.path.getsize(f"{d}/t.safetensors")
 
     def load_state(self, tensors):
         pass
