@@ -9,6 +9,7 @@ LR and seed; the head-only baseline at the same LRs is the reference for "learne
 
     PEFTZOO_DATA_DIR=../shared/data nice -n 10 python benchmarks/adalora_vs_peft.py            # 3 LRs, 1 seed
     python benchmarks/adalora_vs_peft.py --lrs 3e-3 1e-2 --schedule 10 20 5 --out /tmp/x.json  # a fixed schedule
+    python benchmarks/adalora_vs_peft.py --merge /tmp/a.json /tmp/b.json --out results/adalora/x.json  # parallel runs
 """
 from __future__ import annotations
 
@@ -138,7 +139,14 @@ def main(argv=None):
                     help="lora: peftzoo's LoRA r=8, alpha=16 (the quick preset's) as a reference for |ΔW|")
     ap.add_argument("--data-dir", default=os.environ.get("PEFTZOO_DATA_DIR"))
     ap.add_argument("--out", default="results/adalora/sst2_ours_vs_peft.json")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="only combine files this script wrote into --out")
     a = ap.parse_args(argv)
+    if a.merge:
+        parts = [json.loads(Path(f).read_text()) for f in a.merge]
+        rows = [{**r, "hparams": p["setup"]["hparams"]} for p in parts for r in p["runs"]]  # schedule given or not
+        return _write(Path(a.out), {"command": [p["command"] for p in parts], "setup": parts[0]["setup"],
+                                    "note": parts[0]["note"], "runs": rows,
+                                    "wall_s": round(max(p["wall_s"] for p in parts), 1)})
     hp = {"init_r": a.init_r, "target_r": a.target_r}
     if a.schedule:
         hp.update(dict(zip(("tinit", "tfinal", "deltaT"), a.schedule)))
@@ -164,7 +172,10 @@ def main(argv=None):
                         "torch": torch.__version__, "threads": torch.get_num_threads()},
               "note": "CPU shared by several jobs: wall times are under load", "runs": rows,
               "wall_s": round(time.perf_counter() - t0, 1)}
-    out = Path(a.out)
+    _write(Path(a.out), result)
+
+
+def _write(out: Path, result: dict):
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".tmp") as f:
         json.dump(result, f, indent=1)

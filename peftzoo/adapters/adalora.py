@@ -9,6 +9,13 @@
     pattern is fixed and enforced in the forward pass. A schedule left unset is derived from T (``schedule_for``):
     tinit = 15% and tfinal = 45% of T, deltaT = T/500, the proportions of the paper's GLUE scripts.
 
+Learning rate: with PEFT's (and the paper's) initialisation, Λ = 0 and P, Q ~ N(0, 0.02), and PEFT's default
+α/r_init = 8/12, ΔW = (α/r)·P diag(Λ) Q grows about two orders of magnitude more slowly than LoRA's (r=8, α=16) at
+the same AdamW LR: only Λ (r numbers per layer) starts the update, and P, Q get gradients only once Λ ≠ 0. Measured
+on all-MiniLM-L6-v2, SST-2, 63 steps (results/adalora/sst2_ours_vs_peft.json): ‖ΔW‖/‖W‖ 9.6e-4 vs LoRA's 0.12 at
+LR 3e-3; AdaLoRA stays at the head-only level up to LR 1e-2 and learns from 3e-2 (peftzoo and PEFT alike). The
+paper's GLUE runs (~3,400-50,000 steps, α/r 2-16) do not meet this; short runs need an LR ~10-30x LoRA's.
+
 The reallocation runs in ``on_step`` and the regulariser is ``extra_loss``: the project's training loop calls both.
 A loop that forgets ``on_step`` gets a warning, not silently plain LoRA.
 
