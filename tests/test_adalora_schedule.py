@@ -88,3 +88,51 @@ def test_derived_schedule_matches_peft_budget_step_by_step():
 def test_schedule_for_without_total_is_the_old_fixed_default():
     cfg = peftzoo.make_config("adalora", targets=["query"])
     assert schedule_for(cfg, None) == {"tinit": 0, "tfinal": 0, "deltaT": 1}
+
+
+def test_training_with_the_project_hooks_matches_peft_step_by_step():
+    """Same initial tensors, same batches, AdamW, float64: after tinit, budgeting and the final phase, our weights,
+    ranks and logits equal PEFT's (update_and_allocate + its orthogonal regulariser in the loss). This caught a
+    float64 bug: the pruning threshold was rounded to float32, so a triplet tied with it was kept over budget."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    def tiny():
+        torch.manual_seed(0)
+        return BertForSequenceClassification(BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100,
+            max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0)).double()
+    total = 14
+    ours_model, ref_model = tiny(), tiny()
+    ad = peftzoo.attach(ours_model, "adalora", targets=TARGETS, init_r=4, target_r=2, train=["classifier"],
+                        total_steps=total)
+    pm = peft.get_peft_model(ref_model, peft.AdaLoraConfig(task_type="SEQ_CLS", target_modules=TARGETS,  # adds orth reg
+                                                            modules_to_save=["classifier"],
+                                                            **ad.peft_config(ad.config)))
+    for n, p in pm.named_parameters():  # PEFT leaves its rank counter trainable on a float64 model: hold it
+        if "ranknum" in n:
+            p.requires_grad_(False)
+    with torch.no_grad():
+        for n, layer in ad.layers.items():
+            ref = pm.base_model.model.get_submodule(n)
+            for ours_t, peft_name in (("A", "lora_A"), ("B", "lora_B"), ("E", "lora_E")):
+                getattr(ref, peft_name)["default"].copy_(getattr(layer, ours_t))
+    opts = [torch.optim.AdamW(ad.param_groups(lr=5e-2)),
+            torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=5e-2, weight_decay=0.0)]
+    batches = _batches(total)(0)
+    for step, b in enumerate(batches, 1):
+        (ours_model(**b).loss + ad.extra_loss()).backward()
+        pm(**b).loss.backward()
+        for o in opts:
+            o.step()
+        ad.on_step(step)
+        pm.base_model.update_and_allocate(step)
+        for o in opts:
+            o.zero_grad()
+    kept = {k.removeprefix("base_model.model.").removesuffix(".lora_E.default"): sum(v)
+            for k, v in pm.peft_config["default"].rank_pattern.items()}
+    assert ad.ranks() == kept and sum(kept.values()) == 2 * len(kept)
+    ours_model.eval(), pm.eval()
+    ids = batches[0]["input_ids"]
+    # float64: any gap is a real one
+    torch.testing.assert_close(ours_model(ids).logits, pm(input_ids=ids).logits, atol=1e-9, rtol=1e-9)

@@ -250,13 +250,13 @@ class AdaLora(LayerAdapter):
     def _mask_to_budget(self, budget: int):
         scores = {n: (self._score(l.E).view(-1) + self._score(l.A).mean(1) + self._score(l.B).mean(0))
                   for n, l in self.layers.items()}
-        allsc = torch.cat([s.float().cpu() for s in scores.values()])
+        allsc = torch.cat([s.double().cpu() for s in scores.values()])  # exact for every dtype (float() rounded fp64)
         k = self.init_bgt - budget
         if k <= 0:
             return
         threshold = torch.kthvalue(allsc, min(k, allsc.numel())).values.item()
         for n, layer in self.layers.items():
-            keep = (scores[n] > threshold).to(layer.keep.dtype).view(-1, 1)
+            keep = (scores[n].double() > threshold).to(layer.keep.dtype).view(-1, 1)
             layer.keep.copy_(keep)
             layer.E.mul_(keep)
 
