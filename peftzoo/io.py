@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from peftzoo import registry
-from peftzoo._atomic import write_json
+from peftzoo._atomic import dumps, write_bytes
 from peftzoo.inject import find_modules, transaction
 
 if TYPE_CHECKING:
@@ -44,6 +44,11 @@ def copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
 def _attach(model, method: str, **config) -> Adapter:
     """The adapter of ``method`` on ``model`` (the caller holds the transaction that undoes it on error)."""
     return registry.get(method)(model, registry.make_config(method, **config))
+
+
+def _write_json(path: Path, obj) -> None:
+    """Strict, sorted, indented JSON, atomically (the adapter files' bytes as they always were: no final newline)."""
+    write_bytes(path, dumps(obj).encode())
 
 
 def _contiguous(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -85,7 +90,7 @@ def save(ad: Adapter, path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     tensors = {**ad.state(), **_train_tensors(ad, TRAIN)}
     save_file(_contiguous(tensors), str(path / "adapter.safetensors"))
-    write_json(path / "peftzoo.json", {"format": FORMAT, "method": ad.name, "config": ad.config.to_dict(),
+    _write_json(path / "peftzoo.json", {"format": FORMAT, "method": ad.name, "config": ad.config.to_dict(),
                                         "extra": ad.extra_state(), "summary": ad.summary()})
 
 
@@ -127,7 +132,7 @@ def save_peft(ad: Adapter, path) -> None:
     cfg.update(ad.peft_extra_config() if hasattr(ad, "peft_extra_config") else {})
     tensors = {**ad.peft_state(), **_train_tensors(ad, PEFT_PREFIX)}
     save_file(_contiguous(tensors), str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
-    write_json(path / "adapter_config.json", cfg)
+    _write_json(path / "adapter_config.json", cfg)
 
 
 def load_peft(model, path) -> Adapter:

@@ -22,7 +22,7 @@ def test_adapter_files_are_strict_json_written_atomically(tmp_path, monkeypatch)
     ad.save(tmp_path)
     ad.save_peft(tmp_path / "peft")
     before = (tmp_path / "peftzoo.json").read_bytes()
-    assert before.endswith(b"}\n") and json.loads(before)["method"] == "lora"
+    assert before.endswith(b"}") and json.loads(before)["method"] == "lora"
     assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["peft_type"] == "LORA"
 
     def full(fd):
