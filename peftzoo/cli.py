@@ -51,26 +51,32 @@ def _methods(args):
 
 
 def _bench(args):
+    from peftzoo.bench import protocol
     from peftzoo.bench.runner import load_preset
-    from peftzoo.bench.sweep import plan, sweep
     preset = load_preset(args.preset)
     if args.suite:
         preset["suite"] = args.suite
     if args.model:
         preset["model"] = args.model
-    specs = plan(preset, tasks=args.tasks, methods=args.methods, seeds=args.seeds)
+    plan = protocol.make_plan(preset, tasks=args.tasks, methods=args.methods, seeds=args.seeds)
+    s1, s2 = plan.stage1(), plan.stage2(None)
     if args.dry_run:
-        for s in specs:
-            print(s.suite, s.task, s.method, s.run_id, f"lr={s.lr}", s.skip_reason or "")
+        for s in s1:
+            print("stage 1", s.task, s.method, s.cell, s.run_id, s.skip_reason or "")
+        for s in s2:
+            print("stage 2", s.task, s.method, s.cell, s.run_id.replace("lrnan", "lr<selected>"), s.skip_reason or "")
+        print(f"{len(s1) + len(s2)} runs: stage 1 (LR sweep) {len(s1)}, stage 2 (selected LR) {len(s2)}; "
+              f"{len(plan.tasks)} tasks, {len(plan.cells)} (method, budget) cells, {len(plan.seeds)} seeds")
         return
-    written = sweep(specs, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
-                    retry_failed=args.retry_failed)
-    print(f"{len(written)} runs written under {args.results}/{preset['suite']}/runs ({len(specs)} in the preset)")
+    written = protocol.run(plan, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
+                           retry_failed=args.retry_failed)
+    print(f"{len(written)} runs written under {args.results}/{preset['suite']}/runs "
+          f"({len(s1) + len(s2)} in the preset)")
 
 
 def _table(args):
     from peftzoo.bench.table import write
-    path = write(args.results, args.suite)
+    path = write(args.results, args.suite, optimistic=args.optimistic)
     print(path.read_text())
 
 
@@ -102,12 +108,14 @@ def main(argv=None):
     b.add_argument("--seeds", nargs="*", type=int)
     b.add_argument("--device", default=None)
     b.add_argument("--retry-failed", action="store_true")
-    b.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    b.add_argument("--dry-run", action="store_true", help="print the planned runs and their count, and exit")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bars (for logs)")
     b.set_defaults(fn=_bench)
     t = sub.add_parser("table", help="write results/<suite>/leaderboard.{md,csv,png}")
     t.add_argument("--suite", default="quick")
     t.add_argument("--results", default="results")
+    t.add_argument("--optimistic", action="store_true", help="OPTIMISTIC view: LR and epoch picked on the dev set "
+                   "it reports (biased upward; written to leaderboard-optimistic.*)")
     t.set_defaults(fn=_table)
     i = sub.add_parser("d90", help="measure the intrinsic dimension d_90 of a task")
     from peftzoo.intrinsic.cli import add_arguments

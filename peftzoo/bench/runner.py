@@ -56,10 +56,14 @@ class RunSpec:
     achieved: int | None = None  # the solver's count for hparams
     skip_reason: str | None = None  # set when the budget cannot be met within tolerance
     random_init: bool = False  # same architecture with random weights (intrinsic-dimension comparisons)
+    cell: str = ""  # the budget point's label in tables ("73,728", "paper", "—"); not part of the run's identity
+    val_fraction: float = 0.1  # validation held back from train for selection: this share of it...
+    val_cap: int = 1000  # ...at most this many examples...
+    val_seed: int = 0  # ...drawn with this seed (the same split for every run)
 
     @property
     def run_id(self) -> str:
-        return store.run_id(self.method, self.hparams, self.seed)
+        return store.run_id(self.method, {**self.hparams, "lr": self.lr}, self.seed)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -143,7 +147,10 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
         task = get_task(spec.task)
         data = _data(task.name, str(data_dir) if data_dir else None)
         train = data["train"]
-        idx = np.random.default_rng(0).permutation(len(train.labels))[: spec.max_train]  # same subset for all runs
+        from peftzoo.bench.protocol import split_indices
+        from peftzoo.bench.stats import encode_preds
+        idx, val_idx = split_indices(len(train.labels), spec.max_train, spec.val_fraction, spec.val_cap,
+                                     spec.val_seed)  # the same subsets for all runs, disjoint
         model, tok = load_model(spec.model, task, spec.random_init)
         ad = make_adapter(model, spec)
         ad.model.to(dev)
@@ -159,22 +166,31 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
         def epoch_batches(epoch):
             return [batches[j] for j in order.permutation(len(batches))]
 
+        def predict(split, rows):
+            preds = []
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                for i in range(0, len(rows), 128):
+                    b = {k: v.to(dev) for k, v in _encode(tok, split, rows[i:i + 128], spec.max_len).items()}
+                    logits = model(**b).logits.float()
+                    preds.append(logits.squeeze(-1) if task.regression else logits.argmax(-1))
+            return torch.cat(preds).cpu().numpy()
+
+        dev_rows = {s: np.arange(len(data[s].labels) if spec.max_eval is None
+                                 else min(spec.max_eval, len(data[s].labels))) for s in task.dev}
+        dev_preds = []  # per epoch: {dev split: compact predictions}, for the table's paired bootstrap
+
         def evaluate():
-            out = {}
+            out, enc = {}, {}
             for s in task.dev:
-                split = data[s]
-                n = len(split.labels) if spec.max_eval is None else min(spec.max_eval, len(split.labels))
-                preds = []
-                with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                    for i in range(0, n, 128):
-                        b = {k: v.to(dev) for k, v in _encode(tok, split, range(i, min(n, i + 128)), spec.max_len).items()}
-                        logits = model(**b).logits.float()
-                        preds.append(logits.squeeze(-1) if task.regression else logits.argmax(-1))
-                m = compute_metrics(task, torch.cat(preds).cpu().numpy(), split.labels[:n])
+                p = predict(data[s], dev_rows[s])
+                enc[s] = encode_preds(p, task.regression)
+                m = compute_metrics(task, p, data[s].labels[dev_rows[s]])
                 out.update(m if len(task.dev) == 1 else {f"{s}/{k}": v for k, v in m.items()})
             if len(task.dev) > 1:
                 out["score"] = float(np.mean([out[f"{s}/score"] for s in task.dev]))
-            return out
+            dev_preds.append(enc)
+            val = compute_metrics(task, predict(train, val_idx), train.labels[val_idx])
+            return {**out, "val": val}
 
         summary = ad.summary()
         _peak_reset(dev)
@@ -183,6 +199,9 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
         res = fit(ad, epoch_batches, spec.epochs, spec.lr, evaluate, spec.warmup, spec.weight_decay, progress=bar)
         bar.close()
         peak, peak_kind = _peak_mb(dev)
+        for h, enc in zip(res.history, dev_preds):  # selection reads val_metrics; metrics stay the dev scores
+            h["val_metrics"] = h["metrics"].pop("val")
+            h["dev_preds"] = enc
         scores = [h["metrics"]["score"] for h in res.history]
         best = int(np.argmax(scores))
         st = median(res.step_times)
@@ -196,6 +215,8 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
             "median_step_s": st, "throughput_ex_s": bs / st if st else None,
             "peak_mem_mb": peak, "peak_mem_kind": peak_kind, "device": device_name(dev),
             "adapter_file_bytes": adapter_file_bytes(ad),
+            "split_sizes": {"train": len(idx), "val": len(val_idx), **{s: len(r) for s, r in dev_rows.items()}},
+            "dev_labels": {s: encode_preds(data[s].labels[r], task.regression) for s, r in dev_rows.items()},
         })
         if spec.method == "adalora":
             record["adalora_ranks"] = ad.ranks()
