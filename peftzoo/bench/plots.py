@@ -49,7 +49,8 @@ def pareto(path, tasks: list[str], points: list[dict], title: str = "") -> None:
         ax.set_xlabel("trainable parameters (incl. head)")
         ax.set_ylabel("dev score ×100 (mean ± std over seeds)")
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7, loc="best")
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -73,7 +74,8 @@ def lr_curves(path, tasks: list[str], curves: list[dict], ylabel: str = "validat
         ax.set_xlabel("learning rate")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7, loc="best")
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     save_atomic(fig, path)
     plt.close(fig)

@@ -135,9 +135,12 @@ def cells(preset: dict, methods, protocol: Protocol, model=None) -> list[Cell]:
             out.append(Cell(m, {}, "—"))
             continue
         mine = sorted(int(b) for b in per_method.get(m, bs))
-        if bs and middle not in mine:
+        paper = m in protocol.paper_settings and cls.paper_hparams
+        if mine and middle not in mine:
             raise ValueError(f"method_budgets[{m!r}] = {mine} must include the middle budget {middle} "
-                             f"(the LR sweep runs there)")
+                             f"(the LR sweep runs there), or be [] to run only the paper setting")
+        if bs and not mine and not paper:
+            raise ValueError(f"method_budgets[{m!r}] is empty and {m} has no paper setting: it would not run")
         if not bs:
             out.append(Cell(m, fixed, "—"))
         for b in mine:
@@ -147,14 +150,14 @@ def cells(preset: dict, methods, protocol: Protocol, model=None) -> list[Cell]:
             skip = None if s.ok else (f"budget {b} unreachable: nearest {s.kwargs} gives {s.achieved} "
                                       f"({s.rel_error:+.1%})")
             out.append(Cell(m, {**fixed, **s.kwargs}, f"{b:,}", b, s.achieved, skip, b == middle))
-        if m in protocol.paper_settings and cls.paper_hparams:
+        if paper:
             hp = {**fixed, **cls.paper_hparams}
             if all(c.key != hkey(hp) for c in out if c.method == m):  # else it already is one of the budgets
                 if model is None:
                     model = _model(preset)
                 from peftzoo.api import make_config
                 n = cls.budget_count(model, make_config(m, targets=targets, **hp))
-                out.append(Cell(m, hp, "paper", None, n, None, not bs))
+                out.append(Cell(m, hp, "paper", None, n, None, not mine))  # no matched budget: sweep here
     return out
 
 
