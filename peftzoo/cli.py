@@ -1,4 +1,9 @@
-"""peftzoo command line: demo | methods | bench | table | d90."""
+"""peftzoo command line: demo | methods | bench | table | d90.
+
+Exit status: 0 done (bench: every run ok or skipped); 2 bad input or setting, or an output that could not be
+written (nothing half-done is left; earlier results are intact); 3 bench finished but some runs are recorded as
+failed (rerun with --retry-failed after fixing the cause).
+"""
 from __future__ import annotations
 
 import argparse
@@ -51,27 +56,42 @@ def _methods(args):
 
 
 def _bench(args):
+    from dataclasses import replace
+
     from peftzoo.bench import protocol
-    from peftzoo.bench.runner import load_preset
+    from peftzoo.bench.preflight import preflight
+    from peftzoo.bench.preset import _tasks, load_preset
+    from peftzoo.bench.sweep import EXIT_SOME_FAILED, failed_before
     preset = load_preset(args.preset)
     if args.suite:
-        preset["suite"] = args.suite
+        preset = replace(preset, suite=args.suite)
     if args.model:
-        preset["model"] = args.model
-    plan = protocol.make_plan(preset, tasks=args.tasks, methods=args.methods, seeds=args.seeds)
+        preset = replace(preset, model=args.model)
+    tasks = _tasks(args.tasks, "--tasks") if args.tasks else preset.tasks
+    if not args.dry_run:
+        preflight(preset.model, tasks, args.data_dir, args.results, preset.suite, args.device, args.skip_bad_rows,
+                  args.quiet)
+    plan = protocol.make_plan(preset, tasks=tasks, methods=args.methods, seeds=args.seeds,
+                              skip_bad_rows=args.skip_bad_rows)
     s1, s2 = plan.stage1(), plan.stage2(None)
     if args.dry_run:
-        for s in s1:
-            print("stage 1", s.task, s.method, s.cell, s.run_id, s.skip_reason or "")
-        for s in s2:
-            print("stage 2", s.task, s.method, s.cell, s.run_id.replace("lrnan", "lr<selected>"), s.skip_reason or "")
+        for stage, specs in (("stage 1", s1), ("stage 2", s2)):
+            for s in specs:
+                try:
+                    s = s.bind_data(args.data_dir)
+                except (OSError, ValueError):
+                    pass  # the id printed is then the one before the data is known
+                lr = "lr=<selected on validation>" if stage == "stage 2" else f"lr={s.lr:g}"
+                print(stage, s.suite, s.task, s.method, s.cell, lr, f"s{s.seed}", s.skip_reason or "")
         print(f"{len(s1) + len(s2)} runs: stage 1 (LR sweep) {len(s1)}, stage 2 (selected LR) {len(s2)}; "
               f"{len(plan.tasks)} tasks, {len(plan.cells)} (method, budget) cells, {len(plan.seeds)} seeds")
-        return
-    written = protocol.run(plan, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
-                           retry_failed=args.retry_failed)
-    print(f"{len(written)} runs written under {args.results}/{preset['suite']}/runs "
-          f"({len(s1) + len(s2)} in the preset)")
+        return 0
+    out = protocol.run(plan, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
+                       retry_failed=args.retry_failed)
+    for line in failed_before(out, args.results):
+        print(line, file=sys.stderr)
+    print(out.summary(f"{args.results}/{preset.suite}/runs"))
+    return EXIT_SOME_FAILED if out.failed else 0
 
 
 def _table(args):
@@ -107,7 +127,9 @@ def main(argv=None):
     b.add_argument("--methods", nargs="*")
     b.add_argument("--seeds", nargs="*", type=int)
     b.add_argument("--device", default=None)
-    b.add_argument("--retry-failed", action="store_true")
+    b.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    b.add_argument("--skip-bad-rows", action="store_true",
+                   help="leave out malformed data rows (counted, recorded in every run) instead of stopping")
     b.add_argument("--dry-run", action="store_true", help="print the planned runs and their count, and exit")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bars (for logs)")
     b.set_defaults(fn=_bench)
@@ -123,11 +145,10 @@ def main(argv=None):
     i.set_defaults(fn=_d90)
     args = p.parse_args(argv)
     try:
-        args.fn(args)
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as e:
+        return args.fn(args) or 0
+    except (ValueError, OSError, RuntimeError, TypeError) as e:
         print(f"peftzoo {args.cmd}: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

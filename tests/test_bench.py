@@ -61,15 +61,16 @@ def test_presets_follow_the_protocol():
     from peftzoo.bench.protocol import Protocol, budgets, lr_grid
     for name in ("quick", "cpu", "glue", "roberta-base"):
         p = load_preset(name)
-        prot = Protocol.from_preset(p)  # no unknown protocol options
-        assert {"full", "head", "lora"} <= set(p["methods"]) and len(budgets(p)[0]) >= 3
-        assert all(len(lr_grid(p, m, points=prot.lr_points)) >= (2 if name == "quick" else 4) for m in p["methods"])
-        assert len(p["seeds"]) == 1 if name == "quick" else len(p["seeds"]) >= 3
+        d = p.to_dict()
+        prot = Protocol.from_preset(d)
+        assert {"full", "head", "lora"} <= set(p.methods) and len(budgets(d)[0]) >= 3
+        assert all(len(lr_grid(d, m, points=prot.lr_points)) >= (2 if name == "quick" else 4) for m in p.methods)
+        assert len(p.seeds) == 1 if name == "quick" else len(p.seeds) >= 3
     cpu = load_preset("cpu")
-    assert set(cpu["methods"]) == {"full", "head", "lora", "rslora", "loraplus", "dora", "vera", "adalora", "said"}
-    assert len(cpu["tasks"]) >= 3 and "SST-2" in cpu["tasks"]
+    assert set(cpu.methods) == {"full", "head", "lora", "rslora", "loraplus", "dora", "vera", "adalora", "said"}
+    assert len(cpu.tasks) >= 3 and "SST-2" in cpu.tasks
     rb = load_preset("roberta-base")
-    assert rb["hparams"]["lora"] == {"alpha": 8} and rb["task_overrides"]["CoLA"]["epochs"] == 80
+    assert rb.hparams["lora"] == {"alpha": 8} and rb.task_overrides["CoLA"]["epochs"] == 80
 
 
 @pytest.fixture

@@ -8,28 +8,20 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from peftzoo.bench import plots, stats, store
 from peftzoo.bench.protocol import Protocol, selection
+from peftzoo.bench.table import _config_line, check_configs
 from peftzoo.bench.tasks import get_task
 
 ORDER = ["full", "head", "lora", "rslora", "loraplus", "dora", "vera", "adalora", "said", "did"]
 SIG = ("`*` / `**`: the difference from LoRA at the same budget (LoRA at the middle budget for baselines and paper "
        "settings) is significant at p < 0.05 / 0.01, paired bootstrap over dev examples (2,000 resamples, the same "
        "draw applied to every seed of both methods, scores averaged over seeds).")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def _order(row):
@@ -61,8 +53,8 @@ def build(runs: list[dict], use: str = "val", n_boot: int = 2000) -> dict:
     for (m, k), row in rows.items():
         for t, cell in row["tasks"].items():
             ref = _lora_ref(rows, t, row["budget"])
-            if ref is None or ref is row:
-                continue
+            if ref is None or ref is row or not all("dev_preds" in r["history"][0] for r in row["runs"] + ref["runs"]):
+                continue  # no LoRA row, or runs without per-example predictions: no test
             a, b = cell["sel"], ref["tasks"][t]["sel"]
             labels = {sp: stats.decode_preds(x) for sp, x in a["runs"][0]["dev_labels"].items()}
             cell["diff"], cell["p"] = stats.paired_bootstrap(
@@ -133,8 +125,7 @@ def markdown(suite: str, b: dict, use: str) -> str:
              (p.describe() if p else "Protocol: not recorded in these runs.")
              + (" THIS VIEW IGNORES IT: selection used the dev scores." if use == "dev" else ""), "",
              f"Device: {', '.join(dev)}. Versions: {', '.join(f'{k} {x}' for k, x in v.items())}. "
-             f"Model: `{spec.get('model') or 'all-MiniLM-L6-v2 (embedded)'}`; targets {spec.get('targets')}; "
-             f"epochs {spec.get('epochs')}, batch {spec.get('batch_size')}, max_len {spec.get('max_len')}. "
+             f"Model: `{spec.get('model') or 'all-MiniLM-L6-v2 (embedded)'}`. Config: {_config_line(ok)} "
              "Examples (train / validation / dev): "
              + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {sum(x for k, x in s.items() if k not in ('train', 'val')):,}"
                          for t, s in sizes.items()) + ".", "",
@@ -163,6 +154,8 @@ def markdown(suite: str, b: dict, use: str) -> str:
         lines += ["", "Runs not in the table:", ""]
         lines += [f"- {r['spec']['task']} {r['spec']['method']} lr={r['spec']['lr']:g} s{r['spec']['seed']}: "
                   f"{r['status']}: {r.get('reason') or r.get('error')}" for r in b["bad"]]
+    if b.get("invalid"):
+        lines += ["", "Invalid run records (skipped):", ""] + [f"- `{p}`: {why}" for p, why in b["invalid"]]
     return "\n".join(lines) + "\n"
 
 
@@ -189,15 +182,28 @@ def store_hp(hp: dict) -> str:
 
 
 def write(root, suite: str, optimistic: bool = False, n_boot: int = 2000) -> Path:
-    runs = store.read_runs(Path(root), suite)
-    if not runs:
-        raise FileNotFoundError(f"no runs under {Path(root) / suite / 'runs'}: run `peftzoo bench` first")
-    use = "dev" if optimistic else "val"
-    b = build(runs, use, n_boot)
+    invalid = []
+    runs = store.read_runs(Path(root), suite, invalid)
+    for p, problem in invalid:
+        print(f"peftzoo table: skipping invalid run record {p}: {problem}", file=sys.stderr)
     out = Path(root) / suite
+    if not runs:
+        what = f" ({len(invalid)} invalid records)" if invalid else ""
+        raise FileNotFoundError(f"no runs under {out / 'runs'}{what}: run `peftzoo bench` first")
+    ok = [r for r in runs if r.get("status") == "ok"]
+    if not ok:
+        bad = [r for r in runs if r.get("status") != "ok"]
+        listed = "\n".join(f"  {r['task']} {r['method']} s{r['seed']}: {r['status']}: "
+                            f"{r.get('reason') or r.get('error')}" for r in bad[:20])
+        raise ValueError(f"no successful run in {out / 'runs'} ({len(bad)} runs, none ok), so no table; "
+                         f"nothing was written:\n{listed}\nFix the cause, then `peftzoo bench --retry-failed`.")
+    check_configs(ok)
+    use = "dev" if optimistic else "val"
+    b = {**build(runs, use, n_boot), "invalid": invalid}
     stem = "leaderboard" if use == "val" else "leaderboard-optimistic"
-    _atomic_text(out / f"{stem}.md", markdown(suite, b, use))
-    _atomic_text(out / f"{stem}.csv", csv_text(b))
+    # each file atomic: a failed write leaves the old file whole
+    store.write_text(out / f"{stem}.md", markdown(suite, b, use))
+    store.write_text(out / f"{stem}.csv", csv_text(b))
     pts = [{"task": t, "method": r["method"], "x": r["trainable"], "mean": c["mean"], "std": c["std"]}
            for r in b["rows"] for t, c in r["tasks"].items()]
     plots.pareto(out / f"{stem}.png", b["tasks"], pts, "optimistic (selected on dev)" if use == "dev" else "")

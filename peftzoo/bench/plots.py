@@ -6,8 +6,6 @@
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 
@@ -20,16 +18,8 @@ def _fig(ncols: int):
 
 
 def save_atomic(fig, path: Path, dpi: int = 110) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from peftzoo.bench import store
+    store.write_figure(Path(path), fig, dpi=dpi)  # temp file + rename; OutputError if it cannot be written
 
 
 def pareto(path, tasks: list[str], points: list[dict], title: str = "") -> None:

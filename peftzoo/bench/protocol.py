@@ -221,7 +221,7 @@ class Plan:
                        train=tuple(p.get("train", ["classifier"])), lr=lr, budget=cell.budget,
                        achieved=cell.achieved, skip_reason=cell.skip, cell=cell.label,
                        val_fraction=self.protocol.val_fraction, val_cap=self.protocol.val_cap,
-                       val_seed=self.protocol.val_seed, **common)
+                       val_seed=self.protocol.val_seed, skip_bad_rows=p["skip_bad_rows"], **common)
 
     def grid(self, task: str, method: str) -> tuple[float, ...]:
         return lr_grid(self.preset, method, task, self.protocol.lr_points)
@@ -248,17 +248,24 @@ class Plan:
         return out
 
 
-def make_plan(preset: dict, tasks=None, methods=None, seeds=None, model=None) -> Plan:
-    from peftzoo.bench.runner import get_task
-    prot = Protocol.from_preset(preset)
-    tasks = [get_task(t).name for t in (tasks or preset["tasks"])]
-    methods = list(methods or preset["methods"])
-    for m in methods:
-        method_class(m)  # unknown method: clear error before any work
-    seeds = list(seeds if seeds is not None else preset.get("seeds", [0]))
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds {seeds} must be distinct and at least one")
-    return Plan(preset, prot, tasks, seeds, cells(preset, methods, prot, model))
+    def known(self) -> list:
+        """Every run whose LR is known before training: stage 1, and stage 2 where a grid has one LR."""
+        fixed = {(t, c.method): self.grid(t, c.method)[0] for t in self.tasks for c in self.cells
+                 if len(self.grid(t, c.method)) == 1}
+        return self.stage1() + self.stage2(fixed)
+
+
+def make_plan(preset, tasks=None, methods=None, seeds=None, model=None, skip_bad_rows: bool = False) -> Plan:
+    """The plan of a preset (a ``Preset`` or its dict, checked); ``tasks``/``methods``/``seeds`` narrow it."""
+    from peftzoo.bench.preset import Preset, _methods, _tasks
+    if not isinstance(preset, Preset):
+        preset = Preset.from_dict(preset)
+    d = {**preset.to_dict(), "skip_bad_rows": skip_bad_rows}
+    prot = Protocol.from_preset(d)
+    tasks = list(_tasks(tasks, "--tasks") if tasks else preset.tasks)
+    methods = list(_methods(methods, "--methods") if methods else preset.methods)
+    seeds = list(dict.fromkeys(seeds if seeds else preset.seeds))
+    return Plan(d, prot, tasks, seeds, cells(d, methods, prot, model))
 
 
 def middle_selection(plan: Plan, records: list[dict]) -> dict:
@@ -268,22 +275,34 @@ def middle_selection(plan: Plan, records: list[dict]) -> dict:
     return {(t, m): s["lr"] for (t, m, k), s in sel.items() if (m, k) in keys}
 
 
-def run(plan: Plan, root="results", data_dir=None, device=None, quiet=False, retry_failed=False) -> list:
-    """Stage 1, selection on validation, stage 2; every run JSON records the protocol and its stage."""
+def run(plan: Plan, root="results", data_dir=None, device=None, quiet=False, retry_failed=False):
+    """Stage 1, selection on validation, stage 2; every run JSON records the protocol and its stage.
+
+    A (task, method) whose sweep is not complete yet (runs held by another sweep) gets no stage 2 now: its LR
+    would be chosen on part of the grid. Returns the combined ``sweep.Outcome``."""
     from peftzoo.bench import store
     from peftzoo.bench.runner import execute
-    from peftzoo.bench.sweep import sweep
+    from peftzoo.bench.sweep import Outcome, sweep
 
     def executor(stage):
         def ex(spec, **kw):
             return {**execute(spec, **kw), "protocol": {**plan.protocol.to_dict(), "stage": stage}}
         return ex
     s1 = plan.stage1()
-    written = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=executor(1))
-    paths = [store.run_path(root, s.suite, s.task, s.run_id) for s in s1]
-    sel = middle_selection(plan, [json.loads(p.read_text()) for p in paths if p.exists()])
+    out1 = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=executor(1))
+    recs, incomplete = [], set()
+    for s in s1:
+        rec, _ = store.read_record(store.run_path(root, s.suite, s.task, s.bind_data(data_dir).run_id))
+        if rec is None:
+            incomplete.add((s.task, s.method))
+        else:
+            recs.append(rec)
+    sel = {k: lr for k, lr in middle_selection(plan, recs).items() if k not in incomplete}
     if not quiet:
         for (t, m), lr in sorted(sel.items()):
             print(f"selected on validation: {t} {m} lr={lr:g}")
-    written += sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=executor(2))
-    return written
+        for t, m in sorted(incomplete):
+            print(f"{t} {m}: its LR sweep is not finished (held by another sweep?): no stage 2 for it this time")
+    out2 = sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=executor(2))
+    return Outcome(**{k: getattr(out1, k) + getattr(out2, k) for k in
+                      ("total", "done_before", "written", "failed", "busy", "invalid")})
