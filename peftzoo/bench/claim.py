@@ -123,8 +123,8 @@ def release(run_json: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def describe(info: dict | None) -> str:
+def describe(info: dict | None, age: bool = True) -> str:
     info = info or {}
     since = info.get("since")
-    age = f", for {time.time() - since:.0f} s" if isinstance(since, (int, float)) else ""
+    age = f", for {time.time() - since:.0f} s" if age and isinstance(since, (int, float)) else ""
     return f"claimed by {info.get('host', '?')} pid {info.get('pid', '?')}{age}"
