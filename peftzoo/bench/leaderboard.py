@@ -115,7 +115,7 @@ def markdown(suite: str, b: dict, use: str) -> str:
     prot = ok[0].get("protocol") if ok else None
     dev = sorted({r["device"] for r in ok})
     v, spec = ok[0]["versions"], ok[0]["spec"]
-    sizes = {t: next(r["split_sizes"] for r in ok if r["task"] == t) for t in tasks}
+    sizes = {t: next((r["split_sizes"] for r in ok if r["task"] == t and "split_sizes" in r), None) for t in tasks}
     title = (f"# Leaderboard: `{suite}`" if use == "val" else
              f"# OPTIMISTIC leaderboard: `{suite}` (LR and epoch chosen on the dev set it reports: biased upward)")
     p = Protocol(**{k: (tuple(x) if k == "paper_settings" else x) for k, x in prot.items() if k != "stage"}) \
@@ -128,7 +128,7 @@ def markdown(suite: str, b: dict, use: str) -> str:
              f"Model: `{spec.get('model') or 'all-MiniLM-L6-v2 (embedded)'}`. Config: {_config_line(ok)} "
              "Examples (train / validation / dev): "
              + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {sum(x for k, x in s.items() if k not in ('train', 'val')):,}"
-                         for t, s in sizes.items()) + ".", "",
+                         if s else f"{t} not recorded" for t, s in sizes.items()) + ".", "",
              "Cells: GLUE dev metric ×100, mean ± std over seeds (MRPC: mean of F1 and accuracy; STS-B: of Pearson "
              "and Spearman; CoLA: Matthews corr.); the CSV adds the 95% t-interval. " + SIG + " `budget`: the "
              "matched adapter-element count (achieved / target in `params`; AdaLoRA: its final budget) or `paper` "

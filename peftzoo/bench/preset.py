@@ -104,11 +104,12 @@ def _check_protocol(kw: dict, source: str) -> None:
     from peftzoo.bench.protocol import Protocol, budgets
     try:
         Protocol.from_preset(kw)
-        bs = budgets(kw)[0]
+        middle = budgets(kw)[1]
         for m, mine in kw.get("method_budgets", {}).items():
             budgets({"budgets": mine})
-            if not set(mine) <= set(bs):
-                raise ValueError(f"method_budgets.{m} {list(mine)} must be a subset of budgets {bs}")
+            if mine and middle not in mine:
+                raise ValueError(f"method_budgets.{m} {list(mine)} must include the middle budget {middle} (the "
+                                 f"LR sweep runs there), or be [] to run only the paper setting")
     except ValueError as e:
         raise PresetError(f"{source}: {e}") from None
     for where, grids in [("lr_grid", kw.get("lr_grid", {}))] + [(f"task_overrides.{t}.lr_grid", o.get("lr_grid", {}))

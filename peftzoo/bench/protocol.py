@@ -275,21 +275,22 @@ def middle_selection(plan: Plan, records: list[dict]) -> dict:
     return {(t, m): s["lr"] for (t, m, k), s in sel.items() if (m, k) in keys}
 
 
-def run(plan: Plan, root="results", data_dir=None, device=None, quiet=False, retry_failed=False):
+def run(plan: Plan, root="results", data_dir=None, device=None, quiet=False, retry_failed=False, executor=None):
     """Stage 1, selection on validation, stage 2; every run JSON records the protocol and its stage.
 
     A (task, method) whose sweep is not complete yet (runs held by another sweep) gets no stage 2 now: its LR
     would be chosen on part of the grid. Returns the combined ``sweep.Outcome``."""
     from peftzoo.bench import store
-    from peftzoo.bench.runner import execute
+    from peftzoo.bench import sweep as sweep_mod
     from peftzoo.bench.sweep import Outcome, sweep
 
-    def executor(stage):
+    def staged(stage):
         def ex(spec, **kw):
-            return {**execute(spec, **kw), "protocol": {**plan.protocol.to_dict(), "stage": stage}}
+            rec = (executor or sweep_mod.execute)(spec, **kw)
+            return {**rec, "protocol": {**plan.protocol.to_dict(), "stage": stage}}
         return ex
     s1 = plan.stage1()
-    out1 = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=executor(1))
+    out1 = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=staged(1))
     recs, incomplete = [], set()
     for s in s1:
         rec, _ = store.read_record(store.run_path(root, s.suite, s.task, s.bind_data(data_dir).run_id))
@@ -303,6 +304,6 @@ def run(plan: Plan, root="results", data_dir=None, device=None, quiet=False, ret
             print(f"selected on validation: {t} {m} lr={lr:g}")
         for t, m in sorted(incomplete):
             print(f"{t} {m}: its LR sweep is not finished (held by another sweep?): no stage 2 for it this time")
-    out2 = sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=executor(2))
+    out2 = sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=staged(2))
     return Outcome(**{k: getattr(out1, k) + getattr(out2, k) for k in
                       ("total", "done_before", "written", "failed", "busy", "invalid")})

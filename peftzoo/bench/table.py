@@ -18,7 +18,7 @@ def _differing(runs: list[dict], keys, label: str) -> list[str]:
             vals[json.dumps(r["spec"].get(k), sort_keys=True)].append(r)
         if len(vals) > 1:
             out.append(f"{label}: {k} " + " vs ".join(f"{v} ({len(rs)} run{'s' * (len(rs) > 1)}, e.g. "
-                                                       f"{rs[0]['run_id']})" for v, rs in vals.items()))
+                                                       f"{rs[0]['run_id']})" for v, rs in sorted(vals.items())))
     return out
 
 
