@@ -110,6 +110,10 @@ def _lrs(row, tasks):
     return ", ".join(f"{t} {lr:g} / {ep}" for t, (lr, ep) in got.items())
 
 
+def _n_dev(sizes: dict) -> int:
+    return sum(x for k, x in sizes.items() if k not in ("train", "val"))
+
+
 def markdown(suite: str, b: dict, use: str) -> str:
     tasks, rows, ok = b["tasks"], b["rows"], b["ok"]
     prot = ok[0].get("protocol") if ok else None
@@ -127,8 +131,8 @@ def markdown(suite: str, b: dict, use: str) -> str:
              f"Device: {', '.join(dev)}. Versions: {', '.join(f'{k} {x}' for k, x in v.items())}. "
              f"Model: `{spec.get('model') or 'all-MiniLM-L6-v2 (embedded)'}`. Config: {_config_line(ok)} "
              "Examples (train / validation / dev): "
-             + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {sum(x for k, x in s.items() if k not in ('train', 'val')):,}"
-                         if s else f"{t} not recorded" for t, s in sizes.items()) + ".", "",
+             + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {_n_dev(s):,}" if s else f"{t} not recorded"
+                         for t, s in sizes.items()) + ".", "",
              "Cells: GLUE dev metric ×100, mean ± std over seeds (MRPC: mean of F1 and accuracy; STS-B: of Pearson "
              "and Spearman; CoLA: Matthews corr.); the CSV adds the 95% t-interval. " + SIG + " `budget`: the "
              "matched adapter-element count (achieved / target in `params`; AdaLoRA: its final budget) or `paper` "
