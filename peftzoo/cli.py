@@ -60,17 +60,19 @@ def _bench(args):
 
     from peftzoo.bench import protocol
     from peftzoo.bench.preflight import preflight
-    from peftzoo.bench.preset import _tasks, load_preset
+    from peftzoo.bench.preset import load_preset, normalise_tasks
     from peftzoo.bench.sweep import EXIT_SOME_FAILED, failed_before
+    for flag in ("tasks", "methods", "seeds"):
+        if getattr(args, flag) == []:
+            raise ValueError(f"--{flag} was given without any value")
     preset = load_preset(args.preset)
     if args.suite:
         preset = replace(preset, suite=args.suite)
     if args.model:
         preset = replace(preset, model=args.model)
-    tasks = _tasks(args.tasks, "--tasks") if args.tasks else preset.tasks
+    tasks = normalise_tasks(args.tasks, "--tasks") if args.tasks else preset.tasks
     if not args.dry_run:
-        preflight(preset.model, tasks, args.data_dir, args.results, preset.suite, args.device, args.skip_bad_rows,
-                  args.quiet)
+        preflight(preset.model, tasks, args.data_dir, args.results, preset.suite, args.device, args.skip_bad_rows)
     plan = protocol.make_plan(preset, tasks=tasks, methods=args.methods, seeds=args.seeds,
                               skip_bad_rows=args.skip_bad_rows)
     s1, s2 = plan.stage1(), plan.stage2(None)

@@ -91,6 +91,7 @@ BAD = [  # (what is wrong, how to make it, the error text a user sees)
     ("bad device", _args("--device", "gpu0"), r"--device 'gpu0' is not a torch device"),
     ("--tasks", _args("--tasks", "foo"), r"--tasks: unknown task 'foo'"),
     ("--methods", _args("--methods", "lora", "lorax"), r"--methods: unknown method 'lorax'"),
+    ("empty --seeds", _args("--seeds"), r"--seeds was given without any value"),
 ]
 
 

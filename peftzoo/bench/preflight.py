@@ -55,7 +55,7 @@ def check_model(model: str | None) -> None:
             from None
 
 
-def check_data(tasks, data_dir, skip_bad_rows: bool = False, quiet: bool = False) -> None:
+def check_data(tasks, data_dir, skip_bad_rows: bool = False) -> None:
     """Every task's splits loaded and validated now (the runs reuse them from the cache)."""
     from peftzoo.bench.runner import _data
     d = resolve_data_dir(data_dir)
@@ -85,8 +85,8 @@ def check_results(root, suite: str) -> None:
         raise PreflightError(f"--results {root}: cannot write there ({e})") from None
 
 
-def preflight(model, tasks, data_dir, results, suite: str, device=None, skip_bad_rows=False, quiet=False) -> None:
+def preflight(model, tasks, data_dir, results, suite: str, device=None, skip_bad_rows=False) -> None:
     check_device(device)
     check_model(model)
-    check_data(tasks, data_dir, skip_bad_rows, quiet)
+    check_data(tasks, data_dir, skip_bad_rows)
     check_results(results, suite)

@@ -65,22 +65,22 @@ class Preset:
         for k in ("tasks", "methods", "seeds"):
             if k in kw and not kw[k]:
                 raise PresetError(f"{source}: {k!r} is empty")
-        kw["tasks"] = _tasks(kw["tasks"], source)
-        kw["methods"] = _methods(kw["methods"], source)
+        kw["tasks"] = normalise_tasks(kw["tasks"], source)
+        kw["methods"] = normalise_methods(kw["methods"], source)
         for k in ("lr", "hparams", "lr_grid", "method_budgets"):
             for m in kw.get(k, {}):
-                _methods([m], f"{source}: {k!r}")
+                normalise_methods([m], f"{source}: {k!r}")
         for m, hp in kw.get("hparams", {}).items():
             _method_options(m, hp, source, f"hparams.{m}")
         over = {}
         for t, o in kw.get("task_overrides", {}).items():
             where = f"{source}: 'task_overrides.{t}'"
-            (name,) = _tasks([t], where)
+            (name,) = normalise_tasks([t], where)
             _check_keys(o, OVERRIDABLE, where)
             over[name] = {k: _check(v, HINTS[k], source, f"task_overrides.{t}.{k}", FIELDS[k].metadata.get("min"))
                           for k, v in o.items()}
             for m in over[name].get("lr", {}):
-                _methods([m], f"{where}.lr")
+                normalise_methods([m], f"{where}.lr")
         kw["task_overrides"] = over
         for where, lrs in [("lr", kw.get("lr", {}))] + [(f"task_overrides.{t}.lr", o.get("lr", {}))
                                                           for t, o in over.items()]:
@@ -177,7 +177,7 @@ def _check(v, t, src: str, key: str, minimum=None):
     return v
 
 
-def _tasks(names, where: str) -> tuple[str, ...]:
+def normalise_tasks(names, where: str) -> tuple[str, ...]:
     """Canonical GLUE names, duplicates (after normalising: SST-2 = sst2) dropped, order kept."""
     from peftzoo.bench.tasks import get_task
     out = []
@@ -197,7 +197,7 @@ def known_methods() -> list[str]:
     return sorted({*adapters.REGISTRY, *BASELINES})
 
 
-def _methods(names, where: str) -> tuple[str, ...]:
+def normalise_methods(names, where: str) -> tuple[str, ...]:
     known, out = known_methods(), []
     for m in names:
         key = m.strip().lower()

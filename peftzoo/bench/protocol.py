@@ -257,13 +257,13 @@ class Plan:
 
 def make_plan(preset, tasks=None, methods=None, seeds=None, model=None, skip_bad_rows: bool = False) -> Plan:
     """The plan of a preset (a ``Preset`` or its dict, checked); ``tasks``/``methods``/``seeds`` narrow it."""
-    from peftzoo.bench.preset import Preset, _methods, _tasks
+    from peftzoo.bench.preset import Preset, normalise_methods, normalise_tasks
     if not isinstance(preset, Preset):
         preset = Preset.from_dict(preset)
     d = {**preset.to_dict(), "skip_bad_rows": skip_bad_rows}
     prot = Protocol.from_preset(d)
-    tasks = list(_tasks(tasks, "--tasks") if tasks else preset.tasks)
-    methods = list(_methods(methods, "--methods") if methods else preset.methods)
+    tasks = list(normalise_tasks(tasks, "--tasks") if tasks else preset.tasks)
+    methods = list(normalise_methods(methods, "--methods") if methods else preset.methods)
     seeds = list(dict.fromkeys(seeds if seeds else preset.seeds))
     return Plan(d, prot, tasks, seeds, cells(d, methods, prot, model))
 
