@@ -94,6 +94,10 @@ def test_plan_rejects_bad_protocol_and_budgets():
         make_plan(_preset(protocol={"sweep_seed": 1}), model=m)
     with pytest.raises(ValueError, match="distinct"):
         make_plan(_preset(budgets=[256, 256]), model=m)
+    with pytest.raises(ValueError, match=r"'lr_grid.lora' is \[0.0, 0.001\]: an LR grid needs values > 0"):
+        make_plan(_preset(lr_grid={"lora": [0, 1e-3]}), model=m)
+    with pytest.raises(ValueError, match="unknown method 'lorra'"):
+        make_plan(_preset(lr_grid={"lorra": [1e-3]}), model=m)
 
 
 # ---- selection reads validation only ---------------------------------------------------------------------------
