@@ -24,6 +24,7 @@ from peftzoo.bench.preset import load_preset  # noqa: F401  (its former home)
 from peftzoo.bench.tasks import compute_metrics, data_source, get_task, load_task
 
 REPO = Path(__file__).resolve().parents[2]
+EVAL_BATCH = 128  # evaluation rows per forward pass (length-sorted, so little padding)
 
 
 def default_model() -> str:
@@ -65,6 +66,7 @@ class RunSpec:
     val_fraction: float = 0.1  # validation held back from train for selection: this share of it...
     val_cap: int = 1000  # ...at most this many examples...
     val_seed: int = 0  # ...drawn with this seed (the same split for every run)
+    precision: str = "auto"  # autocast: "auto" = bf16 on CUDA, fp32 on CPU; "bf16" / "fp32" force it
 
     @property
     def run_id(self) -> str:
@@ -107,26 +109,10 @@ def _data(task: str, data_dir, skip_bad_rows: bool = False):
 
 
 def load_model(spec_model: str | None, task, random_init: bool = False):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
-    hf_logging.disable_progress_bar()
-    path = spec_model or default_model()
-    kw = {"problem_type": "regression"} if task.regression else {}
-    if random_init:
-        from transformers import AutoConfig
-        torch.manual_seed(0)  # the same random θ0 for every run
-        model = AutoModelForSequenceClassification.from_config(
-            AutoConfig.from_pretrained(path, num_labels=task.num_labels, **kw))
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kw)
-    return model, AutoTokenizer.from_pretrained(path)
-
-
-def _encode(tok, split, idx, max_len):
-    cols = list(zip(*[split.texts[i] for i in idx]))
-    enc = tok(*cols, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
-    return dict(enc)
+    """(model, tokenizer): a fresh copy of a per-process cached model (the checkpoint is read once per process);
+    the weights the checkpoint lacks come from the global RNG, as with ``from_pretrained``."""
+    from peftzoo.bench import modelcache
+    return modelcache.load(spec_model or default_model(), task, random_init)
 
 
 def make_adapter(model, spec: RunSpec):
@@ -143,7 +129,8 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
     """Train and evaluate one run; returns the result record (status ok/failed/skipped), never raises."""
     from tqdm.auto import tqdm
 
-    from peftzoo.bench.train import fit, median
+    from peftzoo.bench import batches
+    from peftzoo.bench.train import autocast, fit, median
     try:
         spec = spec.bind_data(data_dir)
     except (OSError, ValueError):
@@ -174,54 +161,45 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
         ad.model.to(dev)
         model = ad.model
         bs = spec.batch_size
-        batches = []
-        for i in range(0, len(idx), bs):
-            b = _encode(tok, train, idx[i:i + bs], spec.max_len)
-            b["labels"] = torch.as_tensor(train.labels[idx[i:i + bs]])
-            batches.append({k: v.to(dev) for k, v in b.items()})
-        order = np.random.default_rng(spec.seed)
+        enc = batches.encode_split(tok, train, idx, spec.max_len, task.name)  # cached per process
 
-        def epoch_batches(epoch):
-            return [batches[j] for j in order.permutation(len(batches))]
+        def epoch_batches(epoch):  # reshuffled every epoch, length-grouped, padded per batch
+            return batches.train_batches(enc, train.labels[idx], bs, spec.seed, epoch, dev)
 
         def predict(split, rows):
-            preds = []
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                for i in range(0, len(rows), 128):
-                    b = {k: v.to(dev) for k, v in _encode(tok, split, rows[i:i + 128], spec.max_len).items()}
-                    logits = model(**b).logits.float()
-                    preds.append(logits.squeeze(-1) if task.regression else logits.argmax(-1))
-            return torch.cat(preds).cpu().numpy()
+            e = batches.encode_split(tok, split, rows, spec.max_len, task.name)  # cached per process
+            return batches.predict(model, e, EVAL_BATCH, dev, task.regression, autocast(dev, spec.precision))
 
         dev_rows = {s: np.arange(len(data[s].labels) if spec.max_eval is None
                                  else min(spec.max_eval, len(data[s].labels))) for s in task.dev}
         dev_preds = []  # per epoch: {dev split: compact predictions}, for the table's paired bootstrap
 
         def evaluate():
-            out, enc = {}, {}
+            out, codes = {}, {}
             for s in task.dev:
                 p = predict(data[s], dev_rows[s])
-                enc[s] = encode_preds(p, task.regression)
+                codes[s] = encode_preds(p, task.regression)
                 m = compute_metrics(task, p, data[s].labels[dev_rows[s]])
                 out.update(m if len(task.dev) == 1 else {f"{s}/{k}": v for k, v in m.items()})
             if len(task.dev) > 1:
                 out["score"] = float(np.mean([out[f"{s}/score"] for s in task.dev]))
-            dev_preds.append(enc)
+            dev_preds.append(codes)
             val = compute_metrics(task, predict(train, val_idx), train.labels[val_idx])
             return {**out, "val": val}
 
         summary = ad.summary()
         _peak_reset(dev)
-        bar = tqdm(total=spec.epochs * len(batches), desc=f"{spec.task} {spec.method} s{spec.seed}",
+        bar = tqdm(total=spec.epochs * -(-len(idx) // bs), desc=f"{spec.task} {spec.method} s{spec.seed}",
                    leave=False, disable=not progress)
-        res = fit(ad, epoch_batches, spec.epochs, spec.lr, evaluate, spec.warmup, spec.weight_decay, progress=bar)
+        res = fit(ad, epoch_batches, spec.epochs, spec.lr, evaluate, spec.warmup, spec.weight_decay, progress=bar,
+                  precision=spec.precision)
         bar.close()
         if res.steps < 1:
-            raise ValueError(f"no training step was taken (epochs={spec.epochs}, {len(batches)} batches)")
+            raise ValueError(f"no training step was taken (epochs={spec.epochs}, {-(-len(idx) // bs)} batches)")
         peak, peak_kind = _peak_mb(dev)
-        for h, enc in zip(res.history, dev_preds):  # selection reads val_metrics; metrics stay the dev scores
+        for h, codes in zip(res.history, dev_preds):  # selection reads val_metrics; metrics stay the dev scores
             h["val_metrics"] = h["metrics"].pop("val")
-            h["dev_preds"] = enc
+            h["dev_preds"] = codes
         scores = [h["metrics"]["score"] for h in res.history]
         best = int(np.argmax(scores))
         st = median(res.step_times)
