@@ -95,10 +95,20 @@ def _data(task: str, data_dir):
 
 
 def load_model(spec_model: str | None, task, random_init: bool = False):
-    """(model, tokenizer): a fresh copy of a per-process cached model (the checkpoint is read once per process);
-    the weights the checkpoint lacks come from the global RNG, as with ``from_pretrained``."""
-    from peftzoo.bench import modelcache
-    return modelcache.load(spec_model or default_model(), task, random_init)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
+    hf_logging.disable_progress_bar()
+    path = spec_model or default_model()
+    kw = {"problem_type": "regression"} if task.regression else {}
+    if random_init:
+        from transformers import AutoConfig
+        torch.manual_seed(0)  # the same random θ0 for every run
+        model = AutoModelForSequenceClassification.from_config(
+            AutoConfig.from_pretrained(path, num_labels=task.num_labels, **kw))
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kw)
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def make_adapter(model, spec: RunSpec):
