@@ -1,4 +1,9 @@
-"""peftzoo command line: demo | methods | bench | table | d90."""
+"""peftzoo command line: demo | methods | bench | table | d90.
+
+Exit status: 0 done (bench: every run ok or skipped); 2 bad input or setting, or an output that could not be
+written (nothing half-done is left; earlier results are intact); 3 bench finished but some runs are recorded as
+failed (rerun with --retry-failed after fixing the cause).
+"""
 from __future__ import annotations
 
 import argparse
@@ -51,21 +56,37 @@ def _methods(args):
 
 
 def _bench(args):
-    from peftzoo.bench.runner import load_preset
-    from peftzoo.bench.sweep import plan, sweep
+    from dataclasses import replace
+
+    from peftzoo.bench.preflight import preflight
+    from peftzoo.bench.preset import load_preset, normalise_tasks
+    from peftzoo.bench.sweep import EXIT_SOME_FAILED, failed_before, plan, sweep
+    for flag in ("tasks", "methods", "seeds"):
+        if getattr(args, flag) == []:
+            raise ValueError(f"--{flag} was given without any value")
     preset = load_preset(args.preset)
     if args.suite:
-        preset["suite"] = args.suite
+        preset = replace(preset, suite=args.suite)
     if args.model:
-        preset["model"] = args.model
-    specs = plan(preset, tasks=args.tasks, methods=args.methods, seeds=args.seeds)
+        preset = replace(preset, model=args.model)
+    tasks = normalise_tasks(args.tasks, "--tasks") if args.tasks else preset.tasks
+    if not args.dry_run:
+        preflight(preset.model, tasks, args.data_dir, args.results, preset.suite, args.device, args.skip_bad_rows)
+    specs = plan(preset, tasks=tasks, methods=args.methods, seeds=args.seeds, skip_bad_rows=args.skip_bad_rows)
     if args.dry_run:
         for s in specs:
+            try:
+                s = s.bind_data(args.data_dir)
+            except (OSError, ValueError):
+                pass  # the id printed is then the one before the data is known
             print(s.suite, s.task, s.method, s.run_id, f"lr={s.lr}", s.skip_reason or "")
-        return
-    written = sweep(specs, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
-                    retry_failed=args.retry_failed)
-    print(f"{len(written)} runs written under {args.results}/{preset['suite']}/runs ({len(specs)} in the preset)")
+        return 0
+    out = sweep(specs, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
+                retry_failed=args.retry_failed)
+    for line in failed_before(out, args.results):
+        print(line, file=sys.stderr)
+    print(out.summary(f"{args.results}/{preset.suite}/runs"))
+    return EXIT_SOME_FAILED if out.failed else 0
 
 
 def _table(args):
@@ -101,7 +122,9 @@ def main(argv=None):
     b.add_argument("--methods", nargs="*")
     b.add_argument("--seeds", nargs="*", type=int)
     b.add_argument("--device", default=None)
-    b.add_argument("--retry-failed", action="store_true")
+    b.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    b.add_argument("--skip-bad-rows", action="store_true",
+                   help="leave out malformed data rows (counted, recorded in every run) instead of stopping")
     b.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bars (for logs)")
     b.set_defaults(fn=_bench)
@@ -115,11 +138,10 @@ def main(argv=None):
     i.set_defaults(fn=_d90)
     args = p.parse_args(argv)
     try:
-        args.fn(args)
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as e:
+        return args.fn(args) or 0
+    except (ValueError, OSError, RuntimeError, TypeError) as e:
         print(f"peftzoo {args.cmd}: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

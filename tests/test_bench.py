@@ -64,7 +64,7 @@ def test_presets_parse():
     assert len(rb) == 8 and rb["MNLI"].batch_size == 16 and rb["MNLI"].max_len == 512
     for name in ("quick", "glue"):
         p = load_preset(name)
-        assert {"full", "head"} <= set(p["methods"]) and p["budget"]
+        assert {"full", "head"} <= set(p.methods) and p.budget
 
 
 @pytest.fixture

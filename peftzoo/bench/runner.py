@@ -6,7 +6,6 @@ The executor here is in-process and sequential; a distributed one (e.g. Ray) onl
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import random
 import tempfile
@@ -19,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from peftzoo import BEHAVIOUR_VERSION
 from peftzoo.bench import store
-from peftzoo.bench.tasks import compute_metrics, get_task, load_task
+from peftzoo.bench.preset import load_preset  # noqa: F401  (its former home)
+from peftzoo.bench.tasks import compute_metrics, data_source, get_task, load_task
 
 REPO = Path(__file__).resolve().parents[2]
 EVAL_BATCH = 128  # evaluation rows per forward pass (length-sorted, so little padding)
@@ -58,10 +59,19 @@ class RunSpec:
     skip_reason: str | None = None  # set when the budget cannot be met within tolerance
     random_init: bool = False  # same architecture with random weights (intrinsic-dimension comparisons)
     precision: str = "auto"  # autocast: "auto" = bf16 on CUDA, fp32 on CPU; "bf16" / "fp32" force it
+    data: str | None = None  # the data's identity (tasks.data_source); None until bound to a data dir (bind_data)
+    skip_bad_rows: bool = False  # malformed data rows left out (and counted) instead of an error
+    selection: str = "best-epoch-dev"  # how the reported score is chosen among epochs
+    behaviour: int = BEHAVIOUR_VERSION  # peftzoo's training behaviour version (see peftzoo.BEHAVIOUR_VERSION)
 
     @property
     def run_id(self) -> str:
-        return store.run_id(self.method, self.hparams, self.seed)
+        """Readable prefix + hash of every field but store.ID_EXCLUDE: a changed config is a new run."""
+        return store.run_id(self.to_dict())
+
+    def bind_data(self, data_dir=None) -> RunSpec:
+        """This spec with ``data`` set to what ``data_dir`` (else $PEFTZOO_DATA_DIR, else the hub) holds."""
+        return dataclasses.replace(self, data=data_source(get_task(self.task), data_dir))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -90,8 +100,8 @@ def _peak_mb(dev: torch.device) -> tuple[float | None, str]:
 
 
 @lru_cache(maxsize=4)
-def _data(task: str, data_dir):
-    return load_task(get_task(task), data_dir)
+def _data(task: str, data_dir, skip_bad_rows: bool = False):
+    return load_task(get_task(task), data_dir, skip_bad_rows)
 
 
 def load_model(spec_model: str | None, task, random_init: bool = False):
@@ -127,6 +137,10 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
 
     from peftzoo.bench import batches
     from peftzoo.bench.train import autocast, fit, median
+    try:
+        spec = spec.bind_data(data_dir)
+    except (OSError, ValueError):
+        pass  # loading the data below fails and records why
     record = {"spec": spec.to_dict(), "run_id": spec.run_id, "task": spec.task, "method": spec.method,
               "seed": spec.seed, "versions": versions()}
     if spec.skip_reason:
@@ -138,9 +152,13 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
         np.random.seed(spec.seed)
         torch.manual_seed(spec.seed)
         task = get_task(spec.task)
-        data = _data(task.name, str(data_dir) if data_dir else None)
+        data = _data(task.name, str(data_dir) if data_dir else None, spec.skip_bad_rows)
+        record["data_skipped"] = {s: data[s].skipped for s in ("train", *task.dev)}
         train = data["train"]
         idx = np.random.default_rng(0).permutation(len(train.labels))[: spec.max_train]  # same subset for all runs
+        if min(spec.batch_size, spec.epochs, len(idx), 1 if spec.max_train is None else spec.max_train) < 1:
+            raise ValueError(f"no training step: epochs={spec.epochs}, batch_size={spec.batch_size}, max_train="
+                             f"{spec.max_train} ({len(train.labels)} training rows); each must be >= 1")
         model, tok = load_model(spec.model, task, spec.random_init)
         ad = make_adapter(model, spec)
         ad.model.to(dev)
@@ -171,6 +189,8 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
         res = fit(ad, epoch_batches, spec.epochs, spec.lr, evaluate, spec.warmup, spec.weight_decay, progress=bar,
                   precision=spec.precision)
         bar.close()
+        if res.steps < 1:
+            raise ValueError(f"no training step was taken (epochs={spec.epochs}, {-(-len(idx) // bs)} batches)")
         peak, peak_kind = _peak_mb(dev)
         scores = [h["metrics"]["score"] for h in res.history]
         best = int(np.argmax(scores))
@@ -217,12 +237,3 @@ def versions() -> dict:
     import peftzoo
     return {"peftzoo": peftzoo.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
-
-
-def load_preset(name_or_path: str) -> dict:
-    p = Path(name_or_path)
-    for cand in (p, Path("benchmarks") / f"{name_or_path}.json", REPO / "benchmarks" / f"{name_or_path}.json"):
-        if cand.is_file():
-            return json.loads(cand.read_text())
-    known = sorted(x.stem for x in (REPO / "benchmarks").glob("*.json"))
-    raise FileNotFoundError(f"no preset {name_or_path!r}; presets: {', '.join(known)} (or a path to a JSON file)")

@@ -1,55 +1,188 @@
-"""One JSON per run, written atomically: a sweep killed at any moment restarts and re-runs only unfinished runs."""
+"""One JSON per run, written atomically: a sweep killed at any moment restarts and re-runs only unfinished runs.
+
+A run's id is a readable prefix (method, hparams, seed) and a hash of its whole config (``run_id``), so a changed
+config is a new run, never an old result answered again. Records are checked when read (``read_record``): an
+invalid one is reported by path and treated as absent.
+"""
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import json
+import math
 import os
 import re
 import tempfile
 from pathlib import Path
 
+# RunSpec fields that do not change a run's result: left out of its id (the suite is the folder it lives in)
+ID_EXCLUDE = frozenset({"suite"})
+STATUSES = ("ok", "failed", "skipped")
 
-def run_id(method: str, hparams: dict, seed: int) -> str:
-    hp = "-".join(f"{k}{_fmt(v)}" for k, v in sorted(hparams.items())) or "default"
-    return re.sub(r"[^A-Za-z0-9_.=-]", "_", f"{method}--{hp}--s{seed}")
+
+class OutputError(RuntimeError):
+    """An output file could not be written; the previous version of that file (if any) is untouched."""
 
 
 def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def config_of(spec: dict) -> dict:
+    """The part of a RunSpec's dict that defines its result, as plain JSON data."""
+    return json.loads(dumps({k: v for k, v in spec.items() if k not in ID_EXCLUDE}))
+
+
+def run_id(spec: dict) -> str:
+    """``<method>--<hparams>--s<seed>--<hash of the whole config>``: readable, and new for any changed field."""
+    hp = "-".join(f"{k}{_fmt(v)}" for k, v in sorted(spec.get("hparams", {}).items())) or "default"
+    h = hashlib.sha256(json.dumps(config_of(spec), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return re.sub(r"[^A-Za-z0-9_.=-]", "_", f"{spec['method']}--{hp}--s{spec['seed']}") + f"--{h[:12]}"
+
+
 def run_path(root: Path, suite: str, task: str, rid: str) -> Path:
     return Path(root) / suite / "runs" / task / f"{rid}.json"
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """Write-then-rename: readers see the old file or the whole new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def plain(obj, where: str = ""):
+    """JSON-ready copy: NaN/inf -> None (strict JSON has no NaN), numpy scalars -> Python, tuples -> lists."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [plain(v, where) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy / torch scalar
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)  # Paths and the like
 
 
-def read_runs(root: Path, suite: str) -> list[dict]:
+def dumps(obj) -> str:
+    return json.dumps(plain(obj), indent=2, sort_keys=True, allow_nan=False)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, written, fsynced, renamed over ``path``: readers see the old file or the whole
+    new one. On any error the temp file is removed and ``OutputError`` says the previous file is intact."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}; nothing was changed") from e
+    try:
+        try:
+            os.fchmod(fd, 0o644)
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        full = " (disk full)" if e.errno == errno.ENOSPC else ""
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise OutputError(f"could not write {path}: {e.strerror or e}{full}; the temporary file was removed, "
+                          f"{kept} and earlier results are untouched") from e
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj) -> None:
+    """Strict JSON (no NaN: non-finite numbers become null), written atomically."""
+    write_bytes(path, (dumps(obj) + "\n").encode())
+
+
+def write_figure(path: Path, fig, **kw) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **kw)
+    write_bytes(path, buf.getvalue())
+
+
+def check_record(rec, path: Path | None = None) -> str | None:
+    """None if ``rec`` is a well-formed run record (consistent with its file name), else what is wrong."""
+    if not isinstance(rec, dict):
+        return f"not a JSON object (a {type(rec).__name__})"
+    if rec.get("status") not in STATUSES:
+        return f"status {rec.get('status')!r} is not one of {', '.join(STATUSES)}"
+    spec = rec.get("spec")
+    if not isinstance(spec, dict) or not {"method", "seed", "task"} <= set(spec):
+        return "no 'spec' object with method, task and seed"
+    try:
+        rid = run_id(spec)
+    except (TypeError, ValueError, AttributeError) as e:
+        return f"its spec cannot be hashed ({e})"
+    if rec.get("run_id") != rid:
+        return f"its run_id {rec.get('run_id')!r} does not match its spec (hash: {rid!r}); edited by hand?"
+    if path is not None and Path(path).stem != rid:
+        return f"file name does not match its run_id {rid!r}"
+    for k in ("task", "method", "seed"):
+        if rec.get(k) != spec[k]:
+            return f"{k!r} {rec.get(k)!r} differs from its spec's {spec[k]!r}"
+    if rec["status"] == "ok":
+        need = {"metrics_best": dict, "metrics_final": dict, "params": dict, "history": list, "steps": int,
+                "versions": dict, "device": str, "adapter_file_bytes": int}
+        for k, t in need.items():
+            if not isinstance(rec.get(k), t):
+                return f"status ok but {k!r} is {type(rec.get(k)).__name__}, not {t.__name__}"
+        for k in ("metrics_best", "metrics_final"):
+            if not isinstance(rec[k].get("score"), (int, float)):
+                return f"status ok but {k}.score is missing or not a number"
+        if rec["steps"] < 1:
+            return f"status ok but {rec['steps']} training steps"
+        if not {"target", "trainable", "adapter"} <= set(rec["params"]):
+            return "status ok but params lacks target/trainable/adapter"
+        if not isinstance(rec.get("median_step_s"), (int, float)):
+            return "status ok but median_step_s is not a number"
+    return None
+
+
+def read_record(path: Path) -> tuple[dict | None, str | None]:
+    """(record, None) or (None, what is wrong with the file)."""
+    try:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"unreadable ({e})"
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e})"
+    problem = check_record(rec, path)
+    return (None, problem) if problem else (rec, None)
+
+
+def read_runs(root: Path, suite: str, invalid: list | None = None) -> list[dict]:
+    """Every valid run record of a suite; invalid ones are appended to ``invalid`` as (path, problem)."""
     out = []
     for p in sorted((Path(root) / suite / "runs").glob("*/*.json")):
         if p.name.startswith("."):  # a temporary file of an interrupted write
             continue
-        try:
-            out.append(json.loads(p.read_text()))
-        except json.JSONDecodeError:
-            continue  # cannot happen with write_json; tolerate foreign files
+        rec, problem = read_record(p)
+        if rec is not None:
+            out.append(rec)
+        elif invalid is not None:
+            invalid.append((p, problem))
     return out
 
 
 def is_finished(path: Path, retry_failed: bool = False) -> bool:
-    if not path.exists():
+    """A valid record that need not run again (an invalid one is re-run and overwritten)."""
+    if not Path(path).exists():
         return False
-    try:
-        status = json.loads(path.read_text()).get("status")
-    except json.JSONDecodeError:
+    rec, _ = read_record(path)
+    if rec is None:
         return False
+    status = rec["status"]
     return status in ("ok", "skipped") or (status == "failed" and not retry_failed)

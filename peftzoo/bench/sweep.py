@@ -1,69 +1,136 @@
-"""A preset becomes a list of RunSpecs (budgets solved once); the sweep executes the unfinished ones."""
+"""A preset becomes a list of RunSpecs (budgets solved once); the sweep executes the unfinished ones.
+
+Each run is claimed before it executes (``claim.acquire``), so several sweeps on one results folder split the work.
+"""
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftzoo import adapters
-from peftzoo.bench import store
+from peftzoo.bench import claim, store
 from peftzoo.bench.baselines import BASELINES
 from peftzoo.bench.budget import solve
+from peftzoo.bench.preset import OVERRIDABLE, Preset, normalise_methods, normalise_tasks
 from peftzoo.bench.runner import RunSpec, execute, get_task, load_model
 
-SPEC_KEYS = ("epochs", "batch_size", "max_len", "max_train", "max_eval", "warmup", "weight_decay")
+SPEC_KEYS = tuple(k for k in OVERRIDABLE if k != "lr")
+EXIT_SOME_FAILED = 3  # `peftzoo bench` exit status when any run of the plan is recorded as failed
 
 
-def plan(preset: dict, tasks=None, methods=None, seeds=None) -> list[RunSpec]:
-    tasks = tasks or preset["tasks"]
-    methods = methods or preset["methods"]
-    seeds = seeds if seeds is not None else preset.get("seeds", [0])
-    for m in methods:
-        if m not in BASELINES:
-            adapters.get(m)  # unknown method: clear error before any work
-    for t in tasks:
-        get_task(t)
-    targets = preset.get("targets", ["query", "value"])
-    budget = preset.get("budget")
+def plan(preset: Preset | dict, tasks=None, methods=None, seeds=None, skip_bad_rows: bool = False) -> list[RunSpec]:
+    """One RunSpec per (task, method, seed); task and method names are normalised and de-duplicated."""
+    if not isinstance(preset, Preset):
+        preset = Preset.from_dict(preset)
+    tasks = normalise_tasks(tasks, "--tasks") if tasks else preset.tasks
+    methods = normalise_methods(methods, "--methods") if methods else preset.methods
+    seeds = list(dict.fromkeys(seeds if seeds else preset.seeds))
+    targets = preset.targets
+    budget = preset.budget
     solved = {}
     if budget:
-        model, _ = load_model(preset.get("model"), get_task(tasks[0]))
+        model, _ = load_model(preset.model, get_task(tasks[0]))
         for m in methods:
             if m in BASELINES:
                 continue
-            fixed = preset.get("hparams", {}).get(m, {})
+            fixed = preset.hparams.get(m, {})
             s = solve(model, m, int(budget), targets=targets, **fixed)
             skip = None if s.ok else (f"budget {budget} unreachable: nearest {s.kwargs} gives {s.achieved} "
                                       f"({s.rel_error:+.1%})")
             solved[m] = ({**fixed, **s.kwargs}, s.achieved, skip)
     specs = []
     for t in tasks:
-        over = preset.get("task_overrides", {}).get(get_task(t).name, {})
+        over = preset.task_overrides.get(t, {})
         for m in methods:
-            hp, achieved, skip = solved.get(m, (preset.get("hparams", {}).get(m, {}), None, None))
+            hp, achieved, skip = solved.get(m, (preset.hparams.get(m, {}), None, None))
             cls = BASELINES.get(m) or adapters.get(m)
-            lr = {**preset.get("lr", {}), **over.get("lr", {})}.get(m, cls.default_lr)
-            common = {k: over.get(k, preset[k]) for k in SPEC_KEYS if k in preset or k in over}
+            lr = {**preset.lr, **over.get("lr", {})}.get(m, cls.default_lr)
+            common = {k: over.get(k, getattr(preset, k)) for k in SPEC_KEYS}
             for seed in seeds:
-                specs.append(RunSpec(suite=preset["suite"], task=get_task(t).name, method=m, seed=seed, hparams=hp,
-                                     model=preset.get("model"), targets=targets if isinstance(targets, str)
-                                     else tuple(targets), train=tuple(preset.get("train", ["classifier"])), lr=lr,
+                specs.append(RunSpec(suite=preset.suite, task=t, method=m, seed=seed, hparams=hp, model=preset.model,
+                                     targets=targets, train=tuple(preset.train), lr=lr,
                                      budget=budget if m not in BASELINES else None, achieved=achieved,
-                                     skip_reason=skip, **common))
+                                     skip_reason=skip, skip_bad_rows=skip_bad_rows, **common))
     return specs
 
 
-def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quiet=False, retry_failed=False,
-          executor=execute) -> list[Path]:
-    """Run every unfinished spec, writing one JSON each as it finishes. Returns the paths written."""
+@dataclass
+class Outcome:
+    """What a sweep did, for its summary and exit status."""
+    total: int = 0
+    done_before: int = 0
+    written: list = field(default_factory=list)  # paths
+    failed: list = field(default_factory=list)  # (spec, record) of every run of the plan recorded as failed
+    busy: list = field(default_factory=list)  # (spec, claim info): being run by another sweep
+    invalid: list = field(default_factory=list)  # (path, problem): invalid records that were re-run
+
+    def summary(self, where) -> str:
+        s = f"{len(self.written)} runs written under {where} ({self.total} in the plan, {self.done_before} done before)"
+        if self.busy:
+            s += f"; {len(self.busy)} left to another sweep that holds them ({claim.describe(self.busy[0][1], age=False)})"
+        if self.failed:
+            s += (f"; {len(self.failed)} failed (listed above): fix the cause, then rerun with --retry-failed "
+                  f"to run them again")
+        return s
+
+
+def _say(msg: str) -> None:
     from tqdm.auto import tqdm
-    todo = [s for s in specs if not store.is_finished(store.run_path(root, s.suite, s.task, s.run_id), retry_failed)]
-    written = []
-    bar = tqdm(todo, desc=f"sweep ({len(specs) - len(todo)} of {len(specs)} done before)", disable=quiet)
+    tqdm.write(msg, file=sys.stderr)
+
+
+def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quiet=False, retry_failed=False,
+          executor=None) -> Outcome:
+    """Run every unfinished spec, writing one JSON each as it finishes (an invalid record counts as unfinished)."""
+    from tqdm.auto import tqdm
+    executor = executor or execute
+    bound = {}
+    for s in specs:  # the data's identity is part of each run's; duplicates collapse here
+        s = s.bind_data(data_dir)
+        bound.setdefault(s.run_id, s)
+    out = Outcome(total=len(bound))
+    todo = []
+    for s in bound.values():
+        path = store.run_path(root, s.suite, s.task, s.run_id)
+        if store.is_finished(path, retry_failed):
+            out.done_before += 1
+            continue
+        if path.exists():
+            problem = store.read_record(path)[1]
+            if problem:
+                out.invalid.append((path, problem))
+                _say(f"invalid run record {path}: {problem}; running it again")
+        todo.append(s)
+    bar = tqdm(todo, desc=f"sweep ({out.done_before} of {out.total} done before)", disable=quiet)
     for spec in bar:
         bar.set_postfix_str(f"{spec.task} {spec.method} s{spec.seed}")
-        rec = executor(spec, data_dir=data_dir, device=device, progress=not quiet)
         path = store.run_path(root, spec.suite, spec.task, spec.run_id)
-        store.write_json(path, rec)
-        written.append(path)
-        if not quiet and rec["status"] != "ok":
-            tqdm.write(f"{spec.task} {spec.method}: {rec['status']}: {rec.get('reason') or rec.get('error')}")
-    return written
+        got, holder = claim.acquire(path)
+        if not got:
+            out.busy.append((spec, holder))
+            if not quiet:
+                _say(f"{spec.task} {spec.method} s{spec.seed}: {claim.describe(holder)}; left to it")
+            continue
+        try:
+            if store.is_finished(path, retry_failed):  # another sweep finished it meanwhile
+                continue
+            rec = executor(spec, data_dir=data_dir, device=device, progress=not quiet)
+            store.write_json(path, rec)
+        finally:
+            claim.release(path)
+        out.written.append(path)
+        if rec["status"] == "failed" or (rec["status"] != "ok" and not quiet):
+            _say(f"{spec.task} {spec.method} s{spec.seed}: {rec['status']}: {rec.get('reason') or rec.get('error')}")
+    for s in bound.values():
+        rec, _ = store.read_record(store.run_path(root, s.suite, s.task, s.run_id))
+        if rec is not None and rec["status"] == "failed":
+            out.failed.append((s, rec))
+    return out
+
+
+def failed_before(out: Outcome, root) -> list[str]:
+    """One line per failed run that this sweep did not run (failed in an earlier sweep, not retried)."""
+    now = {Path(p) for p in out.written}
+    return [f"{s.task} {s.method} s{s.seed}: failed earlier: {r.get('error')}" for s, r in out.failed
+            if store.run_path(root, s.suite, s.task, s.run_id) not in now]

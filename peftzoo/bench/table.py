@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import csv
+import io
+import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -9,6 +12,8 @@ import numpy as np
 
 from peftzoo.bench import store
 
+# spec keys that legitimately differ between the rows of one table; every other key is the table's config
+PER_ROW = frozenset({"method", "seed", "hparams", "lr", "budget", "achieved", "skip_reason", "suite"})
 ORDER = ["full", "head", "lora", "rslora", "loraplus", "dora", "vera", "adalora", "said", "did"]
 
 
@@ -67,22 +72,74 @@ def _ratio(runs, ref):
     return float(np.median(xs)) if xs else None
 
 
+def _differing(runs: list[dict], keys, label: str) -> list[str]:
+    out = []
+    for k in sorted(keys):
+        vals = defaultdict(list)
+        for r in runs:
+            vals[json.dumps(r["spec"].get(k), sort_keys=True)].append(r)
+        if len(vals) > 1:
+            out.append(f"{label}: {k} " + " vs ".join(f"{v} ({len(rs)} run{'s' * (len(rs) > 1)}, e.g. "
+                                                       f"{rs[0]['run_id']})" for v, rs in sorted(vals.items())))
+    return out
+
+
+def check_configs(runs: list[dict]) -> None:
+    """One table, one config: within a task every run shares all spec keys but PER_ROW, and within a
+    (method, task) cell every seed shares all of them. Otherwise a ValueError names the keys that differ."""
+    problems = []
+    for t in sorted({r["task"] for r in runs}):
+        rs = [r for r in runs if r["task"] == t]
+        problems += _differing(rs, {k for r in rs for k in r["spec"]} - PER_ROW, t)
+        for m in sorted({r["method"] for r in rs}):
+            problems += _differing([r for r in rs if r["method"] == m], PER_ROW - {"method", "seed", "suite"},
+                                   f"{t} {m}")
+    if problems:
+        raise ValueError("the runs were made under different configs, so one table would mix them:\n  "
+                         + "\n  ".join(problems) + "\nMove or delete the runs of the config you do not want (the "
+                         "config is each run JSON's 'spec'), or bench each config into its own --suite.")
+
+
+def _config_line(ok: list[dict]) -> str:
+    keys = ("targets", "max_train", "max_eval", "epochs", "batch_size", "max_len", "warmup", "weight_decay",
+            "random_init", "skip_bad_rows", "selection", "behaviour", "data")
+    per_task = {t: next(r["spec"] for r in ok if r["task"] == t) for t in sorted({r["task"] for r in ok})}
+    parts, varying = [], []
+    for k in keys:
+        vals = {t: s.get(k) for t, s in per_task.items()}
+        if len({json.dumps(v) for v in vals.values()}) == 1:
+            parts.append(f"{k} {next(iter(vals.values()))}")
+        else:
+            varying.append(f"{k}: " + ", ".join(f"{t} {v}" for t, v in vals.items()))
+    skipped = sum(sum((r.get("data_skipped") or {}).values()) for r in ok)
+    return ("; ".join(parts) + "." + (" Per task: " + "; ".join(varying) + "." if varying else "")
+            + (f" Bad data rows skipped (--skip-bad-rows), summed over runs: {skipped}." if skipped else ""))
+
+
 def write(root, suite: str) -> Path:
-    runs = store.read_runs(Path(root), suite)
+    invalid = []
+    runs = store.read_runs(Path(root), suite, invalid)
+    for p, problem in invalid:
+        print(f"peftzoo table: skipping invalid run record {p}: {problem}", file=sys.stderr)
     if not runs:
-        raise FileNotFoundError(f"no runs under {Path(root) / suite / 'runs'}: run `peftzoo bench` first")
+        what = f" ({len(invalid)} invalid records)" if invalid else ""
+        raise FileNotFoundError(f"no runs under {Path(root) / suite / 'runs'}{what}: run `peftzoo bench` first")
     tasks, rows, bad = aggregate(runs)
     out = Path(root) / suite
     ok = [r for r in runs if r.get("status") == "ok"]
+    if not ok:
+        listed = "\n".join(f"  {r['task']} {r['method']} s{r['seed']}: {r['status']}: "
+                            f"{r.get('reason') or r.get('error')}" for r in bad[:20])
+        raise ValueError(f"no successful run in {out / 'runs'} ({len(bad)} runs, none ok), so no table; "
+                         f"nothing was written:\n{listed}\nFix the cause, then `peftzoo bench --retry-failed`.")
+    check_configs(ok)
     dev = sorted({r["device"] for r in ok})
     v = ok[0]["versions"] if ok else {}
     spec = ok[0]["spec"] if ok else {}
     lines = [f"# Leaderboard: `{suite}`", "",
              f"Reproduce: `peftzoo bench --preset {suite} --data-dir $PEFTZOO_DATA_DIR && peftzoo table --suite {suite}`",
              "", f"Device: {', '.join(dev)}. Versions: {', '.join(f'{k} {x}' for k, x in v.items())}. "
-             f"Model: `{spec.get('model') or 'all-MiniLM-L6-v2 (embedded)'}`; targets {spec.get('targets')}; "
-             f"max_train {spec.get('max_train')}, max_eval {spec.get('max_eval')}, epochs {spec.get('epochs')}, "
-             f"batch {spec.get('batch_size')}, max_len {spec.get('max_len')}.", "",
+             f"Model: `{spec.get('model') or 'all-MiniLM-L6-v2 (embedded)'}`. Config: {_config_line(ok)}", "",
              "Scores: GLUE metric ×100 at the best epoch (the LoRA paper's protocol), mean ± std over seeds "
              "(MRPC/QQP: mean of F1 and accuracy; STS-B: mean of Pearson and Spearman; CoLA: Matthews corr.). "
              "`params` = adapter elements (achieved / target; AdaLoRA: its final budget, its initial one is in `trainable`); the classification head is trained by every method "
@@ -102,9 +159,12 @@ def write(root, suite: str) -> Path:
         lines += ["", "Runs not in the table:", ""]
         lines += [f"- {r['spec']['task']} {r['spec']['method']} s{r['spec']['seed']}: {r['status']}: "
                   f"{r.get('reason') or r.get('error')}" for r in bad]
-    (out / "leaderboard.md").write_text("\n".join(lines).replace("± 0.0 |", "|") + "\n")
-    _csv(out / "leaderboard.csv", tasks, rows)
-    _plot(out / "leaderboard.png", tasks, runs)
+    if invalid:
+        lines += ["", "Invalid run records (skipped):", ""] + [f"- `{p}`: {why}" for p, why in invalid]
+    md, table_csv, fig = "\n".join(lines).replace("± 0.0 |", "|") + "\n", _csv(tasks, rows), _plot(tasks, runs)
+    store.write_text(out / "leaderboard.md", md)  # each one atomic: a failed write leaves the old file whole
+    store.write_text(out / "leaderboard.csv", table_csv)
+    store.write_bytes(out / "leaderboard.png", fig)
     return out / "leaderboard.md"
 
 
@@ -112,19 +172,20 @@ def _num(x):
     return "—" if x is None else f"{x:.2f}"
 
 
-def _csv(path, tasks, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["method", *[f"{t}_mean" for t in tasks], *[f"{t}_std" for t in tasks], "avg_best", "avg_final",
-                    "params_target", "params_achieved", "trainable", "step_vs_head", "step_vs_full", "peak_mem_mb",
-                    "file_kb", "seeds"])
-        for r in rows:
-            w.writerow([r["method"], *[r[t][0] for t in tasks], *[r[t][1] for t in tasks], r["avg_best"],
-                        r["avg_final"], r["target"], r["achieved"], r["trainable"], r["step_vs_head"],
-                        r["step_vs_full"], r["peak_mem_mb"], r["file_kb"], r["seeds"]])
+def _csv(tasks, rows) -> str:
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["method", *[f"{t}_mean" for t in tasks], *[f"{t}_std" for t in tasks], "avg_best", "avg_final",
+                "params_target", "params_achieved", "trainable", "step_vs_head", "step_vs_full", "peak_mem_mb",
+                "file_kb", "seeds"])
+    for r in rows:
+        w.writerow([r["method"], *[r[t][0] for t in tasks], *[r[t][1] for t in tasks], r["avg_best"],
+                    r["avg_final"], r["target"], r["achieved"], r["trainable"], r["step_vs_head"],
+                    r["step_vs_full"], r["peak_mem_mb"], r["file_kb"], r["seeds"]])
+    return f.getvalue()
 
 
-def _plot(path, tasks, runs):
+def _plot(tasks, runs) -> bytes:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -146,5 +207,7 @@ def _plot(path, tasks, runs):
         ax.set_ylabel("score ×100 (best epoch)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    return buf.getvalue()

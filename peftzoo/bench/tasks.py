@@ -5,9 +5,10 @@ quoting off (quotes are literal characters in GLUE text), CoLA without a header,
 """
 from __future__ import annotations
 
-import csv
+import hashlib
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -60,34 +61,91 @@ def get_task(name: str) -> Task:
     return TASKS[ALIASES[key]]
 
 
+class DataError(ValueError):
+    """A data file that cannot be used as it is: the message names the file and the line."""
+
+
 @dataclass
 class Split:
     texts: list  # list of tuples of strings
     labels: np.ndarray
+    skipped: int = 0  # bad rows skipped (only with skip_bad_rows)
 
 
-def _read_tsv(path: Path, task: Task) -> Split:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+def _label(x: str, task: Task):
+    """The label value, or None when ``x`` is not in the task's label set."""
+    if task.regression:
+        try:
+            v = float(x)
+        except ValueError:
+            return None
+        return v if np.isfinite(v) else None
+    if task.labels:
+        return task.labels.index(x) if x in task.labels else None
+    return int(x) if x.strip() in {str(i) for i in range(task.num_labels)} else None
+
+
+def _label_set(task: Task) -> str:
+    return "a number" if task.regression else ", ".join(task.labels or map(str, range(task.num_labels)))
+
+
+def _read_tsv(path: Path, task: Task, skip_bad_rows: bool = False) -> Split:
+    """Tab-separated, quoting off, one row per line; every bad row is an error (or skipped and counted)."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: empty file")
+    bad = []  # (line number, what is wrong)
+    try:
+        lines = raw.decode("utf-8-sig").split("\n")
+    except UnicodeDecodeError as e:
+        if not skip_bad_rows:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise DataError(f"{path}: line {line} (byte offset {e.start}) is not "
+                            f"UTF-8 ({e.reason}); re-encode the file, or pass --skip-bad-rows") from None
+        lines = []
+        for i, b in enumerate(raw.removeprefix(b"\xef\xbb\xbf").split(b"\n"), 1):
+            try:
+                lines.append(b.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                bad.append((i, f"not UTF-8 ({e.reason})"))
+                lines.append(None)
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline
+    rows = [(i, None if ln is None else ln.removesuffix("\r").split("\t")) for i, ln in enumerate(lines, 1)]
     if task.header:
-        head, rows = rows[0], rows[1:]
+        head = rows[0][1] or []
+        rows = rows[1:]
         col = {c: i for i, c in enumerate(head)}
         missing = [c for c in (*task.text, task.label) if c not in col]
         if missing:
-            raise ValueError(f"{path} lacks columns {missing} (has {head}): is it {task.name}'s labelled split?")
-        ti, li = [col[c] for c in task.text], col[task.label]
+            raise DataError(f"{path} lacks columns {missing} (has {head}): is it {task.name}'s labelled split?")
+        ti, li, need = [col[c] for c in task.text], col[task.label], len(head)
     else:
         ti, li = list(task.text), task.label
-    rows = [r for r in rows if len(r) > max(*ti, li)]
-    texts = [tuple(r[i] for i in ti) for r in rows]
-    raw = [r[li] for r in rows]
-    if task.regression:
-        labels = np.array([float(x) for x in raw], dtype=np.float32)
-    elif task.labels:
-        labels = np.array([task.labels.index(x) for x in raw], dtype=np.int64)
-    else:
-        labels = np.array([int(x) for x in raw], dtype=np.int64)
-    return Split(texts, labels)
+        need = max(*ti, li) + 1
+    texts, labels = [], []
+    for i, r in rows:
+        if r is None:
+            continue
+        if len(r) < need or (task.header and len(r) > need):
+            what = "the header has" if task.header else "needs at least"
+            bad.append((i, f"{len(r)} columns, {what} {need}"))
+            continue
+        y = _label(r[li], task)
+        if y is None:
+            bad.append((i, f"label {r[li]!r} is not in the label set ({_label_set(task)})"))
+            continue
+        texts.append(tuple(r[j] for j in ti))
+        labels.append(y)
+    if bad and not skip_bad_rows:
+        shown = "; ".join(f"line {i}: {w}" for i, w in sorted(bad)[:3])
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise DataError(f"{path}: {len(bad)} bad row{'s' * (len(bad) > 1)}: {shown}{more}. Fix the file, or "
+                        f"pass --skip-bad-rows to leave them out (the count is recorded in every run)")
+    if not labels:
+        raise DataError(f"{path}: no usable data rows" + (f" ({len(bad)} bad rows skipped)" if bad else ""))
+    dtype = np.float32 if task.regression else np.int64
+    return Split(texts, np.array(labels, dtype=dtype), skipped=len(bad))
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
@@ -95,15 +153,51 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     return Path(d).expanduser() if d else None
 
 
-def load_task(task: Task, data_dir=None) -> dict[str, Split]:
-    """{"train": Split, "<dev stem>": Split, ...} from ``data_dir`` (flag, or $PEFTZOO_DATA_DIR), else the hub."""
+def task_dir(task: Task, data_dir) -> Path | None:
+    """The folder holding ``task``'s TSVs under the data directory; None = the hub (no data directory given)."""
     d = resolve_data_dir(data_dir)
-    if d is not None:
-        for root in (d / task.name, d / "glue" / task.name):
-            if (root / "train.tsv").exists():
-                return {s: _read_tsv(root / f"{s}.tsv", task) for s in ("train", *task.dev)}
-        raise FileNotFoundError(f"{task.name}: no {d}/{task.name}/train.tsv (the data directory must use the "
-                                f"glue_data layout: <dir>/{task.name}/train.tsv, dev.tsv)")
+    if d is None:
+        return None
+    if not d.is_dir():
+        raise FileNotFoundError(f"data directory {d} does not exist (--data-dir or ${ENV})")
+    for root in (d / task.name, d / "glue" / task.name):
+        if (root / "train.tsv").exists():
+            return root
+    raise FileNotFoundError(f"{task.name}: no {d}/{task.name}/train.tsv (the data directory must use the "
+                            f"glue_data layout: <dir>/{task.name}/train.tsv, dev.tsv)")
+
+
+@lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_source(task: Task, data_dir=None) -> str:
+    """What a run's data is, for its identity: ``local:<hash of the split files' contents>`` or ``hub:...``.
+    A content hash, so the same files anywhere give the same runs and an edited file gives new ones."""
+    root = task_dir(task, data_dir)
+    if root is None:
+        return f"hub:nyu-mll/glue/{task.hub}"
+    h = hashlib.sha256()
+    for s in ("train", *task.dev):
+        p = root / f"{s}.tsv"
+        if not p.is_file():
+            raise FileNotFoundError(f"{task.name}: no {p} (the glue_data layout has train.tsv and "
+                                    f"{', '.join(f'{d}.tsv' for d in task.dev)})")
+        st = p.stat()
+        h.update(f"{s}:{_digest(str(p), st.st_size, st.st_mtime_ns)};".encode())
+    return f"local:{h.hexdigest()[:16]}"
+
+
+def load_task(task: Task, data_dir=None, skip_bad_rows: bool = False) -> dict[str, Split]:
+    """{"train": Split, "<dev stem>": Split, ...} from ``data_dir`` (flag, or $PEFTZOO_DATA_DIR), else the hub."""
+    root = task_dir(task, data_dir)
+    if root is not None:
+        return {s: _read_tsv(root / f"{s}.tsv", task, skip_bad_rows) for s in ("train", *task.dev)}
     try:
         from datasets import load_dataset
         ds = load_dataset("nyu-mll/glue", task.hub)
@@ -117,7 +211,12 @@ def load_task(task: Task, data_dir=None) -> dict[str, Split]:
     for s in ("train", *task.dev):
         part = ds["train" if s == "train" else hub_dev[s]]
         texts = list(zip(*[part[c] for c in task.hub_text]))
-        out[s] = Split(texts, np.asarray(part["label"], dtype=np.float32 if task.regression else np.int64))
+        labels = np.asarray(part["label"], dtype=np.float32 if task.regression else np.int64)
+        if not task.regression and ((labels < 0) | (labels >= task.num_labels)).any():
+            i = int(np.flatnonzero((labels < 0) | (labels >= task.num_labels))[0])
+            raise DataError(f"hub nyu-mll/glue {task.hub} {s}: row {i} has label {labels[i]} outside "
+                            f"0..{task.num_labels - 1}")
+        out[s] = Split(texts, labels)
     return out
 
 
