@@ -58,6 +58,7 @@ class RunSpec:
     achieved: int | None = None  # the solver's count for hparams
     skip_reason: str | None = None  # set when the budget cannot be met within tolerance
     random_init: bool = False  # same architecture with random weights (intrinsic-dimension comparisons)
+    precision: str = "auto"  # autocast: "auto" = bf16 on CUDA, fp32 on CPU; "bf16" / "fp32" force it
     data: str | None = None  # the data's identity (tasks.data_source); None until bound to a data dir (bind_data)
     skip_bad_rows: bool = False  # malformed data rows left out (and counted) instead of an error
     selection: str = "validation"  # the table picks LR and epoch on the validation split (see bench.protocol)
@@ -66,7 +67,6 @@ class RunSpec:
     val_fraction: float = 0.1  # validation held back from train for selection: this share of it...
     val_cap: int = 1000  # ...at most this many examples...
     val_seed: int = 0  # ...drawn with this seed (the same split for every run)
-    precision: str = "auto"  # autocast: "auto" = bf16 on CUDA, fp32 on CPU; "bf16" / "fp32" force it
 
     @property
     def run_id(self) -> str:
@@ -109,10 +109,20 @@ def _data(task: str, data_dir, skip_bad_rows: bool = False):
 
 
 def load_model(spec_model: str | None, task, random_init: bool = False):
-    """(model, tokenizer): a fresh copy of a per-process cached model (the checkpoint is read once per process);
-    the weights the checkpoint lacks come from the global RNG, as with ``from_pretrained``."""
-    from peftzoo.bench import modelcache
-    return modelcache.load(spec_model or default_model(), task, random_init)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
+    hf_logging.disable_progress_bar()
+    path = spec_model or default_model()
+    kw = {"problem_type": "regression"} if task.regression else {}
+    if random_init:
+        from transformers import AutoConfig
+        torch.manual_seed(0)  # the same random θ0 for every run
+        model = AutoModelForSequenceClassification.from_config(
+            AutoConfig.from_pretrained(path, num_labels=task.num_labels, **kw))
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **kw)
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def make_adapter(model, spec: RunSpec):
