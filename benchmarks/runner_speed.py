@@ -186,7 +186,8 @@ def write(res, args, argv, padded, done):
     ratios["tokenise: before / after (time)"] = med["tokenise before (s)"] / med["tokenise after (s)"]
     ratios["model: from_pretrained / deepcopy (time)"] = med["model from_pretrained (s)"] / med["model deepcopy (s)"]
     report = {"command": "python benchmarks/runner_speed.py " + " ".join(argv or []),
-              "units": f"examples/s of {args.clock} time (tokenise, model: seconds per run); median, min..max over rounds",
+              "units": f"examples/s of {args.clock} time (tokenise, model: seconds per run); "
+                       "median, min..max over rounds",
               "rounds_done": done, "rounds": args.rounds, "steps_per_round": args.steps, "ratios": ratios,
               "results": out, "mean_tokens_per_train_batch": padded, "cpu": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "load_avg_1min_at_write": _load(), "torch": torch.__version__}
