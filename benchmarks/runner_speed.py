@@ -62,10 +62,14 @@ def make(method, path, task):
     return ad, torch.optim.AdamW(ad.param_groups(lr=lr))
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCK["wall"]
+
+
 def timed(fn):
-    t = time.perf_counter()
+    t = clock()
     n = fn()
-    return n / (time.perf_counter() - t)
+    return n / (clock() - t)
 
 
 def summary(xs):
@@ -78,7 +82,14 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=16, help="training steps per variant per round")
     ap.add_argument("--out", default=str(OUT / "runner_speed.json"))
+    ap.add_argument("--clock", choices=CLOCK, default="wall",
+                    help="cpu: this process's CPU time (with --threads 1, the work done, little affected by load)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
+    global clock
+    clock = CLOCK[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     task, path = get_task("SST-2"), default_model()
     data = load_task(task, args.data_dir)
     train, dev = data["train"], data["dev"]
@@ -154,38 +165,39 @@ def main(argv=None):
     plan += [(f"eval {k}", lambda k=k, r=0: eval_variant(k)) for k in ("before", "sorted")]
     plan += [(f"tokenise {k} (s)", lambda k=k, r=0: setup_variant(k)) for k in ("before", "after")]
     plan += [(f"model {k} (s)", lambda k=k, r=0: model_variant(k)) for k in ("from_pretrained", "deepcopy")]
+    padded = {"before": float(np.mean([b["input_ids"].numel() for b in old])),
+              "grouped": float(np.mean([b["input_ids"].numel() for b in batches.train_batches(
+                  enc, train.labels[idx], 16, 0, 0)]))}
     for r in range(args.rounds):
         for name, fn in (plan if r % 2 == 0 else plan[::-1]):
             res.setdefault(name, []).append(fn(r=r))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in res.items()), flush=True)
+        write(res, args, argv, padded, r + 1)  # after every round: a killed run keeps what it measured
+
+
+def write(res, args, argv, padded, done):
     out = {k: summary(v) for k, v in res.items()}
+    med = {k: v["median"] for k, v in out.items()}
     ratios = {}
     for m in ("full", "lora"):
-        b = out[f"train {m} before"]["median"]
-        ratios[f"train {m}: grouped / before"] = out[f"train {m} grouped"]["median"] / b
-        ratios[f"train {m}: grouped+bf16 / grouped"] = (out[f"train {m} grouped+bf16"]["median"]
-                                                        / out[f"train {m} grouped"]["median"])
-    ratios["eval: sorted / before"] = out["eval sorted"]["median"] / out["eval before"]["median"]
-    ratios["tokenise: before / after (time)"] = (out["tokenise before (s)"]["median"]
-                                                 / out["tokenise after (s)"]["median"])
-    ratios["model: from_pretrained / deepcopy (time)"] = (out["model from_pretrained (s)"]["median"]
-                                                         / out["model deepcopy (s)"]["median"])
-    padded = {"before": float(np.mean([b["input_ids"].numel() for b in old])),
-              "grouped": float(np.mean([b["input_ids"].numel() for b in batches.train_batches(
-                  enc, train.labels[idx], 16, 0, 0)]))}
+        ratios[f"train {m}: grouped / before"] = med[f"train {m} grouped"] / med[f"train {m} before"]
+        ratios[f"train {m}: grouped+bf16 / grouped"] = med[f"train {m} grouped+bf16"] / med[f"train {m} grouped"]
+    ratios["eval: sorted / before"] = med["eval sorted"] / med["eval before"]
+    ratios["tokenise: before / after (time)"] = med["tokenise before (s)"] / med["tokenise after (s)"]
+    ratios["model: from_pretrained / deepcopy (time)"] = med["model from_pretrained (s)"] / med["model deepcopy (s)"]
     report = {"command": "python benchmarks/runner_speed.py " + " ".join(argv or []),
-              "units": "examples/s of wall time (tokenise, model: seconds per run); median and min..max over rounds",
-              "rounds": args.rounds, "steps_per_round": args.steps, "ratios": ratios, "results": out,
-              "mean_tokens_per_train_batch": padded, "cpu": platform.processor() or platform.machine(),
-              "threads": torch.get_num_threads(), "load_avg_1min_at_end": _load(),
-              "torch": torch.__version__}
+              "units": f"examples/s of {args.clock} time (tokenise, model: seconds per run); "
+                       "median, min..max over rounds",
+              "rounds_done": done, "rounds": args.rounds, "steps_per_round": args.steps, "ratios": ratios,
+              "results": out, "mean_tokens_per_train_batch": padded, "cpu": platform.processor() or platform.machine(),
+              "threads": torch.get_num_threads(), "load_avg_1min_at_write": _load(), "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     for k, v in out.items():
         print(f"{k:28s} median {v['median']:8.2f}  ({v['min']:.2f}..{v['max']:.2f})")
     for k, v in ratios.items():
         print(f"{k:40s} {v:.2f}x")
-    print(f"tokens per training batch: {padded}")
+    print(f"tokens per training batch: {padded}", flush=True)
 
 
 def _load():

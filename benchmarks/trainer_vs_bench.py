@@ -125,7 +125,8 @@ def _med(xs):
 
 
 def _write(args, runs, final=False):
-    summary = {name: {"total_s": _med([r["total_s"] for r in rs]), "train_eval_s": _med([r["train_eval_s"] for r in rs]),
+    summary = {name: {"total_s": _med([r["total_s"] for r in rs]),
+                      "train_eval_s": _med([r["train_eval_s"] for r in rs]),
                       "accuracy": _med([r["accuracy"] for r in rs]), "n": len(rs)}
                for name, rs in runs.items() if rs}
     benches = [n for n in summary if n.startswith("bench")]

@@ -111,3 +111,16 @@ def test_bf16_autocast_runs_a_training_step_on_cpu():
         assert model(input_ids=batch["input_ids"]).logits.dtype == torch.float32
     with pytest.raises(ValueError, match="precision"):
         autocast(torch.device("cpu"), "fp16")
+
+
+def test_precision_is_a_preset_setting_checked_up_front():
+    from peftzoo.bench.preset import PresetError
+    from peftzoo.bench.sweep import plan
+    p = {"suite": "t", "tasks": ["SST-2"], "methods": ["head"], "precision": "bf16",
+         "task_overrides": {"SST-2": {"precision": "fp32"}}, "protocol": {"lr_points": 1}}  # one LR: one run
+    assert {s.precision for s in plan(p)} == {"fp32"}
+    p.pop("task_overrides")
+    (spec,) = plan(p)
+    assert spec.precision == "bf16" and spec.run_id != plan({**p, "precision": "fp32"})[0].run_id
+    with pytest.raises(PresetError, match="'precision' is 'fp16'"):
+        plan({**p, "precision": "fp16"})

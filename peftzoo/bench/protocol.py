@@ -200,7 +200,7 @@ def selection(records: list[dict], use: str = "val") -> dict:
 
 
 # ---- planning: cells x LRs x seeds -> RunSpecs, in two stages ------------------------------------------------------
-SPEC_KEYS = ("epochs", "batch_size", "max_len", "max_train", "max_eval", "warmup", "weight_decay")
+SPEC_KEYS = ("epochs", "batch_size", "max_len", "max_train", "max_eval", "warmup", "weight_decay", "precision")
 
 
 @dataclass
