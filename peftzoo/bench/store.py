@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 # RunSpec fields that do not change a run's result: left out of its id (the suite is the folder it lives in)
-ID_EXCLUDE = frozenset({"suite"})
+ID_EXCLUDE = frozenset({"suite", "cell"})  # cell: a table label; one run can serve two cells
 STATUSES = ("ok", "failed", "skipped")
 
 
