@@ -62,10 +62,10 @@ def _methods(args):
 def _bench(args):
     from dataclasses import replace
 
-    from peftzoo.bench import ray_executor
+    from peftzoo.bench import protocol, ray_executor
     from peftzoo.bench.preflight import preflight
     from peftzoo.bench.preset import load_preset, normalise_tasks
-    from peftzoo.bench.sweep import EXIT_SOME_FAILED, failed_before, plan, sweep
+    from peftzoo.bench.sweep import EXIT_SOME_FAILED, failed_before
     for flag in ("tasks", "methods", "seeds"):
         if getattr(args, flag) == []:
             raise ValueError(f"--{flag} was given without any value")
@@ -78,17 +78,23 @@ def _bench(args):
     tasks = normalise_tasks(args.tasks, "--tasks") if args.tasks else preset.tasks
     if not args.dry_run:
         preflight(preset.model, tasks, args.data_dir, args.results, preset.suite, args.device, args.skip_bad_rows)
-    specs = plan(preset, tasks=tasks, methods=args.methods, seeds=args.seeds, skip_bad_rows=args.skip_bad_rows)
+    plan = protocol.make_plan(preset, tasks=tasks, methods=args.methods, seeds=args.seeds,
+                              skip_bad_rows=args.skip_bad_rows)
+    s1, s2 = plan.stage1(), plan.stage2(None)
     if args.dry_run:
-        for s in specs:
-            try:
-                s = s.bind_data(args.data_dir)
-            except (OSError, ValueError):
-                pass  # the id printed is then the one before the data is known
-            print(s.suite, s.task, s.method, s.run_id, f"lr={s.lr}", s.skip_reason or "")
+        for stage, specs in (("stage 1", s1), ("stage 2", s2)):
+            for s in specs:
+                try:
+                    s = s.bind_data(args.data_dir)
+                except (OSError, ValueError):
+                    pass  # the id printed is then the one before the data is known
+                lr = "lr=<selected on validation>" if stage == "stage 2" else f"lr={s.lr:g}"
+                print(stage, s.suite, s.task, s.method, s.cell, lr, f"s{s.seed}", s.skip_reason or "")
+        print(f"{len(s1) + len(s2)} runs: stage 1 (LR sweep) {len(s1)}, stage 2 (selected LR) {len(s2)}; "
+              f"{len(plan.tasks)} tasks, {len(plan.cells)} (method, budget) cells, {len(plan.seeds)} seeds")
         return 0
-    out = sweep(specs, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
-                retry_failed=args.retry_failed, ray=ray)
+    out = protocol.run(plan, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
+                       retry_failed=args.retry_failed, ray=ray)
     for line in failed_before(out, args.results):
         print(line, file=sys.stderr)
     print(out.summary(f"{args.results}/{preset.suite}/runs"))
@@ -97,7 +103,7 @@ def _bench(args):
 
 def _table(args):
     from peftzoo.bench.table import write
-    path = write(args.results, args.suite)
+    path = write(args.results, args.suite, optimistic=args.optimistic)
     print(path.read_text())
 
 
@@ -131,7 +137,7 @@ def main(argv=None):
     b.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     b.add_argument("--skip-bad-rows", action="store_true",
                    help="leave out malformed data rows (counted, recorded in every run) instead of stopping")
-    b.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    b.add_argument("--dry-run", action="store_true", help="print the planned runs and their count, and exit")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bars (for logs)")
     from peftzoo.bench.ray_executor import add_arguments as executor_arguments
     executor_arguments(b)
@@ -139,6 +145,8 @@ def main(argv=None):
     t = sub.add_parser("table", help="write results/<suite>/leaderboard.{md,csv,png}")
     t.add_argument("--suite", default="quick")
     t.add_argument("--results", default="results")
+    t.add_argument("--optimistic", action="store_true", help="OPTIMISTIC view: LR and epoch picked on the dev set "
+                   "it reports (biased upward; written to leaderboard-optimistic.*)")
     t.set_defaults(fn=_table)
     i = sub.add_parser("d90", help="measure the intrinsic dimension d_90 of a task")
     from peftzoo.intrinsic.cli import add_arguments

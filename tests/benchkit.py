@@ -27,7 +27,7 @@ def preset(model: Path, **kw) -> dict:
     """No budget, so planning loads no model."""
     return {"suite": "t", "model": str(model), "tasks": ["SST-2"], "methods": ["head", "lora"], "seeds": [0],
             "epochs": 1, "batch_size": 8, "max_len": 16, "max_train": 16, "max_eval": 12,
-            "hparams": {"lora": {"r": 2}}, **kw}
+            "hparams": {"lora": {"r": 2}}, "protocol": {"lr_points": 1}, **kw}  # one LR: no selection needed
 
 
 def write_preset(path: Path, p: dict) -> Path:
@@ -43,7 +43,7 @@ def fake_execute(spec, data_dir=None, device=None, progress=False, score=0.5, st
     if status == "failed":
         return {**rec, "error": "RuntimeError: made to fail"}
     return {**rec, "metrics_best": {"score": score}, "metrics_final": {"score": score}, "best_epoch": 1,
-            "history": [{"epoch": 1, "loss": 0.5, "metrics": {"score": score}}],
+            "history": [{"epoch": 1, "loss": 0.5, "metrics": {"score": score}, "val_metrics": {"score": score}}],
             "params": {"target": None, "achieved": 10, "solver": None, "adapter": 10, "trainable": 20},
             "steps": 2, "median_step_s": 0.01, "peak_mem_mb": 1.0, "device": "cpu", "adapter_file_bytes": 100,
             "data_skipped": {"train": 0, "dev": 0}}

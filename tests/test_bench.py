@@ -57,14 +57,20 @@ def test_glue_metrics_match_sklearn_and_scipy():
     assert s["score"] == pytest.approx((pearsonr(a, b)[0] + spearmanr(a, b)[0]) / 2)
 
 
-def test_presets_parse():
-    rb = {s.task: s for s in plan(load_preset("roberta-base"), seeds=[0]) if s.method == "lora"}
-    assert rb["MRPC"].lr == 4e-4 and rb["MRPC"].epochs == 30 and rb["CoLA"].epochs == 80
-    assert rb["SST-2"].hparams == {"r": 8, "alpha": 8} and rb["SST-2"].model == "FacebookAI/roberta-base"
-    assert len(rb) == 8 and rb["MNLI"].batch_size == 16 and rb["MNLI"].max_len == 512
-    for name in ("quick", "glue"):
+def test_presets_follow_the_protocol():
+    from peftzoo.bench.protocol import Protocol, budgets, lr_grid
+    for name in ("quick", "cpu", "glue", "roberta-base"):
         p = load_preset(name)
-        assert {"full", "head"} <= set(p.methods) and p.budget
+        d = p.to_dict()
+        prot = Protocol.from_preset(d)
+        assert {"full", "head", "lora"} <= set(p.methods) and len(budgets(d)[0]) >= 3
+        assert all(len(lr_grid(d, m, points=prot.lr_points)) >= (2 if name == "quick" else 4) for m in p.methods)
+        assert len(p.seeds) == 1 if name == "quick" else len(p.seeds) >= 3
+    cpu = load_preset("cpu")
+    assert set(cpu.methods) == {"full", "head", "lora", "rslora", "loraplus", "dora", "vera", "adalora", "said"}
+    assert len(cpu.tasks) >= 3 and "SST-2" in cpu.tasks
+    rb = load_preset("roberta-base")
+    assert rb.hparams["lora"] == {"alpha": 8} and rb.task_overrides["CoLA"]["epochs"] == 80
 
 
 @pytest.fixture
@@ -94,7 +100,8 @@ def tiny_setup(tmp_path):
     preset = {"suite": "t", "model": str(mdir), "tasks": ["SST-2"],
               "methods": ["full", "head", "lora", "dora", "vera", "adalora", "said"], "seeds": [0], "budget": 1100,
               "epochs": 2, "batch_size": 16, "max_len": 16, "max_train": 32, "max_eval": 24,
-              "hparams": {"adalora": {"tinit": 0, "tfinal": 1}}}
+              "hparams": {"adalora": {"tinit": 0, "tfinal": 1}},
+              "protocol": {"lr_points": 1, "paper_settings": []}}  # one LR, no paper cells: one run per method
     return preset, tmp_path / "glue", tmp_path / "results"
 
 

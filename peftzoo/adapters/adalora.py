@@ -132,6 +132,8 @@ class AdaLora(LayerAdapter):
     layer_classes = dict.fromkeys(LINEAR_TYPES, AdaLoraLayer)  # PEFT adapts only linear layers with AdaLoRA
     peft_type = "ADALORA"
     default_lr = 1e-3
+    default_lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)  # the paper's GLUE LRs are 5e-4..1.2e-3
+    paper_hparams = {"init_r": 12, "target_r": 8}  # b(0) = 1.5 b(T), the paper's ratio (PEFT's defaults)
     budget_knob = "target_r"
 
     @classmethod

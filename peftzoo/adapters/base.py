@@ -63,12 +63,22 @@ class Adapter(ABC):
     name: ClassVar[str] = ""
     config_cls: ClassVar[type[AdapterConfig]] = AdapterConfig
     default_lr: ClassVar[float] = 1e-3  # a sensible AdamW learning rate for this method (bench presets read it)
+    # the LR sweep's default grid (log-spaced, centred where the literature puts the method); () = around default_lr
+    default_lr_grid: ClassVar[tuple[float, ...]] = ()
+    paper_hparams: ClassVar[dict | None] = None  # the method's own paper setting, run beside the matched budgets
     budget_knob: ClassVar[str | None] = None  # the integer hyperparameter a parameter budget solves for
 
     @classmethod
     def budget_kwargs(cls, value: int) -> dict:
         """Config fields that set the budget knob to ``value``."""
         return {cls.budget_knob: value}
+
+    @classmethod
+    def lr_grid(cls) -> tuple[float, ...]:
+        """The default LR sweep: ``default_lr_grid``, else 4 half-decade steps around ``default_lr``."""
+        if cls.default_lr_grid:
+            return tuple(cls.default_lr_grid)
+        return tuple(float(f"{cls.default_lr * 10 ** (k / 2):.3g}") for k in (-1, 0, 1, 2))
 
     @classmethod
     def budget_count(cls, model: nn.Module, config: "AdapterConfig") -> int:

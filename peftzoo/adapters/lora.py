@@ -109,6 +109,7 @@ class Lora(LayerAdapter):
                      **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), LoraConv)}  # PEFT's LoRA layer types
     peft_type = "LORA"
     default_lr = 5e-4
+    default_lr_grid = (1e-4, 3e-4, 1e-3, 3e-3)  # ~10x full fine-tuning's (LoRA paper: 4e-4..5e-4 on RoBERTa-base)
     budget_knob = "r"
     paper = "Hu et al. 2021, arXiv:2106.09685"
     equation = "W x + (α/r)·B A x"
@@ -153,6 +154,7 @@ class LoraPlus(Lora):
     config_cls = LoraPlusConfig
     paper = "Hayou et al. 2024, arXiv:2402.12354"
     equation = "LoRA; lr(B) = ratio·lr(A)"
+    default_lr_grid = (3e-5, 1e-4, 3e-4, 1e-3)  # the base LR is A's; B trains at ratio (16) x it
 
     @classmethod
     def validate(cls, config):

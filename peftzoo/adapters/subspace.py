@@ -71,6 +71,7 @@ class Did(Adapter):
     config_cls = SubspaceConfig
     said = False
     default_lr = 1e-2
+    default_lr_grid = (3e-3, 1e-2, 3e-2, 1e-1)  # a few coordinates move the whole model: far above LoRA's
     budget_knob = "d"
     paper = "Li et al. 2018, arXiv:1804.08838"
     equation = "θ = θ0 + P z (Fastfood P)"

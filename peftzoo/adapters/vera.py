@@ -95,6 +95,8 @@ class Vera(LayerAdapter):
     layer_classes = dict.fromkeys(LINEAR_TYPES, VeraLayer)  # PEFT adapts only linear layers with VeRA
     peft_type = "VERA"
     default_lr = 1e-2
+    default_lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)  # the paper's RoBERTa-base GLUE LRs are 4e-3..1e-2
+    paper_hparams = {"r": 1024}  # the paper's GLUE setting (query, value; RoBERTa-base)
     budget_knob = "r"
     paper = "Kopiczko et al. 2024, arXiv:2310.11454"
     equation = "W x + λ_b ⊙ B(λ_d ⊙ A x), A, B shared, frozen"

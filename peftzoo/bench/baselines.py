@@ -40,6 +40,7 @@ class _Baseline(Adapter):
 class HeadOnly(_Baseline):
     name = "head"
     default_lr = 1e-3
+    default_lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
 
     def roles(self):
         return {}
@@ -52,6 +53,7 @@ class HeadOnly(_Baseline):
 class FullFinetune(_Baseline):
     name = "full"
     default_lr = 5e-5
+    default_lr_grid = (1e-5, 3e-5, 1e-4, 3e-4)  # the literature's 1e-5..1e-4, one step up for a small model
 
     def __init__(self, model, config):
         super().__init__(model, config)

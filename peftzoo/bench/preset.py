@@ -44,9 +44,14 @@ class Preset:
     max_eval: int | None = _pos(None)  # dev examples scored; None = all
     warmup: float = _pos(0.06, 0)  # fraction of steps with linear warm-up
     weight_decay: float = _pos(0.0, 0)  # AdamW weight decay
+    precision: str = "auto"  # autocast: "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16" (CPU bf16 too)
     lr: dict[str, float] = field(default_factory=dict)  # per method; a method's default_lr when absent
     hparams: dict[str, dict] = field(default_factory=dict)  # per method: fixed method options (e.g. alpha)
     task_overrides: dict[str, dict] = field(default_factory=dict)  # per task: any of OVERRIDABLE
+    budgets: tuple[int, ...] | None = None  # matched budgets (adapter elements); the LR sweep runs at the middle one
+    method_budgets: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per method: its budgets ([]: paper only)
+    lr_grid: dict[str, tuple[float, ...]] = field(default_factory=dict)  # per method: its LR sweep (else the class's)
+    protocol: dict = field(default_factory=dict)  # selection options: the fields of bench.protocol.Protocol
 
     @classmethod
     def from_dict(cls, d, source: str = "preset") -> Preset:
@@ -63,7 +68,7 @@ class Preset:
                 raise PresetError(f"{source}: {k!r} is empty")
         kw["tasks"] = normalise_tasks(kw["tasks"], source)
         kw["methods"] = normalise_methods(kw["methods"], source)
-        for k in ("lr", "hparams"):
+        for k in ("lr", "hparams", "lr_grid", "method_budgets"):
             for m in kw.get(k, {}):
                 normalise_methods([m], f"{source}: {k!r}")
         for m, hp in kw.get("hparams", {}).items():
@@ -83,6 +88,12 @@ class Preset:
             for m, v in lrs.items():
                 if not v > 0:
                     raise PresetError(f"{source}: '{where}.{m}' is {v}: a learning rate must be > 0")
+        _check_protocol(kw, source)
+        from peftzoo.bench.train import PRECISIONS
+        for where, o in [("", kw)] + [(f"task_overrides.{t}.", o) for t, o in over.items()]:
+            if o.get("precision", "auto") not in PRECISIONS:
+                raise PresetError(f"{source}: '{where}precision' is {o['precision']!r}; "
+                                  f"one of {', '.join(PRECISIONS)}")
         return cls(**kw)
 
     def to_dict(self) -> dict:
@@ -91,7 +102,28 @@ class Preset:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Preset)}
 HINTS = typing.get_type_hints(Preset)
-OVERRIDABLE = ("epochs", "batch_size", "max_len", "max_train", "max_eval", "warmup", "weight_decay", "lr")
+OVERRIDABLE = ("epochs", "batch_size", "max_len", "max_train", "max_eval", "warmup", "weight_decay", "precision", "lr",
+               "lr_grid")
+
+
+def _check_protocol(kw: dict, source: str) -> None:
+    """The protocol's own fields: the options, the budgets and the LR grids (positive, distinct)."""
+    from peftzoo.bench.protocol import Protocol, budgets
+    try:
+        Protocol.from_preset(kw)
+        middle = budgets(kw)[1]
+        for m, mine in kw.get("method_budgets", {}).items():
+            budgets({"budgets": mine})
+            if mine and middle not in mine:
+                raise ValueError(f"method_budgets.{m} {list(mine)} must include the middle budget {middle} (the "
+                                 f"LR sweep runs there), or be [] to run only the paper setting")
+    except ValueError as e:
+        raise PresetError(f"{source}: {e}") from None
+    for where, grids in [("lr_grid", kw.get("lr_grid", {}))] + [(f"task_overrides.{t}.lr_grid", o.get("lr_grid", {}))
+                                                                 for t, o in kw.get("task_overrides", {}).items()]:
+        for m, g in grids.items():
+            if not g or min(g) <= 0:
+                raise PresetError(f"{source}: '{where}.{m}' is {list(g)}: an LR grid needs values > 0")
 
 
 def _required(f) -> bool:

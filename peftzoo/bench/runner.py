@@ -24,6 +24,7 @@ from peftzoo.bench.preset import load_preset  # noqa: F401  (its former home)
 from peftzoo.bench.tasks import compute_metrics, data_source, get_task, load_task
 
 REPO = Path(__file__).resolve().parents[2]
+EVAL_BATCH = 128  # evaluation rows per forward pass (length-sorted, so little padding)
 
 
 def default_model() -> str:
@@ -57,10 +58,15 @@ class RunSpec:
     achieved: int | None = None  # the solver's count for hparams
     skip_reason: str | None = None  # set when the budget cannot be met within tolerance
     random_init: bool = False  # same architecture with random weights (intrinsic-dimension comparisons)
+    precision: str = "auto"  # autocast: "auto" = bf16 on CUDA, fp32 on CPU; "bf16" / "fp32" force it
     data: str | None = None  # the data's identity (tasks.data_source); None until bound to a data dir (bind_data)
     skip_bad_rows: bool = False  # malformed data rows left out (and counted) instead of an error
-    selection: str = "best-epoch-dev"  # how the reported score is chosen among epochs
+    selection: str = "validation"  # the table picks LR and epoch on the validation split (see bench.protocol)
     behaviour: int = BEHAVIOUR_VERSION  # peftzoo's training behaviour version (see peftzoo.BEHAVIOUR_VERSION)
+    cell: str = ""  # the budget point's label in tables ("73,728", "paper", "—"); not part of the run's identity
+    val_fraction: float = 0.1  # validation held back from train for selection: this share of it...
+    val_cap: int = 1000  # ...at most this many examples...
+    val_seed: int = 0  # ...drawn with this seed (the same split for every run)
 
     @property
     def run_id(self) -> str:
@@ -119,12 +125,6 @@ def load_model(spec_model: str | None, task, random_init: bool = False):
     return model, AutoTokenizer.from_pretrained(path)
 
 
-def _encode(tok, split, idx, max_len):
-    cols = list(zip(*[split.texts[i] for i in idx]))
-    enc = tok(*cols, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
-    return dict(enc)
-
-
 def make_adapter(model, spec: RunSpec):
     import peftzoo
     from peftzoo.adapters.base import AdapterConfig
@@ -139,7 +139,8 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
     """Train and evaluate one run; returns the result record (status ok/failed/skipped), never raises."""
     from tqdm.auto import tqdm
 
-    from peftzoo.bench.train import fit, median
+    from peftzoo.bench import batches
+    from peftzoo.bench.train import autocast, fit, median
     try:
         spec = spec.bind_data(data_dir)
     except (OSError, ValueError):
@@ -158,7 +159,10 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
         data = _data(task.name, str(data_dir) if data_dir else None, spec.skip_bad_rows)
         record["data_skipped"] = {s: data[s].skipped for s in ("train", *task.dev)}
         train = data["train"]
-        idx = np.random.default_rng(0).permutation(len(train.labels))[: spec.max_train]  # same subset for all runs
+        from peftzoo.bench.protocol import split_indices
+        from peftzoo.bench.stats import encode_preds
+        idx, val_idx = split_indices(len(train.labels), spec.max_train, spec.val_fraction, spec.val_cap,
+                                     spec.val_seed)  # the same subsets for all runs, disjoint
         if min(spec.batch_size, spec.epochs, len(idx), 1 if spec.max_train is None else spec.max_train) < 1:
             raise ValueError(f"no training step: epochs={spec.epochs}, batch_size={spec.batch_size}, max_train="
                              f"{spec.max_train} ({len(train.labels)} training rows); each must be >= 1")
@@ -167,42 +171,45 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
         ad.model.to(dev)
         model = ad.model
         bs = spec.batch_size
-        batches = []
-        for i in range(0, len(idx), bs):
-            b = _encode(tok, train, idx[i:i + bs], spec.max_len)
-            b["labels"] = torch.as_tensor(train.labels[idx[i:i + bs]])
-            batches.append({k: v.to(dev) for k, v in b.items()})
-        order = np.random.default_rng(spec.seed)
+        enc = batches.encode_split(tok, train, idx, spec.max_len, task.name)  # cached per process
 
-        def epoch_batches(epoch):
-            return [batches[j] for j in order.permutation(len(batches))]
+        def epoch_batches(epoch):  # reshuffled every epoch, length-grouped, padded per batch
+            return batches.train_batches(enc, train.labels[idx], bs, spec.seed, epoch, dev)
+
+        def predict(split, rows):
+            e = batches.encode_split(tok, split, rows, spec.max_len, task.name)  # cached per process
+            return batches.predict(model, e, EVAL_BATCH, dev, task.regression, autocast(dev, spec.precision))
+
+        dev_rows = {s: np.arange(len(data[s].labels) if spec.max_eval is None
+                                 else min(spec.max_eval, len(data[s].labels))) for s in task.dev}
+        dev_preds = []  # per epoch: {dev split: compact predictions}, for the table's paired bootstrap
 
         def evaluate():
-            out = {}
+            out, codes = {}, {}
             for s in task.dev:
-                split = data[s]
-                n = len(split.labels) if spec.max_eval is None else min(spec.max_eval, len(split.labels))
-                preds = []
-                with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                    for i in range(0, n, 128):
-                        b = {k: v.to(dev) for k, v in _encode(tok, split, range(i, min(n, i + 128)), spec.max_len).items()}
-                        logits = model(**b).logits.float()
-                        preds.append(logits.squeeze(-1) if task.regression else logits.argmax(-1))
-                m = compute_metrics(task, torch.cat(preds).cpu().numpy(), split.labels[:n])
+                p = predict(data[s], dev_rows[s])
+                codes[s] = encode_preds(p, task.regression)
+                m = compute_metrics(task, p, data[s].labels[dev_rows[s]])
                 out.update(m if len(task.dev) == 1 else {f"{s}/{k}": v for k, v in m.items()})
             if len(task.dev) > 1:
                 out["score"] = float(np.mean([out[f"{s}/score"] for s in task.dev]))
-            return out
+            dev_preds.append(codes)
+            val = compute_metrics(task, predict(train, val_idx), train.labels[val_idx])
+            return {**out, "val": val}
 
         summary = ad.summary()
         _peak_reset(dev)
-        bar = tqdm(total=spec.epochs * len(batches), desc=f"{spec.task} {spec.method} s{spec.seed}",
+        bar = tqdm(total=spec.epochs * -(-len(idx) // bs), desc=f"{spec.task} {spec.method} s{spec.seed}",
                    leave=False, disable=not progress)
-        res = fit(ad, epoch_batches, spec.epochs, spec.lr, evaluate, spec.warmup, spec.weight_decay, progress=bar)
+        res = fit(ad, epoch_batches, spec.epochs, spec.lr, evaluate, spec.warmup, spec.weight_decay, progress=bar,
+                  precision=spec.precision)
         bar.close()
         if res.steps < 1:
-            raise ValueError(f"no training step was taken (epochs={spec.epochs}, {len(batches)} batches)")
+            raise ValueError(f"no training step was taken (epochs={spec.epochs}, {-(-len(idx) // bs)} batches)")
         peak, peak_kind = _peak_mb(dev)
+        for h, codes in zip(res.history, dev_preds):  # selection reads val_metrics; metrics stay the dev scores
+            h["val_metrics"] = h["metrics"].pop("val")
+            h["dev_preds"] = codes
         scores = [h["metrics"]["score"] for h in res.history]
         best = int(np.argmax(scores))
         st = median(res.step_times)
@@ -216,6 +223,8 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
             "median_step_s": st, "throughput_ex_s": bs / st if st else None,
             "peak_mem_mb": peak, "peak_mem_kind": peak_kind, "device": device_name(dev),
             "adapter_file_bytes": adapter_file_bytes(ad),
+            "split_sizes": {"train": len(idx), "val": len(val_idx), **{s: len(r) for s, r in dev_rows.items()}},
+            "dev_labels": {s: encode_preds(data[s].labels[r], task.regression) for s, r in dev_rows.items()},
         })
         if spec.method == "adalora":
             record["adalora_ranks"] = ad.ranks()

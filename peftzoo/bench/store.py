@@ -16,7 +16,7 @@ from peftzoo import _atomic
 from peftzoo._atomic import OutputError, _write_all, dumps, plain  # noqa: F401 (re-exported)
 
 # RunSpec fields that do not change a run's result: left out of its id (the suite is the folder it lives in)
-ID_EXCLUDE = frozenset({"suite"})
+ID_EXCLUDE = frozenset({"suite", "cell"})  # cell: a table label; one run can serve two cells
 STATUSES = ("ok", "failed", "skipped")
 
 

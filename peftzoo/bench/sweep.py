@@ -1,4 +1,4 @@
-"""A preset becomes a list of RunSpecs (budgets solved once); the sweep executes the unfinished ones.
+"""The sweep executes the unfinished RunSpecs of a plan (``protocol.make_plan``), one JSON each.
 
 Each run is claimed before it executes (``claim.acquire``), so several sweeps on one results folder split the work.
 """
@@ -8,51 +8,17 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftzoo import adapters
 from peftzoo.bench import claim, store
-from peftzoo.bench.baselines import BASELINES
-from peftzoo.bench.budget import solve
-from peftzoo.bench.preset import OVERRIDABLE, Preset, normalise_methods, normalise_tasks
-from peftzoo.bench.runner import RunSpec, execute, get_task, load_model
+from peftzoo.bench.runner import RunSpec, execute
 
-SPEC_KEYS = tuple(k for k in OVERRIDABLE if k != "lr")
 EXIT_SOME_FAILED = 3  # `peftzoo bench` exit status when any run of the plan is recorded as failed
 
 
-def plan(preset: Preset | dict, tasks=None, methods=None, seeds=None, skip_bad_rows: bool = False) -> list[RunSpec]:
-    """One RunSpec per (task, method, seed); task and method names are normalised and de-duplicated."""
-    if not isinstance(preset, Preset):
-        preset = Preset.from_dict(preset)
-    tasks = normalise_tasks(tasks, "--tasks") if tasks else preset.tasks
-    methods = normalise_methods(methods, "--methods") if methods else preset.methods
-    seeds = list(dict.fromkeys(seeds if seeds else preset.seeds))
-    targets = preset.targets
-    budget = preset.budget
-    solved = {}
-    if budget:
-        model, _ = load_model(preset.model, get_task(tasks[0]))
-        for m in methods:
-            if m in BASELINES:
-                continue
-            fixed = preset.hparams.get(m, {})
-            s = solve(model, m, int(budget), targets=targets, **fixed)
-            skip = None if s.ok else (f"budget {budget} unreachable: nearest {s.kwargs} gives {s.achieved} "
-                                      f"({s.rel_error:+.1%})")
-            solved[m] = ({**fixed, **s.kwargs}, s.achieved, skip)
-    specs = []
-    for t in tasks:
-        over = preset.task_overrides.get(t, {})
-        for m in methods:
-            hp, achieved, skip = solved.get(m, (preset.hparams.get(m, {}), None, None))
-            cls = BASELINES.get(m) or adapters.get(m)
-            lr = {**preset.lr, **over.get("lr", {})}.get(m, cls.default_lr)
-            common = {k: over.get(k, getattr(preset, k)) for k in SPEC_KEYS}
-            for seed in seeds:
-                specs.append(RunSpec(suite=preset.suite, task=t, method=m, seed=seed, hparams=hp, model=preset.model,
-                                     targets=targets, train=tuple(preset.train), lr=lr,
-                                     budget=budget if m not in BASELINES else None, achieved=achieved,
-                                     skip_reason=skip, skip_bad_rows=skip_bad_rows, **common))
-    return specs
+def plan(preset, tasks=None, methods=None, seeds=None, skip_bad_rows: bool = False) -> list[RunSpec]:
+    """The preset's runs that need no LR selection: the LR sweep (stage 1 of ``protocol``), and the other seeds and
+    budgets of methods whose grid is a single LR. ``protocol.run`` runs the whole plan."""
+    from peftzoo.bench.protocol import make_plan
+    return make_plan(preset, tasks, methods, seeds, skip_bad_rows=skip_bad_rows).known()
 
 
 @dataclass

@@ -3,7 +3,7 @@
 The adapter's hooks are called explicitly, in this order, every step:
     loss = task loss (+ ad.extra_loss() if any);  backward;  clip;  optimizer.step();  ad.on_step(step);
     scheduler.step();  zero_grad.
-AdamW with linear warm-up then linear decay; bf16 autocast on CUDA.
+AdamW with linear warm-up then linear decay; bf16 autocast on CUDA, and on CPU when ``precision="bf16"``.
 """
 from __future__ import annotations
 
@@ -18,10 +18,21 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
-def train_step(ad, opt, batch: dict, step: int, scheduler=None, clip: float = 1.0) -> float:
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast(dev: torch.device, precision: str = "auto"):
+    """bf16 autocast on CUDA unless ``precision="fp32"``; on CPU only with ``precision="bf16"``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    on = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=on and dev.type in ("cuda", "cpu"))
+
+
+def train_step(ad, opt, batch: dict, step: int, scheduler=None, clip: float = 1.0, precision: str = "auto") -> float:
     model = ad.model
     dev = next(model.parameters()).device
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+    with autocast(dev, precision):
         if isinstance(batch, dict):  # transformers: the model computes its loss
             loss = model(**batch).loss
         else:  # (x, y) for plain torch classifiers
@@ -61,7 +72,7 @@ class TrainResult:
 
 def fit(ad, batches_per_epoch, epochs: int, lr: float, evaluate=None, warmup: float = 0.06,
         weight_decay: float = 0.0, clip: float = 1.0, progress=None, max_steps: int | None = None,
-        callbacks=()) -> TrainResult:
+        precision: str = "auto", callbacks=()) -> TrainResult:
     """Train ``ad`` for ``epochs``; ``batches_per_epoch(epoch)`` yields batches; ``evaluate()`` -> metrics dict.
     ``callbacks``: objects with ``on_train_begin(ad, total_steps)`` and ``on_step_end(step, loss)`` (e.g.
     ``peftzoo.analysis.GradientRank``)."""
@@ -82,7 +93,7 @@ def fit(ad, batches_per_epoch, epochs: int, lr: float, evaluate=None, warmup: fl
                 break
             ts = time.perf_counter()
             step += 1
-            losses.append(train_step(ad, opt, batch, step, sched, clip))
+            losses.append(train_step(ad, opt, batch, step, sched, clip, precision))
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             res.step_times.append(time.perf_counter() - ts)

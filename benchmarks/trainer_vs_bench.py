@@ -1,0 +1,162 @@
+"""Our bench vs what a user would run instead (HF ``Trainer`` + PEFT), the same job, timed in one process.
+
+The job (the project brief's): SST-2, 2,000 training examples (the runner's fixed subset), 1 epoch,
+all-MiniLM-L6-v2, batch 16, length 64, LoRA r=8 alpha=16 on query/value with the classifier trained, AdamW lr 2e-3,
+6% linear warm-up then linear decay, gradient clipping 1.0, evaluation on all 872 dev rows.
+
+Timed per run, on the wall clock: ``total`` = model load + tokenisation + training + evaluation (cold: the bench's
+encoding cache is cleared first), and ``train+eval`` = training + evaluation only. Configurations run in alternation
+for ``--repeats`` rounds (seed = round), so that load on a shared machine hits all alike; we report the median and
+min..max over rounds, the dev accuracy, and the ratio Trainer / bench of the median times.
+
+Trainer's settings tried (stock ``TrainingArguments`` only): ``train_sampling_strategy`` "group_by_length" (the
+brief's best) or "random", ``bf16`` off/on (CPU autocast), and for evaluation ``per_device_eval_batch_size`` in
+``--eval-batches``: each is timed after training and the fastest counts as Trainer's evaluation time.
+
+    python benchmarks/trainer_vs_bench.py --repeats 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from peftzoo.bench import batches
+from peftzoo.bench.runner import RunSpec, default_model, execute
+from peftzoo.bench.tasks import get_task, load_task
+
+OUT = Path(__file__).resolve().parents[1] / "results" / "speed" / "trainer_vs_bench.json"
+JOB = dict(task="SST-2", lr=2e-3, epochs=1, batch_size=16, max_len=64, max_train=2000, warmup=0.06, r=8, alpha=16)
+
+
+def bench_run(seed: int, precision: str, data_dir) -> dict:
+    batches.clear_cache()  # cold: tokenisation is timed, as the Trainer side's is
+    spec = RunSpec(suite="speed", task=JOB["task"], method="lora", seed=seed,
+                   hparams={"r": JOB["r"], "alpha": JOB["alpha"]}, lr=JOB["lr"], epochs=JOB["epochs"],
+                   batch_size=JOB["batch_size"], max_len=JOB["max_len"], max_train=JOB["max_train"],
+                   warmup=JOB["warmup"], precision=precision)
+    rec = execute(spec, data_dir=data_dir, progress=False)
+    if rec["status"] != "ok":
+        raise RuntimeError(rec.get("error"))
+    return {"total_s": rec["wall_s"], "train_eval_s": rec["train_s"], "accuracy": rec["metrics_final"]["accuracy"]}
+
+
+def trainer_run(seed: int, strategy: str, bf16: bool, eval_batches, data_dir) -> dict:
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+    task = get_task(JOB["task"])
+    data = load_task(task, data_dir)
+    train, dev = data["train"], data["dev"]
+    idx = np.random.default_rng(0).permutation(len(train.labels))[:JOB["max_train"]]  # the runner's subset
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    path = default_model()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    model = get_peft_model(model, LoraConfig(r=JOB["r"], lora_alpha=JOB["alpha"], target_modules=["query", "value"],
+                                             task_type="SEQ_CLS"))
+
+    def rows(split, ids):
+        enc = tok([split.texts[i][0] for i in ids], truncation=True, max_length=JOB["max_len"])
+        return [{**{k: v[j] for k, v in enc.items()}, "labels": int(split.labels[i])} for j, i in enumerate(ids)]
+    tr, dv = rows(train, idx), rows(dev, range(len(dev.labels)))
+    t1 = time.perf_counter()
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=JOB["batch_size"],
+                             learning_rate=JOB["lr"], num_train_epochs=JOB["epochs"], warmup_steps=JOB["warmup"],
+                             lr_scheduler_type="linear", weight_decay=0.0, max_grad_norm=1.0, seed=seed,
+                             train_sampling_strategy=strategy, bf16=bf16, use_cpu=True, report_to=[],
+                             save_strategy="no", logging_strategy="no", disable_tqdm=True)
+    acc = {}
+    trainer = Trainer(model=model, args=args, train_dataset=tr, eval_dataset=dv,
+                      data_collator=DataCollatorWithPadding(tok),
+                      compute_metrics=lambda p: {"acc": float((p.predictions.argmax(-1) == p.label_ids).mean())})
+    trainer.train()
+    t2 = time.perf_counter()
+    evals = {}
+    for eb in eval_batches:
+        trainer.args.per_device_eval_batch_size = eb
+        te = time.perf_counter()
+        acc[eb] = trainer.evaluate()["eval_acc"]
+        evals[eb] = time.perf_counter() - te
+    best = min(evals, key=evals.get)
+    return {"total_s": (t2 - t0) + evals[best], "train_eval_s": (t2 - t1) + evals[best], "accuracy": acc[best],
+            "eval_s_by_batch": evals, "best_eval_batch": best}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", default=None, help="glue_data folder (default: $PEFTZOO_DATA_DIR)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--eval-batches", type=int, nargs="+", default=[8, 32, 128])
+    ap.add_argument("--bench", nargs="+", default=["fp32", "bf16"], help="bench precisions to time")
+    ap.add_argument("--trainer", nargs="+", default=["group_by_length:fp32", "group_by_length:bf16"],
+                    help="Trainer settings STRATEGY:PRECISION")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    configs = [(f"bench {p}", lambda s, p=p: bench_run(s, p, args.data_dir)) for p in args.bench]
+    for c in args.trainer:
+        strategy, prec = c.split(":")
+        configs.append((f"trainer {strategy} {prec}",
+                        lambda s, st=strategy, b=prec == "bf16": trainer_run(s, st, b, args.eval_batches,
+                                                                             args.data_dir)))
+    runs: dict = {name: [] for name, _ in configs}
+    for rep in range(args.repeats):
+        for name, fn in (configs if rep % 2 == 0 else configs[::-1]):
+            r = fn(rep)
+            runs[name].append({"seed": rep, **r})
+            print(f"round {rep}: {name}: total {r['total_s']:.1f}s train+eval {r['train_eval_s']:.1f}s "
+                  f"acc {r['accuracy']:.4f}", flush=True)
+            _write(args, runs)
+    _write(args, runs, final=True)
+
+
+def _med(xs):
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+
+
+def _write(args, runs, final=False):
+    summary = {name: {"total_s": _med([r["total_s"] for r in rs]),
+                      "train_eval_s": _med([r["train_eval_s"] for r in rs]),
+                      "accuracy": _med([r["accuracy"] for r in rs]), "n": len(rs)}
+               for name, rs in runs.items() if rs}
+    benches = [n for n in summary if n.startswith("bench")]
+    trainers = [n for n in summary if n.startswith("trainer")]
+    ratios = {}
+    if benches and trainers:
+        best_t = min(trainers, key=lambda n: summary[n]["train_eval_s"]["median"])
+        for b in benches:
+            for key in ("train_eval_s", "total_s"):
+                ratios[f"{best_t} / {b} ({key})"] = (summary[best_t][key]["median"] / summary[b][key]["median"])
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else None
+    report = {"command": "python benchmarks/trainer_vs_bench.py " + " ".join(argv_str(args)), "job": JOB,
+              "complete": final, "summary": summary, "speedup_vs_best_trainer": ratios, "runs": runs,
+              "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "load_avg_1min_at_write": load, "torch": torch.__version__}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    if final:
+        for n, s in summary.items():
+            print(f"{n:34s} train+eval {s['train_eval_s']['median']:7.1f}s ({s['train_eval_s']['min']:.1f}.."
+                  f"{s['train_eval_s']['max']:.1f})  total {s['total_s']['median']:7.1f}s  "
+                  f"acc {s['accuracy']['median']:.4f}")
+        for k, v in ratios.items():
+            print(f"{k}: {v:.2f}x")
+
+
+def argv_str(args):
+    return [f"--repeats {args.repeats}", "--eval-batches " + " ".join(map(str, args.eval_batches)),
+            "--bench " + " ".join(args.bench), "--trainer " + " ".join(args.trainer)]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The protocol's leaderboard: rows (method, budget), cells mean ± std over seeds at the LR and epoch selected on
+validation, a t-interval in the CSV, and each method's difference from LoRA tested by a paired bootstrap.
+
+``use="dev"`` builds the *optimistic* view instead (LR and epoch picked on the dev set it reports); it is written
+to differently named files and says so in its title.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from peftzoo.bench import plots, stats, store
+from peftzoo.bench.protocol import Protocol, selection
+from peftzoo.bench.table import _config_line, check_configs
+from peftzoo.bench.tasks import get_task
+
+ORDER = ["full", "head", "lora", "rslora", "loraplus", "dora", "vera", "adalora", "said", "did"]
+SIG = ("`*` / `**`: the difference from LoRA at the same budget (LoRA at the middle budget for baselines and paper "
+       "settings) is significant at p < 0.05 / 0.01, paired bootstrap over dev examples (2,000 resamples, the same "
+       "draw applied to every seed of both methods, scores averaged over seeds).")
+
+
+def _order(row):
+    m = row["method"]
+    return (ORDER.index(m) if m in ORDER else 99, m, row["label"] == "paper", row["budget"] or 0)
+
+
+def build(runs: list[dict], use: str = "val", n_boot: int = 2000) -> dict:
+    ok = [r for r in runs if r.get("status") == "ok"]
+    for r in ok:
+        if "val_metrics" not in r["history"][0]:
+            raise ValueError(f"run {r['task']}/{r['run_id']} has no validation scores: it predates the selection "
+                             f"protocol (rerun it with `peftzoo bench`)")
+    sel = selection(ok, use)
+    tasks = sorted({t for t, _, _ in sel})
+    rows: dict = {}
+    for (t, m, k), s in sel.items():
+        r0 = s["runs"][0]
+        row = rows.setdefault((m, k), {"method": m, "hparams": r0["spec"]["hparams"], "budget": r0["spec"]["budget"],
+                                       "label": r0["spec"].get("cell") or "—", "tasks": {}})
+        scores = [r["history"][s["epoch"] - 1]["metrics"]["score"] for r in s["runs"]]
+        mean, sd = stats.mean_std(scores)
+        row["tasks"][t] = {"sel": s, "mean": mean, "std": sd, "ci": stats.t_interval(scores), "n": len(scores),
+                           "diff": None, "p": None}
+        for f in ("achieved", "trainable"):
+            row.setdefault(f, r0["params"]["solver"] if f == "achieved" and r0["params"].get("solver") is not None
+                           else r0["params"]["adapter" if f == "achieved" else "trainable"])
+        row.setdefault("runs", []).extend(s["runs"])
+    for (m, k), row in rows.items():
+        for t, cell in row["tasks"].items():
+            ref = _lora_ref(rows, t, row["budget"])
+            if ref is None or ref is row or not all("dev_preds" in r["history"][0] for r in row["runs"] + ref["runs"]):
+                continue  # no LoRA row, or runs without per-example predictions: no test
+            a, b = cell["sel"], ref["tasks"][t]["sel"]
+            labels = {sp: stats.decode_preds(x) for sp, x in a["runs"][0]["dev_labels"].items()}
+            cell["diff"], cell["p"] = stats.paired_bootstrap(
+                get_task(t).metric, _preds(a), _preds(b), labels, n_boot=n_boot)
+            cell["ref"] = ref["label"]
+    for row in rows.values():
+        ms = [row["tasks"][t]["mean"] if t in row["tasks"] else None for t in tasks]
+        row["avg"] = float(np.mean(ms)) if all(x is not None for x in ms) else None
+        row["seeds"] = min(c["n"] for c in row["tasks"].values())
+    _timing(rows, tasks)
+    return {"tasks": tasks, "rows": sorted(rows.values(), key=_order), "selection": sel,
+            "bad": [r for r in runs if r.get("status") != "ok"], "ok": ok}
+
+
+def _preds(sel):
+    return [{sp: stats.decode_preds(x) for sp, x in r["history"][sel["epoch"] - 1]["dev_preds"].items()}
+            for r in sel["runs"]]
+
+
+def _lora_ref(rows, task, budget):
+    loras = [r for r in rows.values() if r["method"] == "lora" and task in r["tasks"]]
+    same = [r for r in loras if budget is not None and r["budget"] == budget]
+    if same:
+        return same[0]
+    swept = [r for r in loras if len(r["tasks"][task]["sel"]["per_lr"]) > 1]  # the middle budget ran the sweep
+    return (swept or loras or [None])[0]
+
+
+def _timing(rows, tasks):
+    def med(m):
+        return {t: np.median([r["median_step_s"] for row in rows.values() if row["method"] == m
+                              for r in row["runs"] if r["task"] == t] or [np.nan]) for t in tasks}
+    head, full = med("head"), med("full")
+    for row in rows.values():
+        rs = row["runs"]
+        for name, ref in (("step_vs_head", head), ("step_vs_full", full)):
+            xs = [r["median_step_s"] / ref[r["task"]] for r in rs if np.isfinite(ref[r["task"]])]
+            row[name] = float(np.median(xs)) if xs else None
+        row["peak_mem_mb"] = max(r["peak_mem_mb"] or 0 for r in rs)
+        row["peak_mem_kind"] = rs[0].get("peak_mem_kind")
+        row["file_kb"] = rs[0]["adapter_file_bytes"] / 1024
+
+
+def _num(x, f="{:.2f}"):
+    return "—" if x is None else f.format(x)
+
+
+def _lrs(row, tasks):
+    got = {t: (row["tasks"][t]["sel"]["lr"], row["tasks"][t]["sel"]["epoch"]) for t in tasks if t in row["tasks"]}
+    if len({v for v in got.values()}) == 1:
+        lr, ep = next(iter(got.values()))
+        return f"{lr:g} / {ep}"
+    return ", ".join(f"{t} {lr:g} / {ep}" for t, (lr, ep) in got.items())
+
+
+def _n_dev(sizes: dict) -> int:
+    return sum(x for k, x in sizes.items() if k not in ("train", "val"))
+
+
+def markdown(suite: str, b: dict, use: str) -> str:
+    tasks, rows, ok = b["tasks"], b["rows"], b["ok"]
+    prot = ok[0].get("protocol") if ok else None
+    dev = sorted({r["device"] for r in ok})
+    v, spec = ok[0]["versions"], ok[0]["spec"]
+    sizes = {t: next((r["split_sizes"] for r in ok if r["task"] == t and "split_sizes" in r), None) for t in tasks}
+    title = (f"# Leaderboard: `{suite}`" if use == "val" else
+             f"# OPTIMISTIC leaderboard: `{suite}` (LR and epoch chosen on the dev set it reports: biased upward)")
+    p = Protocol(**{k: (tuple(x) if k == "paper_settings" else x) for k, x in prot.items() if k != "stage"}) \
+        if prot else None
+    lines = [title, "", f"Reproduce: `peftzoo bench --preset {suite} --data-dir $PEFTZOO_DATA_DIR && "
+             f"peftzoo table --suite {suite}{' --optimistic' if use == 'dev' else ''}`", "",
+             (p.describe() if p else "Protocol: not recorded in these runs.")
+             + (" THIS VIEW IGNORES IT: selection used the dev scores." if use == "dev" else ""), "",
+             f"Device: {', '.join(dev)}. Versions: {', '.join(f'{k} {x}' for k, x in v.items())}. "
+             f"Model: `{spec.get('model') or 'all-MiniLM-L6-v2 (embedded)'}`. Config: {_config_line(ok)} "
+             "Examples (train / validation / dev): "
+             + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {_n_dev(s):,}" if s else f"{t} not recorded"
+                         for t, s in sizes.items()) + ".", "",
+             "Cells: GLUE dev metric ×100, mean ± std over seeds (MRPC: mean of F1 and accuracy; STS-B: of Pearson "
+             "and Spearman; CoLA: Matthews corr.); the CSV adds the 95% t-interval. " + SIG + " `budget`: the "
+             "matched adapter-element count (achieved / target in `params`; AdaLoRA: its final budget) or `paper` "
+             "(the method's paper setting). `LR / epoch`: selected on validation. Step time is the median training "
+             "step relative to head-only and to full fine-tuning; peak memory: "
+             f"{rows[0]['peak_mem_kind'] if rows else '—'}.", "",
+             "| method | budget | hparams | " + " | ".join(tasks) + " | avg | LR / epoch | params | trainable "
+             "| step / head | step / full | peak mem MB | file KB | seeds |",
+             "|" + "---|" * (len(tasks) + 13)]
+    for r in rows:
+        hp = ", ".join(f"{k}={x}" for k, x in r["hparams"].items()) or "—"
+        cells = []
+        for t in tasks:
+            c = r["tasks"].get(t)
+            cells.append("—" if c is None else f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}"
+                         f"{stats.significance_mark(c['p'])}")
+        tgt = f" / {r['budget']:,}" if r["budget"] else ""
+        lines.append(f"| {r['method']} | {r['label']} | {hp} | " + " | ".join(cells)
+                     + f" | {_num(r['avg'] and 100 * r['avg'], '{:.1f}')} | {_lrs(r, tasks)} | {r['achieved']:,}{tgt} "
+                     f"| {r['trainable']:,} | {_num(r['step_vs_head'])} | {_num(r['step_vs_full'])} "
+                     f"| {r['peak_mem_mb']:.0f} | {r['file_kb']:.0f} | {r['seeds']} |")
+    if b["bad"]:
+        lines += ["", "Runs not in the table:", ""]
+        lines += [f"- {r['spec']['task']} {r['spec']['method']} lr={r['spec']['lr']:g} s{r['spec']['seed']}: "
+                  f"{r['status']}: {r.get('reason') or r.get('error')}" for r in b["bad"]]
+    if b.get("invalid"):
+        lines += ["", "Invalid run records (skipped):", ""] + [f"- `{p}`: {why}" for p, why in b["invalid"]]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(b: dict) -> str:
+    tasks = b["tasks"]
+    per = ["mean", "std", "ci95_lo", "ci95_hi", "n_seeds", "lr", "epoch", "diff_vs_lora", "p_vs_lora"]
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["method", "budget", "hparams", *[f"{t}_{k}" for t in tasks for k in per], "avg", "params_target",
+                "params_achieved", "trainable", "step_vs_head", "step_vs_full", "peak_mem_mb", "file_kb"])
+    for r in b["rows"]:
+        vals = []
+        for t in tasks:
+            c = r["tasks"].get(t)
+            vals += ([None] * len(per) if c is None else
+                     [c["mean"], c["std"], *c["ci"], c["n"], c["sel"]["lr"], c["sel"]["epoch"], c["diff"], c["p"]])
+        w.writerow([r["method"], r["label"], store_hp(r["hparams"]), *vals, r["avg"], r["budget"], r["achieved"],
+                    r["trainable"], r["step_vs_head"], r["step_vs_full"], r["peak_mem_mb"], r["file_kb"]])
+    return out.getvalue()
+
+
+def store_hp(hp: dict) -> str:
+    return ";".join(f"{k}={v}" for k, v in sorted(hp.items()))
+
+
+def write(root, suite: str, optimistic: bool = False, n_boot: int = 2000) -> Path:
+    invalid = []
+    runs = store.read_runs(Path(root), suite, invalid)
+    for p, problem in invalid:
+        print(f"peftzoo table: skipping invalid run record {p}: {problem}", file=sys.stderr)
+    out = Path(root) / suite
+    if not runs:
+        what = f" ({len(invalid)} invalid records)" if invalid else ""
+        raise FileNotFoundError(f"no runs under {out / 'runs'}{what}: run `peftzoo bench` first")
+    ok = [r for r in runs if r.get("status") == "ok"]
+    if not ok:
+        bad = [r for r in runs if r.get("status") != "ok"]
+        listed = "\n".join(f"  {r['task']} {r['method']} s{r['seed']}: {r['status']}: "
+                            f"{r.get('reason') or r.get('error')}" for r in bad[:20])
+        raise ValueError(f"no successful run in {out / 'runs'} ({len(bad)} runs, none ok), so no table; "
+                         f"nothing was written:\n{listed}\nFix the cause, then `peftzoo bench --retry-failed`.")
+    check_configs(ok)
+    use = "dev" if optimistic else "val"
+    b = {**build(runs, use, n_boot), "invalid": invalid}
+    stem = "leaderboard" if use == "val" else "leaderboard-optimistic"
+    # each file atomic: a failed write leaves the old file whole
+    store.write_text(out / f"{stem}.md", markdown(suite, b, use))
+    store.write_text(out / f"{stem}.csv", csv_text(b))
+    pts = [{"task": t, "method": r["method"], "x": r["trainable"], "mean": c["mean"], "std": c["std"]}
+           for r in b["rows"] for t, c in r["tasks"].items()]
+    plots.pareto(out / f"{stem}.png", b["tasks"], pts, "optimistic (selected on dev)" if use == "dev" else "")
+    curves = [{"task": t, "method": m, "per_lr": s["per_lr"], "selected": s["lr"]}
+              for (t, m, _), s in b["selection"].items() if len(s["per_lr"]) > 1]
+    plots.lr_curves(out / f"{stem}-lr.png", b["tasks"], curves,
+                    "validation score ×100" if use == "val" else "dev score ×100 (optimistic)")
+    return out / f"{stem}.md"

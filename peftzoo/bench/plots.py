@@ -1,0 +1,71 @@
+"""Leaderboard figures, each written atomically (a reader sees the old file or the new one, never half of one).
+
+* ``pareto``: dev score vs trainable parameters per task (log x, error bars = std over seeds), one line per method
+  through its budgets: the view the VeRA and AdaLoRA papers draw.
+* ``lr_curves``: the validation score of the LR sweep vs LR per method and task (the U-curves selection reads).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _fig(ncols: int):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, ncols, figsize=(4.8 * ncols, 3.9), squeeze=False)
+    return plt, fig, axes[0]
+
+
+def save_atomic(fig, path: Path, dpi: int = 110) -> None:
+    from peftzoo.bench import store
+    store.write_figure(Path(path), fig, dpi=dpi)  # temp file + rename; OutputError if it cannot be written
+
+
+def pareto(path, tasks: list[str], points: list[dict], title: str = "") -> None:
+    """``points``: {"task", "method", "x" (trainable), "mean", "std"} (scores in [0, 1])."""
+    plt, fig, axes = _fig(len(tasks))
+    for ax, t in zip(axes, tasks):
+        by: dict = {}
+        for p in points:
+            if p["task"] == t and p["mean"] is not None:
+                by.setdefault(p["method"], []).append(p)
+        for m, ps in by.items():
+            ps = sorted(ps, key=lambda p: p["x"])
+            ax.errorbar([p["x"] for p in ps], [100 * p["mean"] for p in ps], yerr=[100 * p["std"] for p in ps],
+                        fmt="o-", capsize=3, label=m, ms=4, lw=1)
+        ax.set_xscale("log")
+        ax.set_title(t)
+        ax.set_xlabel("trainable parameters (incl. head)")
+        ax.set_ylabel("dev score ×100 (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_atomic(fig, path)
+    plt.close(fig)
+
+
+def lr_curves(path, tasks: list[str], curves: list[dict], ylabel: str = "validation score ×100") -> None:
+    """``curves``: {"task", "method", "per_lr": {lr: score or None}, "selected": lr}."""
+    plt, fig, axes = _fig(len(tasks))
+    for ax, t in zip(axes, tasks):
+        for c in curves:
+            if c["task"] != t:
+                continue
+            xs = [lr for lr, v in sorted(c["per_lr"].items()) if v is not None]
+            line, = ax.plot(xs, [100 * c["per_lr"][x] for x in xs], "o-", ms=4, lw=1, label=c["method"])
+            if c["selected"] in c["per_lr"] and c["per_lr"][c["selected"]] is not None:
+                ax.plot([c["selected"]], [100 * c["per_lr"][c["selected"]]], "*", ms=11, color=line.get_color())
+        ax.set_xscale("log")
+        ax.set_title(f"{t} (★ selected)")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    save_atomic(fig, path)
+    plt.close(fig)

@@ -1,0 +1,310 @@
+"""The measurement protocol: an LR sweep per method, selection on a validation split carved from train, seeds, budgets.
+
+Stage 1 (LR sweep): every method at the middle budget, every LR of its grid, on the first ``sweep_seeds`` seeds.
+Stage 2: the LR selected on validation (mean over the sweep seeds) runs on the remaining seeds at the middle budget
+and on every seed at the other budgets and paper settings: the best LR is *assumed* rank-independent (α/r scaling).
+The GLUE dev set is only ever reported: selection reads ``val_metrics``, never ``metrics`` (the dev scores).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from peftzoo import adapters
+from peftzoo.bench.baselines import BASELINES
+
+
+@dataclass(frozen=True)
+class Protocol:
+    sweep_seeds: int = 1  # the LR sweep runs on the first this-many seeds; the selected LR then on the rest
+    val_fraction: float = 0.1  # share of the task's train set held back for selection (never trained on)
+    val_cap: int = 1000  # at most this many validation examples (evaluated every epoch: a cost)
+    val_seed: int = 0  # fixes the validation split: identical for every method, LR, budget and seed
+    select_epoch: bool = True  # the epoch is chosen on validation too (mean over seeds); False = the final epoch
+    lr_points: int | None = None  # keep only the central n points of every grid (the quick smoke uses 2)
+    paper_settings: tuple = ("vera", "adalora")  # methods also run at their paper's own hyperparameters
+
+    @classmethod
+    def from_preset(cls, preset: dict) -> "Protocol":
+        raw = dict(preset.get("protocol") or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(raw) - known)
+        if bad:
+            raise ValueError(f"unknown protocol option(s) {bad}; known: {sorted(known)}")
+        if "paper_settings" in raw:
+            raw["paper_settings"] = tuple(raw["paper_settings"])
+        p = cls(**raw)
+        if not 0 < p.val_fraction < 1 or p.val_cap < 1 or p.sweep_seeds < 1:
+            raise ValueError(f"protocol: need 0 < val_fraction < 1, val_cap >= 1, sweep_seeds >= 1 (got {raw})")
+        return p
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "paper_settings": list(self.paper_settings)}
+
+    def describe(self) -> str:
+        ep = "the LR and the epoch" if self.select_epoch else "the LR (final epoch)"
+        return (f"Protocol: every method sweeps its LR grid at the middle budget on the first {self.sweep_seeds} "
+                f"seed(s); {ep} are selected on a validation split carved from train ({self.val_fraction:.0%} of it, "
+                f"at most {self.val_cap:,} examples, split seed {self.val_seed}, the same for every run, disjoint "
+                f"from the training subset) by the mean over seeds; the selected LR then runs on the other seeds "
+                f"and budgets (assumed: with α/r scaling the best LR does not depend on the rank). Reported scores "
+                f"are the GLUE dev set, never used for any choice.")
+
+
+def split_indices(n: int, max_train: int | None, fraction: float = 0.1, cap: int = 1000,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(training subset, validation) indices into a train split of ``n`` examples; disjoint, fixed by ``seed``."""
+    n_val = min(cap, int(round(fraction * n)))
+    if n_val < 1 or n_val >= n:
+        raise ValueError(f"a train split of {n} examples leaves no validation or no training data "
+                         f"(fraction {fraction}, cap {cap})")
+    perm = np.random.default_rng(seed).permutation(n)
+    return perm[n_val:][:max_train], perm[:n_val]
+
+
+def method_class(method: str):
+    return BASELINES.get(method) or adapters.get(method)
+
+
+def lr_grid(preset: dict, method: str, task: str | None = None, points: int | None = None) -> tuple[float, ...]:
+    """The method's LR sweep: the preset's ``lr_grid`` (per task override first), a fixed ``lr``, else the class's."""
+    over = preset.get("task_overrides", {}).get(task, {}) if task else {}
+    for src in (over, preset):
+        if method in src.get("lr_grid", {}):
+            grid = tuple(float(x) for x in src["lr_grid"][method])
+            break
+        if method in src.get("lr", {}):
+            grid = (float(src["lr"][method]),)
+            break
+    else:
+        grid = method_class(method).lr_grid()
+    if not grid or any(x <= 0 for x in grid):
+        raise ValueError(f"{method}: the LR grid {grid} must hold positive values")
+    grid = tuple(sorted(grid))
+    if points and len(grid) > points:
+        lo = (len(grid) - points) // 2
+        grid = grid[lo:lo + points]
+    return grid
+
+
+def budgets(preset: dict) -> tuple[list[int], int | None]:
+    """(sorted budgets, the middle one); a preset gives ``budgets`` (a list) or one ``budget`` (or neither)."""
+    bs = preset.get("budgets")
+    if bs is None:
+        bs = [preset["budget"]] if preset.get("budget") else []
+    bs = sorted(int(b) for b in bs)
+    if any(b < 1 for b in bs) or len(set(bs)) != len(bs):
+        raise ValueError(f"budgets {bs} must be distinct positive counts")
+    return bs, (bs[len(bs) // 2] if bs else None)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (method, budget) point of the grid; its runs differ only by LR and seed."""
+    method: str
+    hparams: dict
+    label: str  # "73,728" (a matched budget), "paper" (the paper's setting) or "—" (a baseline, or fixed hparams)
+    budget: int | None = None
+    achieved: int | None = None
+    skip: str | None = None
+    middle: bool = True  # the LR sweep runs here
+
+    @property
+    def key(self) -> str:
+        return hkey(self.hparams)
+
+
+def hkey(hparams: dict) -> str:
+    return json.dumps(hparams, sort_keys=True)
+
+
+def cells(preset: dict, methods, protocol: Protocol, model=None) -> list[Cell]:
+    """The (method, budget) grid; budgets solved once on ``model`` (loaded from the preset when needed)."""
+    from peftzoo.bench.budget import solve
+    bs, middle = budgets(preset)
+    per_method = preset.get("method_budgets", {})
+    targets = preset.get("targets", ["query", "value"])
+    out = []
+    for m in methods:
+        cls = method_class(m)
+        fixed = dict(preset.get("hparams", {}).get(m, {}))
+        if m in BASELINES:
+            out.append(Cell(m, {}, "—"))
+            continue
+        mine = sorted(int(b) for b in per_method.get(m, bs))
+        paper = m in protocol.paper_settings and cls.paper_hparams
+        if mine and middle not in mine:
+            raise ValueError(f"method_budgets[{m!r}] = {mine} must include the middle budget {middle} "
+                             f"(the LR sweep runs there), or be [] to run only the paper setting")
+        if bs and not mine and not paper:
+            raise ValueError(f"method_budgets[{m!r}] is empty and {m} has no paper setting: it would not run")
+        if not bs:
+            out.append(Cell(m, fixed, "—"))
+        for b in mine:
+            if model is None:
+                model = _model(preset)
+            s = solve(model, m, b, targets=targets, **fixed)
+            skip = None if s.ok else (f"budget {b} unreachable: nearest {s.kwargs} gives {s.achieved} "
+                                      f"({s.rel_error:+.1%})")
+            out.append(Cell(m, {**fixed, **s.kwargs}, f"{b:,}", b, s.achieved, skip, b == middle))
+        if paper:
+            hp = {**fixed, **cls.paper_hparams}
+            if all(c.key != hkey(hp) for c in out if c.method == m):  # else it already is one of the budgets
+                if model is None:
+                    model = _model(preset)
+                from peftzoo.api import make_config
+                n = cls.budget_count(model, make_config(m, targets=targets, **hp))
+                out.append(Cell(m, hp, "paper", None, n, None, not mine))  # no matched budget: sweep here
+    return out
+
+
+def _model(preset):
+    from peftzoo.bench.runner import get_task, load_model
+    return load_model(preset.get("model"), get_task(preset["tasks"][0]))[0]
+
+
+def selection(records: list[dict], use: str = "val") -> dict:
+    """Per (task, method, hparams): the selected LR and epoch, from the runs' ``use`` scores ("val"; "dev" only
+    for the flagged optimistic view).
+
+    The LR is chosen by the mean over the seeds that every LR of the group ran (the sweep seeds), the epoch (when
+    the runs' protocol selects epochs) by the mean over every seed at that LR. Ties go to the smaller LR / epoch.
+    """
+    key = {"val": "val_metrics", "dev": "metrics"}[use]
+    groups: dict = {}
+    for r in records:
+        if r.get("status") == "ok":
+            g = groups.setdefault((r["task"], r["method"], hkey(r["spec"]["hparams"])), {})
+            g.setdefault(float(r["spec"]["lr"]), {})[r["seed"]] = r
+    out = {}
+    for gk, by_lr in groups.items():
+        common = set.intersection(*(set(s) for s in by_lr.values()))
+        pick_epoch = all(r.get("protocol", {}).get("select_epoch", True) for s in by_lr.values() for r in s.values())
+
+        def curve(runs):
+            return np.mean([[h[key]["score"] for h in r["history"]] for r in runs], axis=0)
+        per_lr = {}
+        for lr, runs in sorted(by_lr.items()):
+            c = curve([runs[s] for s in sorted(common)]) if common else None
+            per_lr[lr] = None if c is None else float(c.max() if pick_epoch else c[-1])
+        valid = {lr: v for lr, v in per_lr.items() if v is not None}
+        best = max(valid, key=lambda lr: (valid[lr], -lr)) if valid else min(by_lr)
+        c = curve(list(by_lr[best].values()))
+        epoch = int(np.argmax(c)) + 1 if pick_epoch else len(c)
+        out[gk] = {"lr": best, "epoch": epoch, "per_lr": per_lr, "sweep_seeds": sorted(common),
+                   "seeds": sorted(by_lr[best]), "runs": [by_lr[best][s] for s in sorted(by_lr[best])]}
+    return out
+
+
+# ---- planning: cells x LRs x seeds -> RunSpecs, in two stages ------------------------------------------------------
+SPEC_KEYS = ("epochs", "batch_size", "max_len", "max_train", "max_eval", "warmup", "weight_decay", "precision")
+
+
+@dataclass
+class Plan:
+    preset: dict
+    protocol: Protocol
+    tasks: list
+    seeds: list
+    cells: list  # [Cell]
+
+    def _spec(self, task: str, cell: Cell, lr: float, seed: int):
+        from peftzoo.bench.runner import RunSpec
+        p, over = self.preset, self.preset.get("task_overrides", {}).get(task, {})
+        targets = p.get("targets", ["query", "value"])
+        common = {k: over.get(k, p[k]) for k in SPEC_KEYS if k in p or k in over}
+        return RunSpec(suite=p["suite"], task=task, method=cell.method, seed=seed, hparams=cell.hparams,
+                       model=p.get("model"), targets=targets if isinstance(targets, str) else tuple(targets),
+                       train=tuple(p.get("train", ["classifier"])), lr=lr, budget=cell.budget,
+                       achieved=cell.achieved, skip_reason=cell.skip, cell=cell.label,
+                       val_fraction=self.protocol.val_fraction, val_cap=self.protocol.val_cap,
+                       val_seed=self.protocol.val_seed, skip_bad_rows=p["skip_bad_rows"], **common)
+
+    def grid(self, task: str, method: str) -> tuple[float, ...]:
+        return lr_grid(self.preset, method, task, self.protocol.lr_points)
+
+    def stage1(self) -> list:
+        """The LR sweep: middle-budget cells x every LR of the grid x the sweep seeds."""
+        k = self.protocol.sweep_seeds
+        return [self._spec(t, c, lr, s) for t in self.tasks for c in self.cells if c.middle
+                for lr in self.grid(t, c.method) for s in self.seeds[:k]]
+
+    def stage2(self, selected: dict | None) -> list:
+        """The selected LR per (task, method) on the other seeds (middle) and on every seed elsewhere.
+
+        ``selected``: {(task, method): lr}; None plans with a placeholder LR (for counting only). A (task, method)
+        without a selection (every sweep run failed) gets no stage-2 runs."""
+        k, out = self.protocol.sweep_seeds, []
+        for t in self.tasks:
+            for c in self.cells:
+                lr = float("nan") if selected is None else selected.get((t, c.method))
+                if lr is None:
+                    continue
+                seeds = self.seeds[k:] if c.middle else self.seeds
+                out += [self._spec(t, c, lr, s) for s in seeds]
+        return out
+
+
+    def known(self) -> list:
+        """Every run whose LR is known before training: stage 1, and stage 2 where a grid has one LR."""
+        fixed = {(t, c.method): self.grid(t, c.method)[0] for t in self.tasks for c in self.cells
+                 if len(self.grid(t, c.method)) == 1}
+        return self.stage1() + self.stage2(fixed)
+
+
+def make_plan(preset, tasks=None, methods=None, seeds=None, model=None, skip_bad_rows: bool = False) -> Plan:
+    """The plan of a preset (a ``Preset`` or its dict, checked); ``tasks``/``methods``/``seeds`` narrow it."""
+    from peftzoo.bench.preset import Preset, normalise_methods, normalise_tasks
+    if not isinstance(preset, Preset):
+        preset = Preset.from_dict(preset)
+    d = {**preset.to_dict(), "skip_bad_rows": skip_bad_rows}
+    prot = Protocol.from_preset(d)
+    tasks = list(normalise_tasks(tasks, "--tasks") if tasks else preset.tasks)
+    methods = list(normalise_methods(methods, "--methods") if methods else preset.methods)
+    seeds = list(dict.fromkeys(seeds if seeds else preset.seeds))
+    return Plan(d, prot, tasks, seeds, cells(d, methods, prot, model))
+
+
+def middle_selection(plan: Plan, records: list[dict]) -> dict:
+    """{(task, method): lr} selected on validation among the sweep runs at each method's middle cell."""
+    sel = selection(records)
+    keys = {(c.method, c.key) for c in plan.cells if c.middle}
+    return {(t, m): s["lr"] for (t, m, k), s in sel.items() if (m, k) in keys}
+
+
+def run(plan: Plan, root="results", data_dir=None, device=None, quiet=False, retry_failed=False, executor=None,
+        ray=None):
+    """Stage 1, selection on validation, stage 2; every run JSON records the protocol and its stage.
+
+    A (task, method) whose sweep is not complete yet (runs held by another sweep) gets no stage 2 now: its LR
+    would be chosen on part of the grid. Returns the combined ``sweep.Outcome``."""
+    from peftzoo.bench import store
+    from peftzoo.bench import sweep as sweep_mod
+    from peftzoo.bench.sweep import Outcome, sweep
+
+    def staged(stage):
+        def ex(spec, **kw):
+            rec = (executor or sweep_mod.execute)(spec, **kw)
+            return {**rec, "protocol": {**plan.protocol.to_dict(), "stage": stage}}
+        return ex
+    s1 = plan.stage1()
+    out1 = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=staged(1), ray=ray)
+    recs, incomplete = [], set()
+    for s in s1:
+        rec, _ = store.read_record(store.run_path(root, s.suite, s.task, s.bind_data(data_dir).run_id))
+        if rec is None:
+            incomplete.add((s.task, s.method))
+        else:
+            recs.append(rec)
+    sel = {k: lr for k, lr in middle_selection(plan, recs).items() if k not in incomplete}
+    if not quiet:
+        for (t, m), lr in sorted(sel.items()):
+            print(f"selected on validation: {t} {m} lr={lr:g}")
+        for t, m in sorted(incomplete):
+            print(f"{t} {m}: its LR sweep is not finished (held by another sweep?): no stage 2 for it this time")
+    out2 = sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=staged(2), ray=ray)
+    return Outcome(**{k: getattr(out1, k) + getattr(out2, k) for k in
+                      ("total", "done_before", "written", "failed", "busy", "invalid")})
