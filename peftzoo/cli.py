@@ -65,7 +65,7 @@ def _bench(args):
     from peftzoo.bench import protocol, ray_executor
     from peftzoo.bench.preflight import preflight
     from peftzoo.bench.preset import load_preset, normalise_tasks
-    from peftzoo.bench.sweep import EXIT_SOME_FAILED, failed_before
+    from peftzoo.bench.sweep import EXIT_SOME_FAILED, failed_before, run_protocol
     for flag in ("tasks", "methods", "seeds"):
         if getattr(args, flag) == []:
             raise ValueError(f"--{flag} was given without any value")
@@ -93,7 +93,7 @@ def _bench(args):
         print(f"{len(s1) + len(s2)} runs: stage 1 (LR sweep) {len(s1)}, stage 2 (selected LR) {len(s2)}; "
               f"{len(plan.tasks)} tasks, {len(plan.cells)} (method, budget) cells, {len(plan.seeds)} seeds")
         return 0
-    out = protocol.run(plan, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
+    out = run_protocol(plan, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
                        retry_failed=args.retry_failed, ray=ray)
     for line in failed_before(out, args.results):
         print(line, file=sys.stderr)

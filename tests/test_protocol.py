@@ -227,11 +227,12 @@ def tiny(tmp_path):
 
 
 def test_tiny_sweep_selects_on_validation_and_writes_the_table(tiny):
+    from peftzoo.bench.sweep import run_protocol
     from peftzoo.bench.table import write
     preset, root = tiny
     plan = make_plan(preset)
     assert len(plan.stage1()) == 2 * 2 and len(plan.stage2(None)) == 2  # 2 methods x 2 LRs x seed 0; + seed 1
-    protocol.run(plan, root / "res", data_dir=root / "glue", quiet=True)
+    run_protocol(plan, root / "res", data_dir=root / "glue", quiet=True)
     runs = store.read_runs(root / "res", "t")
     assert len(runs) == 6 and {r["status"] for r in runs} == {"ok"}, [r.get("error") for r in runs]
     r = runs[0]

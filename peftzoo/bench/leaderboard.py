@@ -15,7 +15,7 @@ import numpy as np
 
 from peftzoo.bench import plots, stats, store
 from peftzoo.bench.protocol import Protocol, selection
-from peftzoo.bench.table import _config_line, check_configs
+from peftzoo.bench.configs import check_configs, config_line
 from peftzoo.bench.tasks import get_task
 
 ORDER = ["full", "head", "lora", "rslora", "loraplus", "dora", "vera", "adalora", "said", "did"]
@@ -129,7 +129,7 @@ def markdown(suite: str, b: dict, use: str) -> str:
              (p.describe() if p else "Protocol: not recorded in these runs.")
              + (" THIS VIEW IGNORES IT: selection used the dev scores." if use == "dev" else ""), "",
              f"Device: {', '.join(dev)}. Versions: {', '.join(f'{k} {x}' for k, x in v.items())}. "
-             f"Model: `{spec.get('model') or 'all-MiniLM-L6-v2 (embedded)'}`. Config: {_config_line(ok)} "
+             f"Model: `{spec.get('model') or 'all-MiniLM-L6-v2 (embedded)'}`. Config: {config_line(ok)} "
              "Examples (train / validation / dev): "
              + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {_n_dev(s):,}" if s else f"{t} not recorded"
                          for t, s in sizes.items()) + ".", "",

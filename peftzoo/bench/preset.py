@@ -108,7 +108,6 @@ OVERRIDABLE = ("epochs", "batch_size", "max_len", "max_train", "max_eval", "warm
 
 def _check_protocol(kw: dict, source: str) -> None:
     """The protocol's own fields: the options, the budgets and the LR grids (positive, distinct)."""
-    from peftzoo.bench.protocol import Protocol, budgets
     try:
         Protocol.from_preset(kw)
         middle = budgets(kw)[1]
@@ -255,3 +254,51 @@ def parse_file(path: Path) -> Preset:
     except json.JSONDecodeError as e:
         raise PresetError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     return Preset.from_dict(d, str(path))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    sweep_seeds: int = 1  # the LR sweep runs on the first this-many seeds; the selected LR then on the rest
+    val_fraction: float = 0.1  # share of the task's train set held back for selection (never trained on)
+    val_cap: int = 1000  # at most this many validation examples (evaluated every epoch: a cost)
+    val_seed: int = 0  # fixes the validation split: identical for every method, LR, budget and seed
+    select_epoch: bool = True  # the epoch is chosen on validation too (mean over seeds); False = the final epoch
+    lr_points: int | None = None  # keep only the central n points of every grid (the quick smoke uses 2)
+    paper_settings: tuple = ("vera", "adalora")  # methods also run at their paper's own hyperparameters
+
+    @classmethod
+    def from_preset(cls, preset: dict) -> "Protocol":
+        raw = dict(preset.get("protocol") or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(raw) - known)
+        if bad:
+            raise ValueError(f"unknown protocol option(s) {bad}; known: {sorted(known)}")
+        if "paper_settings" in raw:
+            raw["paper_settings"] = tuple(raw["paper_settings"])
+        p = cls(**raw)
+        if not 0 < p.val_fraction < 1 or p.val_cap < 1 or p.sweep_seeds < 1:
+            raise ValueError(f"protocol: need 0 < val_fraction < 1, val_cap >= 1, sweep_seeds >= 1 (got {raw})")
+        return p
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "paper_settings": list(self.paper_settings)}
+
+    def describe(self) -> str:
+        ep = "the LR and the epoch" if self.select_epoch else "the LR (final epoch)"
+        return (f"Protocol: every method sweeps its LR grid at the middle budget on the first {self.sweep_seeds} "
+                f"seed(s); {ep} are selected on a validation split carved from train ({self.val_fraction:.0%} of it, "
+                f"at most {self.val_cap:,} examples, split seed {self.val_seed}, the same for every run, disjoint "
+                f"from the training subset) by the mean over seeds; the selected LR then runs on the other seeds "
+                f"and budgets (assumed: with α/r scaling the best LR does not depend on the rank). Reported scores "
+                f"are the GLUE dev set, never used for any choice.")
+
+
+def budgets(preset: dict) -> tuple[list[int], int | None]:
+    """(sorted budgets, the middle one); a preset gives ``budgets`` (a list) or one ``budget`` (or neither)."""
+    bs = preset.get("budgets")
+    if bs is None:
+        bs = [preset["budget"]] if preset.get("budget") else []
+    bs = sorted(int(b) for b in bs)
+    if any(b < 1 for b in bs) or len(set(bs)) != len(bs):
+        raise ValueError(f"budgets {bs} must be distinct positive counts")
+    return bs, (bs[len(bs) // 2] if bs else None)

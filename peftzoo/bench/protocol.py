@@ -15,54 +15,8 @@ import numpy as np
 
 from peftzoo import adapters
 from peftzoo.bench.baselines import BASELINES
-
-
-@dataclass(frozen=True)
-class Protocol:
-    sweep_seeds: int = 1  # the LR sweep runs on the first this-many seeds; the selected LR then on the rest
-    val_fraction: float = 0.1  # share of the task's train set held back for selection (never trained on)
-    val_cap: int = 1000  # at most this many validation examples (evaluated every epoch: a cost)
-    val_seed: int = 0  # fixes the validation split: identical for every method, LR, budget and seed
-    select_epoch: bool = True  # the epoch is chosen on validation too (mean over seeds); False = the final epoch
-    lr_points: int | None = None  # keep only the central n points of every grid (the quick smoke uses 2)
-    paper_settings: tuple = ("vera", "adalora")  # methods also run at their paper's own hyperparameters
-
-    @classmethod
-    def from_preset(cls, preset: dict) -> "Protocol":
-        raw = dict(preset.get("protocol") or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(raw) - known)
-        if bad:
-            raise ValueError(f"unknown protocol option(s) {bad}; known: {sorted(known)}")
-        if "paper_settings" in raw:
-            raw["paper_settings"] = tuple(raw["paper_settings"])
-        p = cls(**raw)
-        if not 0 < p.val_fraction < 1 or p.val_cap < 1 or p.sweep_seeds < 1:
-            raise ValueError(f"protocol: need 0 < val_fraction < 1, val_cap >= 1, sweep_seeds >= 1 (got {raw})")
-        return p
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "paper_settings": list(self.paper_settings)}
-
-    def describe(self) -> str:
-        ep = "the LR and the epoch" if self.select_epoch else "the LR (final epoch)"
-        return (f"Protocol: every method sweeps its LR grid at the middle budget on the first {self.sweep_seeds} "
-                f"seed(s); {ep} are selected on a validation split carved from train ({self.val_fraction:.0%} of it, "
-                f"at most {self.val_cap:,} examples, split seed {self.val_seed}, the same for every run, disjoint "
-                f"from the training subset) by the mean over seeds; the selected LR then runs on the other seeds "
-                f"and budgets (assumed: with α/r scaling the best LR does not depend on the rank). Reported scores "
-                f"are the GLUE dev set, never used for any choice.")
-
-
-def split_indices(n: int, max_train: int | None, fraction: float = 0.1, cap: int = 1000,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(training subset, validation) indices into a train split of ``n`` examples; disjoint, fixed by ``seed``."""
-    n_val = min(cap, int(round(fraction * n)))
-    if n_val < 1 or n_val >= n:
-        raise ValueError(f"a train split of {n} examples leaves no validation or no training data "
-                         f"(fraction {fraction}, cap {cap})")
-    perm = np.random.default_rng(seed).permutation(n)
-    return perm[n_val:][:max_train], perm[:n_val]
+from peftzoo.bench.preset import Protocol, budgets  # noqa: F401  (the preset's protocol section)
+from peftzoo.bench.tasks import split_indices  # noqa: F401
 
 
 def method_class(method: str):
@@ -88,17 +42,6 @@ def lr_grid(preset: dict, method: str, task: str | None = None, points: int | No
         lo = (len(grid) - points) // 2
         grid = grid[lo:lo + points]
     return grid
-
-
-def budgets(preset: dict) -> tuple[list[int], int | None]:
-    """(sorted budgets, the middle one); a preset gives ``budgets`` (a list) or one ``budget`` (or neither)."""
-    bs = preset.get("budgets")
-    if bs is None:
-        bs = [preset["budget"]] if preset.get("budget") else []
-    bs = sorted(int(b) for b in bs)
-    if any(b < 1 for b in bs) or len(set(bs)) != len(bs):
-        raise ValueError(f"budgets {bs} must be distinct positive counts")
-    return bs, (bs[len(bs) // 2] if bs else None)
 
 
 @dataclass(frozen=True)
@@ -273,38 +216,3 @@ def middle_selection(plan: Plan, records: list[dict]) -> dict:
     sel = selection(records)
     keys = {(c.method, c.key) for c in plan.cells if c.middle}
     return {(t, m): s["lr"] for (t, m, k), s in sel.items() if (m, k) in keys}
-
-
-def run(plan: Plan, root="results", data_dir=None, device=None, quiet=False, retry_failed=False, executor=None,
-        ray=None):
-    """Stage 1, selection on validation, stage 2; every run JSON records the protocol and its stage.
-
-    A (task, method) whose sweep is not complete yet (runs held by another sweep) gets no stage 2 now: its LR
-    would be chosen on part of the grid. Returns the combined ``sweep.Outcome``."""
-    from peftzoo.bench import store
-    from peftzoo.bench import sweep as sweep_mod
-    from peftzoo.bench.sweep import Outcome, sweep
-
-    def staged(stage):
-        def ex(spec, **kw):
-            rec = (executor or sweep_mod.execute)(spec, **kw)
-            return {**rec, "protocol": {**plan.protocol.to_dict(), "stage": stage}}
-        return ex
-    s1 = plan.stage1()
-    out1 = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=staged(1), ray=ray)
-    recs, incomplete = [], set()
-    for s in s1:
-        rec, _ = store.read_record(store.run_path(root, s.suite, s.task, s.bind_data(data_dir).run_id))
-        if rec is None:
-            incomplete.add((s.task, s.method))
-        else:
-            recs.append(rec)
-    sel = {k: lr for k, lr in middle_selection(plan, recs).items() if k not in incomplete}
-    if not quiet:
-        for (t, m), lr in sorted(sel.items()):
-            print(f"selected on validation: {t} {m} lr={lr:g}")
-        for t, m in sorted(incomplete):
-            print(f"{t} {m}: its LR sweep is not finished (held by another sweep?): no stage 2 for it this time")
-    out2 = sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=staged(2), ray=ray)
-    return Outcome(**{k: getattr(out1, k) + getattr(out2, k) for k in
-                      ("total", "done_before", "written", "failed", "busy", "invalid")})

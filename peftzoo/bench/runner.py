@@ -20,8 +20,7 @@ import torch
 
 from peftzoo import BEHAVIOUR_VERSION
 from peftzoo.bench import store
-from peftzoo.bench.preset import load_preset  # noqa: F401  (its former home)
-from peftzoo.bench.tasks import compute_metrics, data_source, get_task, load_task
+from peftzoo.bench.tasks import compute_metrics, data_source, get_task, load_task, split_indices
 
 REPO = Path(__file__).resolve().parents[2]
 EVAL_BATCH = 128  # evaluation rows per forward pass (length-sorted, so little padding)
@@ -159,7 +158,6 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
         data = _data(task.name, str(data_dir) if data_dir else None, spec.skip_bad_rows)
         record["data_skipped"] = {s: data[s].skipped for s in ("train", *task.dev)}
         train = data["train"]
-        from peftzoo.bench.protocol import split_indices
         from peftzoo.bench.stats import encode_preds
         idx, val_idx = split_indices(len(train.labels), spec.max_train, spec.val_fraction, spec.val_cap,
                                      spec.val_seed)  # the same subsets for all runs, disjoint

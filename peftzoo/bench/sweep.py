@@ -16,7 +16,7 @@ EXIT_SOME_FAILED = 3  # `peftzoo bench` exit status when any run of the plan is 
 
 def plan(preset, tasks=None, methods=None, seeds=None, skip_bad_rows: bool = False) -> list[RunSpec]:
     """The preset's runs that need no LR selection: the LR sweep (stage 1 of ``protocol``), and the other seeds and
-    budgets of methods whose grid is a single LR. ``protocol.run`` runs the whole plan."""
+    budgets of methods whose grid is a single LR. ``run_protocol`` runs the whole plan."""
     from peftzoo.bench.protocol import make_plan
     return make_plan(preset, tasks, methods, seeds, skip_bad_rows=skip_bad_rows).known()
 
@@ -105,3 +105,35 @@ def failed_before(out: Outcome, root) -> list[str]:
     now = {Path(p) for p in out.written}
     return [f"{s.task} {s.method} s{s.seed}: failed earlier: {r.get('error')}" for s, r in out.failed
             if store.run_path(root, s.suite, s.task, s.run_id) not in now]
+
+
+def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, retry_failed=False, executor=None,
+        ray=None):
+    """Stage 1, selection on validation, stage 2; every run JSON records the protocol and its stage.
+
+    A (task, method) whose sweep is not complete yet (runs held by another sweep) gets no stage 2 now: its LR
+    would be chosen on part of the grid. Returns the combined ``sweep.Outcome``."""
+    from peftzoo.bench.protocol import middle_selection
+    def staged(stage):
+        def ex(spec, **kw):
+            rec = (executor or execute)(spec, **kw)
+            return {**rec, "protocol": {**plan.protocol.to_dict(), "stage": stage}}
+        return ex
+    s1 = plan.stage1()
+    out1 = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=staged(1), ray=ray)
+    recs, incomplete = [], set()
+    for s in s1:
+        rec, _ = store.read_record(store.run_path(root, s.suite, s.task, s.bind_data(data_dir).run_id))
+        if rec is None:
+            incomplete.add((s.task, s.method))
+        else:
+            recs.append(rec)
+    sel = {k: lr for k, lr in middle_selection(plan, recs).items() if k not in incomplete}
+    if not quiet:
+        for (t, m), lr in sorted(sel.items()):
+            print(f"selected on validation: {t} {m} lr={lr:g}")
+        for t, m in sorted(incomplete):
+            print(f"{t} {m}: its LR sweep is not finished (held by another sweep?): no stage 2 for it this time")
+    out2 = sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=staged(2), ray=ray)
+    return Outcome(**{k: getattr(out1, k) + getattr(out2, k) for k in
+                      ("total", "done_before", "written", "failed", "busy", "invalid")})

@@ -235,3 +235,14 @@ def compute_metrics(task: Task, preds: np.ndarray, labels: np.ndarray) -> dict[s
         f1 = float(f1_score(labels, preds))
         return {"accuracy": acc, "f1": f1, "score": (acc + f1) / 2}
     return {"accuracy": acc, "score": acc}
+
+
+def split_indices(n: int, max_train: int | None, fraction: float = 0.1, cap: int = 1000,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(training subset, validation) indices into a train split of ``n`` examples; disjoint, fixed by ``seed``."""
+    n_val = min(cap, int(round(fraction * n)))
+    if n_val < 1 or n_val >= n:
+        raise ValueError(f"a train split of {n} examples leaves no validation or no training data "
+                         f"(fraction {fraction}, cap {cap})")
+    perm = np.random.default_rng(seed).permutation(n)
+    return perm[n_val:][:max_train], perm[:n_val]
