@@ -3,6 +3,7 @@
 The order of the lines is the order of tables and listings."""
 from __future__ import annotations
 
+from peftzoo.adapters import baselines  # noqa: F401  full, head
 from peftzoo.adapters import lora  # noqa: F401  lora, rslora, loraplus
 from peftzoo.adapters import dora  # noqa: F401
 from peftzoo.adapters import vera  # noqa: F401

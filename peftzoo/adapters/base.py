@@ -67,6 +67,7 @@ class Adapter(ABC):
     default_lr_grid: ClassVar[tuple[float, ...]] = ()
     paper_hparams: ClassVar[dict | None] = None  # the method's own paper setting, run beside the matched budgets
     budget_knob: ClassVar[str | None] = None  # the integer hyperparameter a parameter budget solves for
+    baseline: ClassVar[bool] = False  # a reference of every table (full, head), not a PEFT method: not in methods()
 
     @classmethod
     def budget_kwargs(cls, value: int) -> dict:

@@ -13,20 +13,22 @@ from pathlib import Path
 
 import numpy as np
 
+from peftzoo import adapters
 from peftzoo.bench import plots, stats, store
-from peftzoo.bench.protocol import Protocol, selection
 from peftzoo.bench.configs import check_configs, config_line
+from peftzoo.bench.protocol import Protocol, selection
 from peftzoo.bench.tasks import get_task
 
-ORDER = ["full", "head", "lora", "rslora", "loraplus", "dora", "vera", "adalora", "said", "did"]
 SIG = ("`*` / `**`: the difference from LoRA at the same budget (LoRA at the middle budget for baselines and paper "
        "settings) is significant at p < 0.05 / 0.01, paired bootstrap over dev examples (2,000 resamples, the same "
        "draw applied to every seed of both methods, scores averaged over seeds).")
 
 
 def _order(row):
+    """Rows in the registry's order (baselines first), a method's paper setting after its budgets."""
+    order = list(adapters.REGISTRY)
     m = row["method"]
-    return (ORDER.index(m) if m in ORDER else 99, m, row["label"] == "paper", row["budget"] or 0)
+    return (order.index(m) if m in order else len(order), m, row["label"] == "paper", row["budget"] or 0)
 
 
 def build(runs: list[dict], use: str = "val", n_boot: int = 2000) -> dict:

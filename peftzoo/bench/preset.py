@@ -199,8 +199,7 @@ def normalise_tasks(names, where: str) -> tuple[str, ...]:
 
 def known_methods() -> list[str]:
     from peftzoo import adapters
-    from peftzoo.bench.baselines import BASELINES
-    return sorted({*adapters.REGISTRY, *BASELINES})
+    return sorted(adapters.REGISTRY)  # the baselines included
 
 
 def normalise_methods(names, where: str) -> tuple[str, ...]:
@@ -219,8 +218,8 @@ def normalise_methods(names, where: str) -> tuple[str, ...]:
 def _method_options(method: str, hp: dict, source: str, key: str) -> None:
     where = f"{source}: {key!r}"
     from peftzoo.api import make_config
-    from peftzoo.bench.baselines import BASELINES
-    if method in BASELINES:
+    from peftzoo.registry import get
+    if get(method).baseline:
         if hp:
             raise PresetError(f"{where}: the {method} baseline takes no options")
         return
@@ -264,7 +263,8 @@ class Protocol:
     val_seed: int = 0  # fixes the validation split: identical for every method, LR, budget and seed
     select_epoch: bool = True  # the epoch is chosen on validation too (mean over seeds); False = the final epoch
     lr_points: int | None = None  # keep only the central n points of every grid (the quick smoke uses 2)
-    paper_settings: tuple = ("vera", "adalora")  # methods also run at their paper's own hyperparameters
+    # methods also run at their paper's own hyperparameters (default: every method that states them, paper_hparams)
+    paper_settings: tuple = field(default_factory=lambda: _with_paper_hparams())
 
     @classmethod
     def from_preset(cls, preset: dict) -> "Protocol":
@@ -302,3 +302,8 @@ def budgets(preset: dict) -> tuple[list[int], int | None]:
     if any(b < 1 for b in bs) or len(set(bs)) != len(bs):
         raise ValueError(f"budgets {bs} must be distinct positive counts")
     return bs, (bs[len(bs) // 2] if bs else None)
+
+
+def _with_paper_hparams() -> tuple:
+    from peftzoo import adapters
+    return tuple(n for n, cls in adapters.REGISTRY.items() if getattr(cls, "paper_hparams", None))

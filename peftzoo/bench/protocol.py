@@ -14,13 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from peftzoo import adapters
-from peftzoo.bench.baselines import BASELINES
 from peftzoo.bench.preset import Protocol, budgets  # noqa: F401  (the preset's protocol section)
 from peftzoo.bench.tasks import split_indices  # noqa: F401
 
 
 def method_class(method: str):
-    return BASELINES.get(method) or adapters.get(method)
+    return adapters.get(method)
 
 
 def lr_grid(preset: dict, method: str, task: str | None = None, points: int | None = None) -> tuple[float, ...]:
@@ -74,7 +73,7 @@ def cells(preset: dict, methods, protocol: Protocol, model=None) -> list[Cell]:
     for m in methods:
         cls = method_class(m)
         fixed = dict(preset.get("hparams", {}).get(m, {}))
-        if m in BASELINES:
+        if cls.baseline:
             out.append(Cell(m, {}, "—"))
             continue
         mine = sorted(int(b) for b in per_method.get(m, bs))

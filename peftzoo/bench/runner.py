@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import platform
 import random
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch
 
 from peftzoo import BEHAVIOUR_VERSION
 from peftzoo.bench import store
+from peftzoo.bench.preset import load_preset  # noqa: F401  (its former home)
 from peftzoo.bench.tasks import compute_metrics, data_source, get_task, load_task, split_indices
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,10 +126,6 @@ def load_model(spec_model: str | None, task, random_init: bool = False):
 
 def make_adapter(model, spec: RunSpec):
     import peftzoo
-    from peftzoo.adapters.base import AdapterConfig
-    from peftzoo.bench.baselines import BASELINES
-    if spec.method in BASELINES:
-        return BASELINES[spec.method](model, AdapterConfig(train=list(spec.train)))
     return peftzoo.attach(model, spec.method, targets=spec.targets if isinstance(spec.targets, str)
                           else list(spec.targets), train=list(spec.train), seed=spec.seed, **spec.hparams)
 
@@ -195,7 +191,6 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
             val = compute_metrics(task, predict(train, val_idx), train.labels[val_idx])
             return {**out, "val": val}
 
-        summary = ad.summary()
         _peak_reset(dev)
         bar = tqdm(total=spec.epochs * -(-len(idx) // bs), desc=f"{spec.task} {spec.method} s{spec.seed}",
                    leave=False, disable=not progress)
@@ -205,6 +200,7 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
         if res.steps < 1:
             raise ValueError(f"no training step was taken (epochs={spec.epochs}, {-(-len(idx) // bs)} batches)")
         peak, peak_kind = _peak_mb(dev)
+        summary = ad.summary()  # after training: a pruning method's counts are those it ends with
         for h, codes in zip(res.history, dev_preds):  # selection reads val_metrics; metrics stay the dev scores
             h["val_metrics"] = h["metrics"].pop("val")
             h["dev_preds"] = codes
@@ -220,27 +216,15 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
             "wall_s": time.perf_counter() - t0, "train_s": res.wall_s, "steps": res.steps,
             "median_step_s": st, "throughput_ex_s": bs / st if st else None,
             "peak_mem_mb": peak, "peak_mem_kind": peak_kind, "device": device_name(dev),
-            "adapter_file_bytes": adapter_file_bytes(ad),
+            "adapter_file_bytes": ad.file_bytes(),
             "split_sizes": {"train": len(idx), "val": len(val_idx), **{s: len(r) for s, r in dev_rows.items()}},
             "dev_labels": {s: encode_preds(data[s].labels[r], task.regression) for s, r in dev_rows.items()},
+            **ad.report(),
         })
-        if spec.method == "adalora":
-            record["adalora_ranks"] = ad.ranks()
     except Exception as e:  # recorded, the sweep goes on
         record.update({"status": "failed", "error": f"{type(e).__name__}: {e}",
                        "traceback": traceback.format_exc()[-4000:], "wall_s": time.perf_counter() - t0})
     return record
-
-
-def adapter_file_bytes(ad) -> int:
-    from safetensors.torch import save_file
-    with tempfile.TemporaryDirectory() as d:
-        if ad.name in ("full", "head"):
-            save_file({f"t{i}": p.detach().contiguous().cpu() for i, p in enumerate(ad.trainable_parameters())},
-                      f"{d}/t.safetensors")
-        else:
-            ad.save(d)
-        return sum(p.stat().st_size for p in Path(d).iterdir())
 
 
 def device_name(dev: torch.device) -> str:

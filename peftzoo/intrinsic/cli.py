@@ -100,16 +100,21 @@ def _images(task: str, data, max_train):
     return load_images(task, data, max_train)
 
 
+def _point(cfg: dict, d) -> tuple[str, dict, float]:
+    """(method, hparams, lr) of a d90 point: the baseline (d = ``FULL``, full fine-tuning) or the subspace method
+    at d."""
+    from peftzoo.intrinsic.d90 import FULL
+    return (FULL, {}, cfg["full_lr"]) if d == FULL else (cfg["method"], {"d": d}, cfg["lr"])
+
+
 def evaluate_point(cfg: dict, d, seed: int, data_dir=None, progress: bool = False) -> float:
     """The best dev score of one run: full fine-tuning when ``d`` is ``FULL``, else the subspace method at d.
     ``data_dir`` (default: $PEFTZOO_DATA_DIR) must hold the same data as ``cfg["data"]`` says."""
-    from peftzoo.intrinsic.d90 import FULL
-    method = "full" if d == FULL else cfg["method"]
+    method, hp, lr = _point(cfg, d)
     if cfg["task"] in IMAGE_TASKS:
         return _image_score(cfg, method, d, seed, data_dir)
     from peftzoo.bench.runner import RunSpec, execute
-    spec = RunSpec(suite="d90", task=cfg["task"], method=method, seed=seed, hparams={} if method == "full" else
-                   {"d": d}, model=cfg["model"], lr=cfg["full_lr"] if method == "full" else cfg["lr"],
+    spec = RunSpec(suite="d90", task=cfg["task"], method=method, seed=seed, hparams=hp, model=cfg["model"], lr=lr,
                    epochs=cfg["epochs"], batch_size=cfg["batch_size"], max_len=cfg["max_len"],
                    max_train=cfg["max_train"], max_eval=cfg["max_eval"], random_init=cfg["random_init"])
     rec = execute(spec, data_dir=data_dir, progress=progress)
@@ -122,17 +127,13 @@ def _image_score(cfg: dict, method: str, d, seed: int, data_dir=None) -> float:
     import torch
 
     import peftzoo
-    from peftzoo.adapters.base import AdapterConfig
-    from peftzoo.bench.baselines import FullFinetune
     from peftzoo.bench.train import fit
     from peftzoo.intrinsic.images import accuracy, build_net
     x, y, xt, yt = _images(cfg["task"], data_dir, cfg["max_train"])
     torch.manual_seed(seed)
     net = build_net(cfg["net"], x.shape[-1], seed)
-    if method == "full":
-        ad, lr = FullFinetune(net, AdapterConfig(train=[])), cfg["full_lr"]
-    else:
-        ad, lr = peftzoo.attach(net, method, d=d, seed=seed, train=[]), cfg["lr"]
+    _, hp, lr = _point(cfg, d)
+    ad = peftzoo.attach(net, method, seed=seed, train=[], **hp)
     g = torch.Generator().manual_seed(seed)
     bs = cfg["batch_size"]
 

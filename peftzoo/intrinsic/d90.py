@@ -16,7 +16,7 @@ import numpy as np
 
 from peftzoo.bench.store import write_figure, write_json
 
-FULL = "full"  # the d of a baseline point: full fine-tuning, no subspace
+FULL = "full"  # the d of a baseline point, and its method: the registered full fine-tuning baseline
 
 
 def log_grid(lo: int, hi: int, per_decade: int = 2) -> list[int]:

@@ -1,0 +1,82 @@
+"""The two baselines of every table, answering the Adapter contract so the one training loop trains them too.
+
+``full``: every parameter trained.  ``head``: only the ``train`` modules (the classification head) trained.
+They are registered (``baseline = True``), so they are attached, trained and listed by name like any method, but
+``peftzoo.methods()`` leaves them out: they add no tensors and have nothing to merge or save in PEFT's format.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+from peftzoo.adapters.base import Adapter, AdapterConfig, find_train
+from peftzoo.registry import register
+
+
+class _Baseline(Adapter):
+    baseline = True
+    def __init__(self, model, config: AdapterConfig):
+        super().__init__(model, config)
+        self.freeze_base(find_train(model, config))
+
+    def state(self):
+        return {}
+
+    def file_bytes(self) -> int:
+        """A baseline's checkpoint is its trained tensors (for ``full``, the whole model), as one safetensors file."""
+        from safetensors.torch import save_file
+        with tempfile.TemporaryDirectory() as d:
+            save_file({f"t{i}": p.detach().contiguous().cpu() for i, p in enumerate(self.trainable_parameters())},
+                      f"{d}/t.safetensors")
+            return os.path.getsize(f"{d}/t.safetensors")
+
+    def load_state(self, tensors):
+        pass
+
+    def merge(self):
+        pass
+
+    def unmerge(self):
+        pass
+
+
+@register
+class FullFinetune(_Baseline):
+    name = "full"
+    equation = "every parameter trained"
+    formula = "all"
+    default_lr = 5e-5
+    default_lr_grid = (1e-5, 3e-5, 1e-4, 3e-4)  # the literature's 1e-5..1e-4, one step up for a small model
+
+    def __init__(self, model, config):
+        super().__init__(model, config)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        head = {id(p) for m in self._train_modules.values() for p in m.parameters()}
+        self._body = [p for p in model.parameters() if id(p) not in head]
+
+    def roles(self):
+        return {"body": self._body}
+
+    @classmethod
+    def count(cls, model, config):
+        head = {id(p) for m in find_train(model, config).values() for p in m.parameters()}
+        return sum(p.numel() for p in model.parameters() if id(p) not in head)
+
+
+@register
+class HeadOnly(_Baseline):
+    name = "head"
+    equation = "only the train modules (the classification head) trained"
+    formula = "0"
+    default_lr = 1e-3
+    default_lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
+
+    def roles(self):
+        return {}
+
+    @classmethod
+    def count(cls, model, config):
+        return 0
+
+BASELINES = {c.name: c for c in (FullFinetune, HeadOnly)}
