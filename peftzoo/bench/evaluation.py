@@ -1,0 +1,51 @@
+"""A run's evaluation after every epoch: the GLUE dev split(s), reported, and the validation split carved from
+train, which selection reads. Predictions are kept compactly per epoch for the table's paired bootstrap."""
+from __future__ import annotations
+
+import numpy as np
+
+from peftzoo.bench import batches
+from peftzoo.bench.stats import encode_preds
+from peftzoo.bench.tasks import compute_metrics
+from peftzoo.bench.train import autocast
+
+EVAL_BATCH = 128  # evaluation rows per forward pass (length-sorted, so little padding)
+
+
+class Evaluation:
+    def __init__(self, spec, task, data: dict, val_idx, tok, model, dev):
+        self.spec, self.task, self.data, self.val_idx = spec, task, data, val_idx
+        self.tok, self.model, self.dev = tok, model, dev
+        self.dev_rows = {s: np.arange(len(data[s].labels) if spec.max_eval is None
+                                      else min(spec.max_eval, len(data[s].labels))) for s in task.dev}
+        self.dev_preds = []  # per epoch: {dev split: compact predictions}
+
+    def predict(self, split, rows):
+        e = batches.encode_split(self.tok, split, rows, self.spec.max_len, self.task.name)  # cached per process
+        return batches.predict(self.model, e, EVAL_BATCH, self.dev, self.task.regression,
+                               autocast(self.dev, self.spec.precision))
+
+    def __call__(self) -> dict:
+        """The dev metrics (several dev splits: each prefixed, and their mean as ``score``) and ``val``."""
+        task, data, out, codes = self.task, self.data, {}, {}
+        for s in task.dev:
+            p = self.predict(data[s], self.dev_rows[s])
+            codes[s] = encode_preds(p, task.regression)
+            m = compute_metrics(task, p, data[s].labels[self.dev_rows[s]])
+            out.update(m if len(task.dev) == 1 else {f"{s}/{k}": v for k, v in m.items()})
+        if len(task.dev) > 1:
+            out["score"] = float(np.mean([out[f"{s}/score"] for s in task.dev]))
+        self.dev_preds.append(codes)
+        train = data["train"]
+        val = compute_metrics(task, self.predict(train, self.val_idx), train.labels[self.val_idx])
+        return {**out, "val": val}
+
+    def split_history(self, history: list) -> None:
+        """Move each epoch's validation metrics to ``val_metrics`` and attach its dev predictions (``dev_preds``):
+        ``metrics`` stay the dev scores."""
+        for h, codes in zip(history, self.dev_preds):
+            h["val_metrics"] = h["metrics"].pop("val")
+            h["dev_preds"] = codes
+
+    def dev_labels(self) -> dict:
+        return {s: encode_preds(self.data[s].labels[r], self.task.regression) for s, r in self.dev_rows.items()}
