@@ -176,3 +176,14 @@ def test_cpu_runs_are_deterministic_for_a_seed(tiny_setup):
     assert a["status"] == b["status"] == "ok"
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
     assert a["metrics_best"] == b["metrics_best"]
+
+
+def test_adalora_record_counts_are_taken_after_training(tiny_setup):
+    preset, data, _ = tiny_setup
+    preset["methods"] = ["adalora"]
+    (spec,) = plan(preset)
+    rec = execute(spec, data_dir=data)
+    assert rec["status"] == "ok", rec.get("error")
+    p, kept = rec["params"], sum(rec["adalora_ranks"].values())
+    assert p["rank_budget_now"] == kept == p["target_budget"] < p["initial_budget"]  # the ranks it ended with
+    assert p["effective"] < p["adapter"]

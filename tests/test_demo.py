@@ -32,3 +32,15 @@ def test_demo_trains_and_merges_every_method(method, tiny_model_dir, capsys):
     assert f"{method} trains" in out and "step 2: loss" in out
     change = float(re.search(r"max \|logits change\| = (\S+)", out).group(1))
     assert change < 1e-4  # merging keeps the outputs
+
+
+def test_load_model_changes_no_global_setting(tiny_model_dir):
+    from transformers.utils import logging as hf_logging
+
+    from peftzoo.bench.models import load_model
+    from peftzoo.bench.tasks import get_task
+    hf_logging.set_verbosity_warning()
+    hf_logging.enable_progress_bar()
+    model, tok = load_model(tiny_model_dir, get_task("SST-2"))
+    assert model.config.num_labels == 2 and tok("a b")["input_ids"]
+    assert hf_logging.get_verbosity() == hf_logging.WARNING and hf_logging.is_progress_bar_enabled()

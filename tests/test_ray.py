@@ -70,7 +70,8 @@ def tiny(tmp_path_factory):
         shutil.copy(Path(gt.get_model_path()) / f, root / "model" / f)
     preset = {"suite": "t", "model": str(root / "model"), "tasks": ["SST-2"], "methods": ["head", "lora"],
               "seeds": [0], "epochs": 1, "batch_size": 8, "max_len": 16, "max_train": 16, "max_eval": 12,
-              "hparams": {"lora": {"r": 2}}}
+              "hparams": {"lora": {"r": 2}},
+              "protocol": {"lr_points": 1, "paper_settings": []}}  # one LR per method: one run each (the protocol)
     return preset, write_sst2(root, n_train=32, n_dev=12), root
 
 
