@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from pathlib import Path
 
 # spec keys that legitimately differ between the rows of one table; every other key is the table's config
 PER_ROW = frozenset({"method", "seed", "hparams", "lr", "budget", "achieved", "skip_reason", "suite", "cell"})
