@@ -39,8 +39,14 @@ class Setup:
 CFG = AnalysisConfig(threads=1, max_dim=64)
 
 
+def _encode(tok, split, idx, max_len):
+    """Fixed batches padded to their longest example (the first-wave runner's encoding these claims were run with)."""
+    cols = list(zip(*[split.texts[i] for i in idx]))
+    return dict(tok(*cols, truncation=True, max_length=max_len, padding=True, return_tensors="pt"))
+
+
 def _data(setup: Setup, data_dir):
-    from peftzoo.bench.runner import _data as load, _encode, load_model
+    from peftzoo.bench.runner import _data as load, load_model
     from peftzoo.bench.tasks import get_task
     task = get_task("SST-2")
     data = load(task.name, str(data_dir) if data_dir else None)
