@@ -144,6 +144,15 @@ def test_selection_averages_only_the_seeds_every_lr_ran():
     assert s["lr"] == 1e-4 and s["per_lr"] == {1e-4: 0.80, 1e-3: 0.79}  # seed 1 (only at 1e-3) cannot tip it
 
 
+def test_selected_lr_at_a_grid_end_is_flagged():
+    from peftzoo.bench.leaderboard import at_edge
+    grid = {1e-4: 0.70, 1e-3: 0.80, 1e-2: 0.85}
+    assert at_edge({"lr": 1e-2, "per_lr": grid}) and at_edge({"lr": 1e-4, "per_lr": {**grid, 1e-4: 0.9}})
+    assert not at_edge({"lr": 1e-3, "per_lr": {**grid, 1e-2: 0.75}})
+    assert not at_edge({"lr": 1e-3, "per_lr": {1e-3: 0.8, 1e-2: 0.7}})  # 2 points: no interior to speak of
+    assert not at_edge({"lr": 1e-3, "per_lr": {**grid, 1e-2: None}})  # a grid point with no score is not an end
+
+
 # ---- statistics ------------------------------------------------------------------------------------------------
 def test_t_interval_matches_hand_and_scipy():
     lo, hi = stats.t_interval([1.0, 2.0, 3.0])

@@ -147,14 +147,18 @@ def pending(d):
 
 def readme(d: dict) -> str:
     measured = [c4(d), c5(d), c7(d), c8(d), c10(d)]
-    all_rows = sorted(measured + pending(d), key=lambda r: int(r[0]))
+    lb = d.get("leaderboard_rows", {})  # claims answered by the cpu leaderboard's runs (lb.py)
+    all_rows = sorted(measured + [tuple(lb.get(r[0], r)) for r in pending(d)], key=lambda r: int(r[0]))
     lines = ["# The literature's claims on why low rank suffices, re-tested at CPU scale", "",
              f"Made by {CMD} on a 2-core CPU shared with other jobs: the 12 SST-2 runs train for "
              f"{d['sst2_train_s'] / 60:.0f} min in all (cached under `local-results/claims`; this invocation took "
              f"{d['wall_s'] / 60:.1f} min). Numbers: mean ± 95% t-interval half-width over seeds (n = 3). "
              f"SST-2 setup: {d['setup']}."
              + (f" The MNIST d_90 searches (claim 10) took {sum(v['wall_s'] for v in d['c10'].values()) / 60:.0f} min "
-                "(their JSONs under `d90/` are reused when present)." if "c10" in d else ""), "",
+                "(their JSONs under `d90/` are reused when present)." if "c10" in d else "")
+             + (f" Claims {', '.join(sorted(lb, key=int))} are read from the `cpu` leaderboard's runs "
+                "(`results/cpu/runs`, benchmarks/claims/lb.py: the table's own selection and paired bootstrap); "
+                "`python benchmarks/claims/run.py --reuse-measured` recomputes them alone." if lb else ""), "",
              "| # | claim | source (paper's number) | our setup | our number (95% CI) | verdict | rule / what is missing |",
              "|---|---|---|---|---|---|---|"]
     for row in all_rows:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -104,12 +105,19 @@ def _num(x, f="{:.2f}"):
     return "—" if x is None else f.format(x)
 
 
+def at_edge(sel: dict) -> bool:
+    """The selected LR is the largest or smallest of a swept grid (>= 3 points): the optimum may lie outside it."""
+    lrs = sorted(lr for lr, v in sel["per_lr"].items() if v is not None)
+    return len(lrs) >= 3 and sel["lr"] in (lrs[0], lrs[-1])
+
+
 def _lrs(row, tasks):
-    got = {t: (row["tasks"][t]["sel"]["lr"], row["tasks"][t]["sel"]["epoch"]) for t in tasks if t in row["tasks"]}
+    got = {t: (f"{row['tasks'][t]['sel']['lr']:g}" + ("†" if at_edge(row["tasks"][t]["sel"]) else ""),
+               row["tasks"][t]["sel"]["epoch"]) for t in tasks if t in row["tasks"]}
     if len({v for v in got.values()}) == 1:
         lr, ep = next(iter(got.values()))
-        return f"{lr:g} / {ep}"
-    return ", ".join(f"{t} {lr:g} / {ep}" for t, (lr, ep) in got.items())
+        return f"{lr} / {ep}"
+    return ", ".join(f"{t} {lr} / {ep}" for t, (lr, ep) in got.items())
 
 
 def _n_dev(sizes: dict) -> int:
@@ -138,12 +146,15 @@ def markdown(suite: str, b: dict, use: str) -> str:
              "Cells: GLUE dev metric ×100, mean ± std over seeds (MRPC: mean of F1 and accuracy; STS-B: of Pearson "
              "and Spearman; CoLA: Matthews corr.); the CSV adds the 95% t-interval. " + SIG + " `budget`: the "
              "matched adapter-element count (achieved / target in `params`; AdaLoRA: its final budget) or `paper` "
-             "(the method's paper setting). `LR / epoch`: selected on validation. Step time is the median training "
-             "step relative to head-only and to full fine-tuning; peak memory: "
-             f"{rows[0]['peak_mem_kind'] if rows else '—'}.", "",
+             "(the method's paper setting). `LR / epoch`: selected on validation; `†`: the selected LR is an end point of the swept grid, so the best LR may lie outside it. Step time is the median training "
+             "step relative to head-only and to full fine-tuning. `process peak MB`: "
+             f"{rows[0]['peak_mem_kind'] if rows else '—'} during training (weights, data and the sweep's earlier "
+             "runs included). `step MB`: " + (b["step_memory"]["measured"] + f" (`{b['step_memory']['command']}`, "
+             f"batch {b['step_memory']['batch_size']} × {b['step_memory']['max_len']})" if b.get("step_memory")
+             else "not measured (run benchmarks/step_memory.py)") + ".", "",
              "| method | budget | hparams | " + " | ".join(tasks) + " | avg | LR / epoch | params | trainable "
-             "| step / head | step / full | peak mem MB | file KB | seeds |",
-             "|" + "---|" * (len(tasks) + 13)]
+             "| step / head | step / full | process peak MB | step MB | file KB | seeds |",
+             "|" + "---|" * (len(tasks) + 14)]
     for r in rows:
         hp = ", ".join(f"{k}={x}" for k, x in r["hparams"].items()) or "—"
         cells = []
@@ -155,7 +166,7 @@ def markdown(suite: str, b: dict, use: str) -> str:
         lines.append(f"| {r['method']} | {r['label']} | {hp} | " + " | ".join(cells)
                      + f" | {_num(r['avg'] and 100 * r['avg'], '{:.1f}')} | {_lrs(r, tasks)} | {r['achieved']:,}{tgt} "
                      f"| {r['trainable']:,} | {_num(r['step_vs_head'])} | {_num(r['step_vs_full'])} "
-                     f"| {r['peak_mem_mb']:.0f} | {r['file_kb']:.0f} | {r['seeds']} |")
+                     f"| {r['peak_mem_mb']:.0f} | {_num(r.get('step_mb'), '{:.0f}')} | {r['file_kb']:.0f} | {r['seeds']} |")
     if b["bad"]:
         lines += ["", "Runs not in the table:", ""]
         lines += [f"- {r['spec']['task']} {r['spec']['method']} lr={r['spec']['lr']:g} s{r['spec']['seed']}: "
@@ -167,20 +178,33 @@ def markdown(suite: str, b: dict, use: str) -> str:
 
 def csv_text(b: dict) -> str:
     tasks = b["tasks"]
-    per = ["mean", "std", "ci95_lo", "ci95_hi", "n_seeds", "lr", "epoch", "diff_vs_lora", "p_vs_lora"]
+    per = ["mean", "std", "ci95_lo", "ci95_hi", "n_seeds", "lr", "lr_at_grid_edge", "epoch", "diff_vs_lora", "p_vs_lora"]
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(["method", "budget", "hparams", *[f"{t}_{k}" for t in tasks for k in per], "avg", "params_target",
-                "params_achieved", "trainable", "step_vs_head", "step_vs_full", "peak_mem_mb", "file_kb"])
+                "params_achieved", "trainable", "step_vs_head", "step_vs_full", "peak_mem_mb", "step_mb", "file_kb"])
     for r in b["rows"]:
         vals = []
         for t in tasks:
             c = r["tasks"].get(t)
             vals += ([None] * len(per) if c is None else
-                     [c["mean"], c["std"], *c["ci"], c["n"], c["sel"]["lr"], c["sel"]["epoch"], c["diff"], c["p"]])
+                     [c["mean"], c["std"], *c["ci"], c["n"], c["sel"]["lr"], at_edge(c["sel"]), c["sel"]["epoch"],
+                      c["diff"], c["p"]])
         w.writerow([r["method"], r["label"], store_hp(r["hparams"]), *vals, r["avg"], r["budget"], r["achieved"],
-                    r["trainable"], r["step_vs_head"], r["step_vs_full"], r["peak_mem_mb"], r["file_kb"]])
+                    r["trainable"], r["step_vs_head"], r["step_vs_full"], r["peak_mem_mb"], r.get("step_mb"),
+                    r["file_kb"]])
     return out.getvalue()
+
+
+def add_step_memory(b: dict, path: Path) -> None:
+    """Each row's ``step_mb`` from ``benchmarks/step_memory.py``'s file (matched on method and hparams), if any."""
+    if not path.exists():
+        return
+    sm = json.loads(path.read_text())
+    got = {(x["method"], json.dumps(x["hparams"], sort_keys=True)): x["step_peak_mb"] for x in sm["rows"]}
+    for r in b["rows"]:
+        r["step_mb"] = got.get((r["method"], json.dumps(r["hparams"], sort_keys=True)))
+    b["step_memory"] = sm
 
 
 def store_hp(hp: dict) -> str:
@@ -206,6 +230,7 @@ def write(root, suite: str, optimistic: bool = False, n_boot: int = 2000) -> Pat
     check_configs(ok)
     use = "dev" if optimistic else "val"
     b = {**build(runs, use, n_boot), "invalid": invalid}
+    add_step_memory(b, out / "step_memory.json")
     stem = "leaderboard" if use == "val" else "leaderboard-optimistic"
     # each file atomic: a failed write leaves the old file whole
     store.write_text(out / f"{stem}.md", markdown(suite, b, use))
