@@ -64,11 +64,13 @@ def _bench(args):
 
     from peftzoo.bench import protocol, ray_executor
     from peftzoo.bench.preflight import preflight
-    from peftzoo.bench.preset import load_preset, normalise_tasks
+    from peftzoo.bench.preset import check_seeds, load_preset, normalise_tasks
     from peftzoo.bench.sweep import EXIT_SOME_FAILED, failed_before, run_protocol
     for flag in ("tasks", "methods", "seeds"):
         if getattr(args, flag) == []:
             raise ValueError(f"--{flag} was given without any value")
+    if args.seeds:
+        check_seeds(args.seeds, "--seeds")
     ray = ray_executor.options(args)
     preset = load_preset(args.preset)
     if args.suite:

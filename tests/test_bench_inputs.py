@@ -92,6 +92,8 @@ BAD = [  # (what is wrong, how to make it, the error text a user sees)
     ("--tasks", _args("--tasks", "foo"), r"--tasks: unknown task 'foo'"),
     ("--methods", _args("--methods", "lora", "lorax"), r"--methods: unknown method 'lorax'"),
     ("empty --seeds", _args("--seeds"), r"--seeds was given without any value"),
+    ("negative --seeds", _args("--seeds", "0", "-1"), r"--seeds: seed -1 is out of range: seeds are integers from 0"),
+    ("negative seed", _set(seeds=[0, -3]), r"p\.json: 'seeds': seed -3 is out of range"),
 ]
 
 

@@ -66,6 +66,7 @@ class Preset:
         for k in ("tasks", "methods", "seeds"):
             if k in kw and not kw[k]:
                 raise PresetError(f"{source}: {k!r} is empty")
+        check_seeds(kw.get("seeds", ()), f"{source}: 'seeds'")
         kw["tasks"] = normalise_tasks(kw["tasks"], source)
         kw["methods"] = normalise_methods(kw["methods"], source)
         for k in ("lr", "hparams", "lr_grid", "method_budgets"):
@@ -104,6 +105,13 @@ FIELDS = {f.name: f for f in dataclasses.fields(Preset)}
 HINTS = typing.get_type_hints(Preset)
 OVERRIDABLE = ("epochs", "batch_size", "max_len", "max_train", "max_eval", "warmup", "weight_decay", "precision", "lr",
                "lr_grid")
+
+
+def check_seeds(seeds, where: str) -> None:
+    """Seeds seed torch, numpy and random alike; numpy takes 0 <= seed < 2**32."""
+    bad = [x for x in seeds if not 0 <= x < 2 ** 32]
+    if bad:
+        raise PresetError(f"{where}: seed {bad[0]} is out of range: seeds are integers from 0 to 2**32 - 1")
 
 
 def _check_protocol(kw: dict, source: str) -> None:
