@@ -169,7 +169,7 @@ def test_same_settings_resume_from_the_cache(first_run, capsys, monkeypatch):
 def test_a_computed_baseline_is_cached_too(tmp_path, capsys, monkeypatch):
     calls = []
     monkeypatch.setattr("peftzoo.intrinsic.cli._image_score",
-                        lambda cfg, m, d, s, data_dir: calls.append((m, d, s)) or 0.5)
+                        lambda cfg, m, d, s, data_dir, init_from=None: calls.append((m, d, s)) or 0.5)
     argv = [a for a in FAST if a not in ("--baseline", "0.9")]
     assert d90_cli(argv, tmp_path, capsys)[0] == 0
     assert calls == [("full", d90.FULL, 0), ("did", 10, 0)]  # 10 already reaches 90%: 1000 not run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+import pretrain_d90
 from measure import ci95, fmt
 
 CMD = "`PEFTZOO_DATA_DIR=../shared/data python benchmarks/claims/run.py`"
@@ -146,9 +147,11 @@ def pending(d):
 
 
 def readme(d: dict) -> str:
-    measured = [c4(d), c5(d), c7(d), c8(d), c10(d)]
+    measured = [c4(d), c5(d), c7(d), c8(d), c10(d)] + ([pretrain_d90.row(d["c9"])] if "c9" in d else [])
     lb = d.get("leaderboard_rows", {})  # claims answered by the cpu leaderboard's runs (lb.py)
-    all_rows = sorted(measured + [tuple(lb.get(r[0], r)) for r in pending(d)], key=lambda r: int(r[0]))
+    done = {r[0] for r in measured}
+    all_rows = sorted(measured + [tuple(lb.get(r[0], r)) for r in pending(d) if r[0] not in done],
+                      key=lambda r: int(r[0]))
     lines = ["# The literature's claims on why low rank suffices, re-tested at CPU scale", "",
              f"Made by {CMD} on a 2-core CPU shared with other jobs: the 12 SST-2 runs train for "
              f"{d['sst2_train_s'] / 60:.0f} min in all (cached under `local-results/claims`; this invocation took "

@@ -22,6 +22,9 @@ def add_arguments(p):
     p.add_argument("--net", default="fc", choices=["fc", "lenet"], help="network for image tasks")
     p.add_argument("--model", default=None, help="transformers model for GLUE tasks (default: embedded MiniLM)")
     p.add_argument("--random-init", action="store_true", help="same architecture, random weights (GLUE tasks)")
+    p.add_argument("--init-from", default=None, metavar="PATH",
+                   help="image tasks: θ0 (and the full fine-tuning baseline's start) from this state_dict .pt file "
+                        "of the same net, instead of the seed's random init; its content hash joins the identity")
     p.add_argument("--method", default="said", choices=["said", "did"])
     p.add_argument("--grid", type=int, nargs="+", help="coarse grid of d (default: log grid --dmin..--dmax)")
     p.add_argument("--dmin", type=int, default=10)
@@ -61,7 +64,8 @@ def task_name(task: str) -> str:
 
 def validate(args) -> None:
     """Every argument checked before anything trains; a bad one is a ValueError naming its flag."""
-    task_name(args.task)
+    if task_name(args.task) not in IMAGE_TASKS and args.init_from is not None:
+        raise ValueError(f"--init-from applies to image tasks ({', '.join(IMAGE_TASKS)}); for GLUE pick --model")
     positive = {"--dmin": args.dmin, "--dmax": args.dmax, "--per-decade": args.per_decade, "--epochs": args.epochs,
                 "--batch-size": args.batch_size, "--max-train": args.max_train, "--max-eval": args.max_eval,
                 "--max-len": args.max_len, "--lr": args.lr, "--full-lr": args.full_lr, "--baseline": args.baseline}
@@ -89,9 +93,19 @@ def config(args) -> dict:
            "behaviour": BEHAVIOUR_VERSION}
     if kind == "image":
         from peftzoo.intrinsic.images import image_source
-        return {**cfg, "net": args.net, "data": image_source(task, args.data_dir)}
+        cfg = {**cfg, "net": args.net, "data": image_source(task, args.data_dir)}
+        if args.init_from is not None:  # only then: the identity of scores from random inits is unchanged
+            cfg["init_from"] = _init_sha(task, args.net, args.init_from)
+        return cfg
     return {**cfg, "model": args.model, "random_init": args.random_init, "max_eval": args.max_eval,
             "max_len": args.max_len, "data": data_source(get_task(task), args.data_dir)}
+
+
+def _init_sha(task: str, net: str, path) -> str:
+    """The content hash of an ``--init-from`` file, after checking that it loads into ``net`` for ``task``."""
+    from peftzoo.intrinsic.images import SIDE, build_net, load_init
+    side = SIDE[task]
+    return load_init(build_net(net, side, 0), path, what=f"the {net} net for {side}×{side} images")
 
 
 @lru_cache(maxsize=2)
@@ -107,12 +121,13 @@ def _point(cfg: dict, d) -> tuple[str, dict, float]:
     return (FULL, {}, cfg["full_lr"]) if d == FULL else (cfg["method"], {"d": d}, cfg["lr"])
 
 
-def evaluate_point(cfg: dict, d, seed: int, data_dir=None, progress: bool = False) -> float:
+def evaluate_point(cfg: dict, d, seed: int, data_dir=None, progress: bool = False, init_from=None) -> float:
     """The best dev score of one run: full fine-tuning when ``d`` is ``FULL``, else the subspace method at d.
-    ``data_dir`` (default: $PEFTZOO_DATA_DIR) must hold the same data as ``cfg["data"]`` says."""
+    ``data_dir`` (default: $PEFTZOO_DATA_DIR) must hold the same data as ``cfg["data"]`` says; ``init_from``: the
+    θ0 file whose hash ``cfg["init_from"]`` is (image tasks)."""
     method, hp, lr = _point(cfg, d)
     if cfg["task"] in IMAGE_TASKS:
-        return _image_score(cfg, method, d, seed, data_dir)
+        return _image_score(cfg, method, d, seed, data_dir, init_from=init_from)
     from peftzoo.bench.runner import RunSpec, execute
     spec = RunSpec(suite="d90", task=cfg["task"], method=method, seed=seed, hparams=hp, model=cfg["model"], lr=lr,
                    epochs=cfg["epochs"], batch_size=cfg["batch_size"], max_len=cfg["max_len"],
@@ -123,15 +138,19 @@ def evaluate_point(cfg: dict, d, seed: int, data_dir=None, progress: bool = Fals
     return rec["metrics_best"]["score"]
 
 
-def _image_score(cfg: dict, method: str, d, seed: int, data_dir=None) -> float:
+def _image_score(cfg: dict, method: str, d, seed: int, data_dir=None, init_from=None) -> float:
     import torch
 
     import peftzoo
     from peftzoo.bench.train import fit
-    from peftzoo.intrinsic.images import accuracy, build_net
+    from peftzoo.intrinsic.images import accuracy, build_net, load_init
     x, y, xt, yt = _images(cfg["task"], data_dir, cfg["max_train"])
     torch.manual_seed(seed)
     net = build_net(cfg["net"], x.shape[-1], seed)
+    if (init_from is None) != (cfg.get("init_from") is None):
+        raise ValueError("an --init-from file and its hash in the settings go together (one is missing)")
+    if init_from is not None:
+        load_init(net, init_from, what=f"the {cfg['net']} net", sha=cfg["init_from"])
     _, hp, lr = _point(cfg, d)
     ad = peftzoo.attach(net, method, seed=seed, train=[], **hp)
     g = torch.Generator().manual_seed(seed)
@@ -162,10 +181,11 @@ def run_d90(args):
             "args": {k: v for k, v in vars(args).items() if k not in ("fn", "cmd")},
             "command": "peftzoo d90 " + " ".join(_argv(args))}
     bar = tqdm(desc=f"d90 {name}", disable=args.quiet)
-    search = Search(lambda d, s: evaluate_point(cfg, d, s, args.data_dir, progress=not args.quiet), args.baseline,
+    search = Search(lambda d, s: evaluate_point(cfg, d, s, args.data_dir, progress=not args.quiet,
+                                                init_from=args.init_from), args.baseline,
                     args.seeds, path=out / f"{name}.json", meta=meta, progress=bar, config=cfg,
                     overwrite=args.overwrite,
-                    evaluate_many=ray and d90_points(cfg, args.data_dir, ray, bar))
+                    evaluate_many=ray and d90_points(cfg, args.data_dir, ray, bar, args.init_from))
     result = search.run(grid, args.bisect, whole_grid=ray is not None)
     bar.close()
     result = {**meta, **result, "wall_s": time.perf_counter() - t0}
@@ -177,16 +197,19 @@ def run_d90(args):
     return result
 
 
-def d90_points(cfg: dict, data_dir, opts, bar=None):
+def d90_points(cfg: dict, data_dir, opts, bar=None, init_from=None):
     """A d90 ``evaluate_many`` that scores (d, seed) points as Ray tasks, yielding each as it finishes; ``opts``: a
-    ``ray_executor.RayOptions``; ``bar`` (a tqdm bar, counting finished points) shows how many are in flight."""
+    ``ray_executor.RayOptions``; ``bar`` (a tqdm bar, counting finished points) shows how many are in flight;
+    ``init_from``: the θ0 file (a path every worker can read)."""
     from peftzoo.bench.ray_executor import imap, reason
     data_dir = str(data_dir or os.environ.get(ENV) or "") or None
+    init_from = None if init_from is None else str(Path(init_from).resolve())  # workers may run elsewhere
     show = None if bar is None else lambda n: bar.set_postfix_str(f"running or queued {n}", refresh=True)  # noqa: E731
 
     def many(points):
         points = list(points)
-        for i, got, err in imap(evaluate_point, [(cfg, d, s, data_dir) for d, s in points], opts, on_wait=show):
+        jobs = [(cfg, d, s, data_dir, False, init_from) for d, s in points]
+        for i, got, err in imap(evaluate_point, jobs, opts, on_wait=show):
             d, s = points[i]
             if err is not None:
                 raise RuntimeError(f"d90 point d={d} seed={s} failed on Ray: {reason(err, opts)}; the scores "

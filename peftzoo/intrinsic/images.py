@@ -159,3 +159,42 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 2048)
     model.eval()
     correct = sum(int((model(x[i:i + bs]).argmax(-1) == y[i:i + bs]).sum()) for i in range(0, len(y), bs))
     return correct / len(y)
+
+
+SIDE = {"digits": 8, "mnist": 28, "fashion-mnist": 28}  # image side per task (all 1-channel, 10 classes)
+
+
+def file_sha(path) -> str:
+    """The identity of a θ0 file: ``sha256:`` and the first 16 hex digits of its bytes' SHA-256."""
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def load_init(net: nn.Module, path, what: str = "the net", sha: str | None = None) -> str:
+    """Load the state_dict file ``path`` (``--init-from``) into ``net`` as θ0; returns ``file_sha(path)``.
+
+    A missing or unreadable file, a key that one side lacks, or a shape that differs is a clear error naming the
+    first such key (and both shapes); ``sha``: the file's expected identity (a file changed since is refused)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--init-from {path}: no such file (expected a torch state_dict of {what})")
+    got = file_sha(path)
+    if sha is not None and got != sha:
+        raise ValueError(f"--init-from {path} changed since the search began ({got}, expected {sha})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a bad file
+        raise ValueError(f"--init-from {path} is not a torch state_dict file ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"--init-from {path} holds a {type(state).__name__}, not a state_dict (name -> tensor)")
+    own = net.state_dict()
+    for k in own:
+        if k not in state:
+            raise ValueError(f"--init-from {path} does not fit {what}: key {k!r} is missing from the file")
+        if tuple(state[k].shape) != tuple(own[k].shape):
+            raise ValueError(f"--init-from {path} does not fit {what}: {k!r} has shape {tuple(state[k].shape)} "
+                             f"in the file, {tuple(own[k].shape)} in the net")
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise ValueError(f"--init-from {path} does not fit {what}: the file has key {extra[0]!r}, the net has not")
+    net.load_state_dict(state)
+    return got
