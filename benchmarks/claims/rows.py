@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+import lora_scaling
 import pretrain_d90
 from measure import ci95, fmt
 
@@ -147,7 +148,8 @@ def pending(d):
 
 
 def readme(d: dict) -> str:
-    measured = [c4(d), c5(d), c7(d), c8(d), c10(d)] + ([pretrain_d90.row(d["c9"])] if "c9" in d else [])
+    measured = [c4(d), c5(d), c7(d), c8(d), c10(d)] + ([pretrain_d90.row(d["c9"])] if "c9" in d else []) \
+        + ([lora_scaling.row_c2(d["c2"])] if "c2" in d else []) + ([lora_scaling.row_c6(d["c6"])] if "c6" in d else [])
     lb = d.get("leaderboard_rows", {})  # claims answered by the cpu leaderboard's runs (lb.py)
     done = {r[0] for r in measured}
     all_rows = sorted(measured + [tuple(lb.get(r[0], r)) for r in pending(d) if r[0] not in done],

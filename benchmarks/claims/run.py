@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import lb  # noqa: E402
+import lora_scaling  # noqa: E402
 import measure  # noqa: E402
 import mnist_d90  # noqa: E402
 import pretrain_d90  # noqa: E402
@@ -32,12 +33,22 @@ from peftzoo.analysis.report import atomic_write_text  # noqa: E402
 SEEDS = (0, 1, 2)
 
 
+def scaling(data: dict, args, out: Path) -> None:
+    """Claims 2 and 6 (lora_scaling.py: LoRA/rsLoRA across ranks, LoRA on attention/MLP/all): runs what is missing."""
+    if args.skip_scaling:
+        return
+    data["c2"] = lora_scaling.measure_c2(Path(args.work), args.data_dir)
+    data["c6"] = lora_scaling.measure_c6(Path(args.work), args.data_dir)
+    lora_scaling.plot_c2(data["c2"], out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="local-results/claims", help="cache of trained runs and adapters")
     p.add_argument("--out", default="results/claims")
     p.add_argument("--data-dir", default=os.environ.get("PEFTZOO_DATA_DIR"))
     p.add_argument("--skip-d90", action="store_true", help="leave claim 10 out (its searches take the longest)")
+    p.add_argument("--skip-scaling", action="store_true", help="leave claims 2 and 6 out (48 SST-2 runs)")
     p.add_argument("--leaderboard", default="results", help="results root holding the cpu leaderboard's runs "
                    "(claims 1, 3, 11)")
     p.add_argument("--reuse-measured", action="store_true", help="take claims 4, 5, 7, 8, 10 from the existing "
@@ -49,6 +60,7 @@ def main(argv=None):
         data = json.loads((out / "claims.json").read_text())
         data["c5"] = {int(k) if k.isdigit() else k: v for k, v in data["c5"].items()}  # JSON made the ranks strings
         data["leaderboard_rows"] = lb.rows(args.leaderboard)
+        scaling(data, args, out)
         if not args.skip_d90:  # claim 9: reads its searches, runs the missing ones
             data["c9"] = pretrain_d90.run_all(out / "d90", args.data_dir, cache=Path(args.work) / "pretrain")
             pretrain_d90.plot(data["c9"], out)
@@ -80,6 +92,7 @@ def main(argv=None):
     if "c9" in data:
         pretrain_d90.plot(data["c9"], out)
     data["leaderboard_rows"] = lb.rows(args.leaderboard)
+    scaling(data, args, out)
     data["wall_s"] = time.perf_counter() - t0
     atomic_write_text(out / "claims.json", json.dumps(data, indent=1, default=str))
     atomic_write_text(out / "README.md", rows.readme(data))
