@@ -68,7 +68,8 @@ def test_presets_follow_the_protocol():
         assert len(p.seeds) == 1 if name == "quick" else len(p.seeds) >= 3
     cpu = load_preset("cpu")
     assert set(cpu.methods) == {"full", "head", "lora", "rslora", "loraplus", "dora", "vera", "adalora", "said"}
-    assert len(cpu.tasks) >= 3 and "SST-2" in cpu.tasks
+    # the tasks that separate head-only from full FT at this scale (results/cpu-sizing: MRPC and CoLA do not)
+    assert set(cpu.tasks) == {"SST-2", "STS-B"}
     rb = load_preset("roberta-base")
     assert rb.hparams["lora"] == {"alpha": 8} and rb.task_overrides["CoLA"]["epochs"] == 80
 
