@@ -17,14 +17,30 @@ def _fig(ncols: int):
     return plt, fig, axes[0]
 
 
+def _color(method: str, methods: list[str]) -> str:
+    """One colour per method across every panel (tab10 in the order the methods first appear)."""
+    return f"C{methods.index(method) % 10}"
+
+
+def _legend(fig, axes) -> None:
+    """One legend for the figure with every method of every panel, right of the panels."""
+    seen = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+
+
 def save_atomic(fig, path: Path, dpi: int = 110) -> None:
     from peftzoo.bench import store
-    store.write_figure(Path(path), fig, dpi=dpi)  # temp file + rename; OutputError if it cannot be written
+    store.write_figure(Path(path), fig, dpi=dpi, bbox_inches="tight")  # temp file + rename; OutputError if it cannot be written
 
 
 def pareto(path, tasks: list[str], points: list[dict], title: str = "") -> None:
     """``points``: {"task", "method", "x" (trainable), "mean", "std"} (scores in [0, 1])."""
     plt, fig, axes = _fig(len(tasks))
+    methods = list(dict.fromkeys(p["method"] for p in points))
     for ax, t in zip(axes, tasks):
         by: dict = {}
         for p in points:
@@ -33,17 +49,16 @@ def pareto(path, tasks: list[str], points: list[dict], title: str = "") -> None:
         for m, ps in by.items():
             ps = sorted(ps, key=lambda p: p["x"])
             ax.errorbar([p["x"] for p in ps], [100 * p["mean"] for p in ps], yerr=[100 * p["std"] for p in ps],
-                        fmt="o-", capsize=3, label=m, ms=4, lw=1)
+                        fmt="o-", capsize=3, label=m, ms=4, lw=1, color=_color(m, methods))
         ax.set_xscale("log")
         ax.set_title(t)
         ax.set_xlabel("trainable parameters (incl. head)")
         ax.set_ylabel("dev score ×100 (mean ± std over seeds)")
         ax.grid(alpha=0.3)
-    if axes[-1].get_legend_handles_labels()[0]:
-        axes[-1].legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    _legend(fig, axes)
     save_atomic(fig, path)
     plt.close(fig)
 
@@ -51,12 +66,14 @@ def pareto(path, tasks: list[str], points: list[dict], title: str = "") -> None:
 def lr_curves(path, tasks: list[str], curves: list[dict], ylabel: str = "validation score ×100") -> None:
     """``curves``: {"task", "method", "per_lr": {lr: score or None}, "selected": lr}."""
     plt, fig, axes = _fig(len(tasks))
+    methods = list(dict.fromkeys(c["method"] for c in curves))
     for ax, t in zip(axes, tasks):
         for c in curves:
             if c["task"] != t:
                 continue
             xs = [lr for lr, v in sorted(c["per_lr"].items()) if v is not None]
-            line, = ax.plot(xs, [100 * c["per_lr"][x] for x in xs], "o-", ms=4, lw=1, label=c["method"])
+            line, = ax.plot(xs, [100 * c["per_lr"][x] for x in xs], "o-", ms=4, lw=1, label=c["method"],
+                            color=_color(c["method"], methods))
             if c["selected"] in c["per_lr"] and c["per_lr"][c["selected"]] is not None:
                 ax.plot([c["selected"]], [100 * c["per_lr"][c["selected"]]], "*", ms=11, color=line.get_color())
         ax.set_xscale("log")
@@ -64,8 +81,7 @@ def lr_curves(path, tasks: list[str], curves: list[dict], ylabel: str = "validat
         ax.set_xlabel("learning rate")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    if axes[-1].get_legend_handles_labels()[0]:
-        axes[-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
+    _legend(fig, axes)
     save_atomic(fig, path)
     plt.close(fig)
