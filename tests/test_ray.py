@@ -108,6 +108,19 @@ def test_ray_sweep_gives_the_sequential_records_and_resumes(ray_local, tiny, tmp
     assert not list((tmp_path / "ray").rglob(".*claim*")), "every claim released"
 
 
+def test_bench_cli_on_ray_runs_both_protocol_stages(ray_local, tiny, tmp_path):
+    """`peftzoo bench --executor ray`: the staged executor of run_protocol reaches the workers (stage 1 and 2)."""
+    preset, data, root = tiny
+    p = {**preset, "seeds": [0, 1], "lr_grid": {"head": [1e-3, 1e-2], "lora": [1e-3, 1e-2]}, "protocol": {"paper_settings": []}}
+    (root / "p2.json").write_text(json.dumps(p))
+    argv = ["bench", "--preset", str(root / "p2.json"), "--data-dir", str(data), "--results", str(tmp_path), "-q",
+            "--executor", "ray"]
+    assert main(argv) == 0
+    recs = list(_records(tmp_path).values())
+    assert len(recs) == 6 and all(r["status"] == "ok" for r in recs)  # 2 methods x (2 LRs on seed 0 + seed 1)
+    assert sorted(r["protocol"]["stage"] for r in recs) == [1, 1, 1, 1, 2, 2]
+
+
 def dies(spec, data_dir=None, device=None, progress=False):
     """A run whose worker is killed (SIGKILL) mid-run: head on every attempt, lora on its first attempt only."""
     marks = Path(data_dir).parent / "attempts"

@@ -115,8 +115,8 @@ def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, 
     would be chosen on part of the grid. Returns the combined ``sweep.Outcome``."""
     from peftzoo.bench.protocol import middle_selection
     def staged(stage):
-        def ex(spec, **kw):
-            rec = (executor or execute)(spec, **kw)
+        def ex(spec, *args, **kw):  # the Ray executor passes (spec, data_dir, device, progress) positionally
+            rec = (executor or execute)(spec, *args, **kw)
             return {**rec, "protocol": {**plan.protocol.to_dict(), "stage": stage}}
         return ex
     s1 = plan.stage1()
