@@ -128,18 +128,21 @@ def pending(d):
          "and LoRA r = 1, 8, 64 on a task that separates methods; the committed quick run has one LR per method, "
          "1 seed", None),
         ("2", "With α/r, early curves ≈ identical for r = 1…256 and best LR ≈ rank-independent; with α/√r not, and "
-         "rsLoRA learns better at high rank", "Kalajdzievski 2023 (rsLoRA)", "—", PENDING, "not yet testable here",
-         "missing: LoRA and rsLoRA at r = 1…256, one shared LR with per-step losses, plus each one's LR sweep", None),
+         "rsLoRA learns better at high rank", "Kalajdzievski 2023 (rsLoRA)", "—", "not run yet: designed in "
+         "benchmarks/claims/lora_scaling.py (30 SST-2 runs at the cpu leaderboard's setting, ~24 CPU min)",
+         "not yet measured", "missing: the runs of `python benchmarks/claims/lora_scaling.py` (LoRA and rsLoRA at "
+         "r = 1…256, one shared LR with per-step losses, LR sweeps at r = 1 and 256, 3 seeds at r = 256)", None),
         ("3", "Rank matters little on GLUE-style tasks: r = 1 ≈ r = 64", "Hu et al. 2021 Tables 6–7", "—",
          f"{PENDING}. Side evidence at one LR (2e-3, α = 16, not each rank's best): {side}", "not yet testable here",
          "missing: r = 1 and r = 64 at each one's best LR (LR sweep, 3 seeds)", None),
         ("6", "Attention-only LoRA < MLP-only or all-layer LoRA at equal parameters", "'LoRA Without Regret' 2025",
-         "—", PENDING, "not yet testable here", "missing: budget-matched LoRA on attention / MLP / all-linear targets, "
-         "each at its best LR (sweep, 3 seeds)", None),
-        ("9", "Pre-training lowers d_90", "Aghajanyan et al. 2020", "—", PENDING, "not yet testable here",
-         "missing: a setting where the random-init baseline learns (MiniLM random vs pretrained with enough data and "
-         "steps, from the leaderboard's longer CPU runs; nets pre-trained on one image set or half the classes), with "
-         "d_90 relative to each baseline and the d for a fixed absolute score", None),
+         "—", "not run yet: designed in benchmarks/claims/lora_scaling.py (18 SST-2 runs)", "not yet measured",
+         "missing: the runs of `python benchmarks/claims/lora_scaling.py` (LoRA at 165,888 elements on attention "
+         "r = 9 / MLP r = 7 / all-linear r = 4, each LR-swept on validation, 3 seeds)", None),
+        ("9", "Pre-training lowers d_90", "Aghajanyan et al. 2020", "—", "not finished: designed in "
+         "benchmarks/claims/pretrain_d90.py (MNIST FC net from random init vs pre-trained on Fashion-MNIST, 3 seeds; "
+         "the random-init searches are claim 10's)", "not yet measured", "missing: the pre-trained searches of "
+         "`python benchmarks/claims/run.py` (d_90 relative to each baseline and the d reaching 0.85 accuracy)", None),
         ("11", "VeRA ≈ LoRA at ~10× fewer parameters; DoRA > LoRA at low rank; AdaLoRA > LoRA at equal budget; "
          "LoRA+ > LoRA", "Kopiczko et al. 2024; Liu et al. 2024; Zhang et al. 2023; Hayou et al. 2024", "—", PENDING,
          "not yet testable here", "missing: the leaderboard's budget-matched runs with per-method LR sweeps and 3 "
