@@ -15,10 +15,7 @@ import sys
 from pathlib import Path
 
 
-def rss_mb(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
+from step_memory import measure_step  # noqa: E402  (same folder: run as a script)
 
 
 def child(impl, seq, batch):
@@ -49,19 +46,10 @@ def child(impl, seq, batch):
         call(**b).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=False)
-    step()
-    saved = {}
-
-    def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-    before = rss_mb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()
+    m = measure_step(step)
     print(json.dumps({"impl": impl, "trainable": sum(p.numel() for p in params),
-                      "step_peak_above_start_mb": rss_mb("VmHWM") - before, "saved_for_backward_mb":
-                      sum(saved.values()) / 2**20}))
+                      "step_peak_above_start_mb": m["step_peak_mb"], "saved_for_backward_mb":
+                      m["saved_for_backward_mb"]}))
 
 
 def main():

@@ -67,6 +67,14 @@ def child(spec_json: str) -> None:
         (loss if extra is None else loss + extra).backward()
         opt.step()
         opt.zero_grad(set_to_none=False)
+    m = measure_step(step)
+    print(json.dumps({"step_peak_mb": m["step_peak_mb"], "state_mb": m["before_mb"] - base,
+                      "saved_for_backward_mb": m["saved_for_backward_mb"], "trainable": sum(p.numel() for p in params)}))
+
+
+def measure_step(step) -> dict:
+    """One warm-up ``step()``, then the peak RSS of one more above the RSS before it, and the bytes autograd saved."""
+    import torch
     step()
     saved = {}
 
@@ -77,8 +85,8 @@ def child(spec_json: str) -> None:
     Path("/proc/self/clear_refs").write_text("5")
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         step()
-    print(json.dumps({"step_peak_mb": rss_mb("VmHWM") - before, "state_mb": before - base,
-                      "saved_for_backward_mb": sum(saved.values()) / 2**20, "trainable": sum(p.numel() for p in params)}))
+    return {"step_peak_mb": rss_mb("VmHWM") - before, "before_mb": before,
+            "saved_for_backward_mb": sum(saved.values()) / 2**20}
 
 
 def main(argv=None) -> None:
