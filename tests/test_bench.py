@@ -188,3 +188,54 @@ def test_adalora_record_counts_are_taken_after_training(tiny_setup):
     p, kept = rec["params"], sum(rec["adalora_ranks"].values())
     assert p["rank_budget_now"] == kept == p["target_budget"] < p["initial_budget"]  # the ranks it ended with
     assert p["effective"] < p["adapter"]
+
+
+@real_data
+def test_standardized_regression_targets_train_on_z_and_report_in_label_units(tiny_setup):
+    """STS-B with regression_targets='standardize': the model learns z = (y - mean) / std of the training subset and
+    its predictions are mapped back, so a barely trained model predicts about the mean label, not about 0."""
+    from peftzoo.bench.runner import RunSpec
+    from peftzoo.bench.stats import decode_preds
+    from peftzoo.bench.tasks import split_indices
+    from transformers import AutoModelForSequenceClassification
+    preset, _, _ = tiny_setup
+    mdir = Path(preset["model"])  # a one-output head, as a regression task loads it
+    AutoModelForSequenceClassification.from_pretrained(mdir, num_labels=1, ignore_mismatched_sizes=True
+                                                       ).save_pretrained(mdir)
+    kw = dict(suite="t", task="STS-B", method="head", seed=0, model=str(mdir), lr=1e-3, epochs=1,
+              batch_size=16, max_len=16, max_train=32, max_eval=40, val_cap=16)
+    recs = {t: execute(RunSpec(**kw, regression_targets=t), data_dir=GLUE, progress=False) for t in ("raw", "standardize")}
+    assert {r["status"] for r in recs.values()} == {"ok"}, [r.get("error") for r in recs.values()]
+    labels = load_task(get_task("STS-B"), GLUE)["train"].labels
+    idx, _ = split_indices(len(labels), 32, 0.1, 16, 0)
+    assert recs["standardize"]["target_scale"] == pytest.approx({"mean": float(labels[idx].mean()),
+                                                                  "std": float(labels[idx].std())})
+    assert "target_scale" not in recs["raw"]
+    preds = {t: decode_preds(r["history"][0]["dev_preds"]["dev"]) for t, r in recs.items()}
+    assert abs(preds["raw"].mean()) < 0.5 < 1.5 < preds["standardize"].mean()  # labels' mean here: ~2.9
+    assert abs(preds["standardize"].mean() - labels[idx].mean()) < 0.5 * labels[idx].std()
+
+
+def test_regression_targets_in_the_run_identity():
+    from peftzoo.bench.runner import RunSpec
+    base = RunSpec(suite="t", task="STS-B", method="lora", seed=0)
+    legacy = {k: v for k, v in base.to_dict().items() if k != "regression_targets"}  # a record from before the field
+    assert store.run_id(legacy) == base.run_id  # older runs keep their ids
+    assert RunSpec(suite="t", task="STS-B", method="lora", seed=0, regression_targets="standardize").run_id != base.run_id
+    sst = RunSpec(suite="t", task="SST-2", method="lora", seed=0, regression_targets="standardize")
+    assert sst.regression_targets == "raw"  # a no-op for classification, so the same run as before
+    with pytest.raises(ValueError, match="regression_targets"):
+        RunSpec(suite="t", task="STS-B", method="lora", seed=0, regression_targets="zscore")
+
+
+def test_regression_targets_preset_setting_reaches_regression_runs_only():
+    from peftzoo.bench.preset import PresetError
+    p = {"suite": "t", "tasks": ["SST-2", "STS-B"], "methods": ["head"], "regression_targets": "standardize",
+         "protocol": {"lr_points": 1}}
+    assert {s.task: s.regression_targets for s in plan(p)} == {"SST-2": "raw", "STS-B": "standardize"}
+    over = plan({**p, "task_overrides": {"STS-B": {"regression_targets": "raw"}}})
+    assert {s.regression_targets for s in over} == {"raw"}
+    with pytest.raises(PresetError, match="'regression_targets' is 'zscore'"):
+        plan({**p, "regression_targets": "zscore"})
+    with pytest.raises(PresetError, match="task_overrides.STS-B.regression_targets"):
+        plan({**p, "task_overrides": {"STS-B": {"regression_targets": "minmax"}}})

@@ -40,7 +40,8 @@ def check_configs(runs: list[dict]) -> None:
 
 def config_line(ok: list[dict]) -> str:
     keys = ("targets", "max_train", "max_eval", "epochs", "batch_size", "max_len", "warmup", "weight_decay",
-            "random_init", "skip_bad_rows", "selection", "val_fraction", "val_cap", "val_seed", "behaviour", "data")
+            "random_init", "skip_bad_rows", "selection", "val_fraction", "val_cap", "val_seed", "behaviour",
+            "regression_targets", "data")
     per_task = {t: next(r["spec"] for r in ok if r["task"] == t) for t in sorted({r["task"] for r in ok})}
     parts, varying = [], []
     for k in keys:

@@ -13,8 +13,9 @@ EVAL_BATCH = 128  # evaluation rows per forward pass (length-sorted, so little p
 
 
 class Evaluation:
-    def __init__(self, spec, task, data: dict, val_idx, tok, model, dev):
+    def __init__(self, spec, task, data: dict, val_idx, tok, model, dev, scale=None):
         self.spec, self.task, self.data, self.val_idx = spec, task, data, val_idx
+        self.scale = scale  # (mean, std) the model's regression outputs are mapped back with; None = as they are
         self.tok, self.model, self.dev = tok, model, dev
         self.dev_rows = {s: np.arange(len(data[s].labels) if spec.max_eval is None
                                       else min(spec.max_eval, len(data[s].labels))) for s in task.dev}
@@ -22,8 +23,9 @@ class Evaluation:
 
     def predict(self, split, rows):
         e = batches.encode_split(self.tok, split, rows, self.spec.max_len, self.task.name)  # cached per process
-        return batches.predict(self.model, e, EVAL_BATCH, self.dev, self.task.regression,
-                               autocast(self.dev, self.spec.precision))
+        p = batches.predict(self.model, e, EVAL_BATCH, self.dev, self.task.regression,
+                            autocast(self.dev, self.spec.precision))
+        return p if self.scale is None else (p * self.scale[1] + self.scale[0]).astype(np.float32)
 
     def __call__(self) -> dict:
         """The dev metrics (several dev splits: each prefixed, and their mean as ``score``) and ``val``."""

@@ -45,6 +45,7 @@ class Preset:
     warmup: float = _pos(0.06, 0)  # fraction of steps with linear warm-up
     weight_decay: float = _pos(0.0, 0)  # AdamW weight decay
     precision: str = "auto"  # autocast: "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16" (CPU bf16 too)
+    regression_targets: str = "raw"  # "standardize": regression labels scaled by the training subset (see RunSpec)
     lr: dict[str, float] = field(default_factory=dict)  # per method; a method's default_lr when absent
     hparams: dict[str, dict] = field(default_factory=dict)  # per method: fixed method options (e.g. alpha)
     task_overrides: dict[str, dict] = field(default_factory=dict)  # per task: any of OVERRIDABLE
@@ -90,11 +91,15 @@ class Preset:
                 if not v > 0:
                     raise PresetError(f"{source}: '{where}.{m}' is {v}: a learning rate must be > 0")
         _check_protocol(kw, source)
+        from peftzoo.bench.spec import REGRESSION_TARGETS
         from peftzoo.bench.train import PRECISIONS
         for where, o in [("", kw)] + [(f"task_overrides.{t}.", o) for t, o in over.items()]:
             if o.get("precision", "auto") not in PRECISIONS:
                 raise PresetError(f"{source}: '{where}precision' is {o['precision']!r}; "
                                   f"one of {', '.join(PRECISIONS)}")
+            if o.get("regression_targets", "raw") not in REGRESSION_TARGETS:
+                raise PresetError(f"{source}: '{where}regression_targets' is {o['regression_targets']!r}; "
+                                  f"one of {', '.join(REGRESSION_TARGETS)}")
         return cls(**kw)
 
     def to_dict(self) -> dict:
@@ -104,7 +109,7 @@ class Preset:
 FIELDS = {f.name: f for f in dataclasses.fields(Preset)}
 HINTS = typing.get_type_hints(Preset)
 OVERRIDABLE = ("epochs", "batch_size", "max_len", "max_train", "max_eval", "warmup", "weight_decay", "precision", "lr",
-               "lr_grid")
+               "lr_grid", "regression_targets")
 
 
 def check_seeds(seeds, where: str) -> None:

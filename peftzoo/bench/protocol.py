@@ -142,7 +142,8 @@ def selection(records: list[dict], use: str = "val") -> dict:
 
 
 # ---- planning: cells x LRs x seeds -> RunSpecs, in two stages ------------------------------------------------------
-SPEC_KEYS = ("epochs", "batch_size", "max_len", "max_train", "max_eval", "warmup", "weight_decay", "precision")
+SPEC_KEYS = ("epochs", "batch_size", "max_len", "max_train", "max_eval", "warmup", "weight_decay", "precision",
+             "regression_targets")
 
 
 @dataclass

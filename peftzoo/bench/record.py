@@ -36,6 +36,7 @@ def finished(spec, run, res, peak: dict, t0: float) -> dict:
         "split_sizes": {"train": len(run.idx), "val": len(run.val_idx),
                         **{s: len(r) for s, r in ev.dev_rows.items()}},
         "dev_labels": ev.dev_labels(),
+        **({"target_scale": {"mean": ev.scale[0], "std": ev.scale[1]}} if ev.scale else {}),
         **ad.report(),
     }
 

@@ -67,11 +67,24 @@ def prepare(spec: RunSpec, task, data: dict, dev: torch.device) -> Prepared:
     ad = make_adapter(model, spec)
     ad.model.to(dev)
     enc = batches.encode_split(tok, train, idx, spec.max_len, task.name)  # cached per process
+    scale = target_scale(spec, task, train.labels[idx])
+    labels = ((train.labels[idx] - scale[0]) / scale[1]).astype(np.float32) if scale else train.labels[idx]
 
     def epoch_batches(epoch):
-        return batches.train_batches(enc, train.labels[idx], spec.batch_size, spec.seed, epoch, dev)
+        return batches.train_batches(enc, labels, spec.batch_size, spec.seed, epoch, dev)
     return Prepared(ad, epoch_batches, -(-len(idx) // spec.batch_size),
-                    Evaluation(spec, task, data, val_idx, tok, ad.model, dev), idx, val_idx, dev)
+                    Evaluation(spec, task, data, val_idx, tok, ad.model, dev, scale), idx, val_idx, dev)
+
+
+def target_scale(spec: RunSpec, task, labels) -> tuple[float, float] | None:
+    """(mean, std) of the training subset's labels when the spec standardises regression targets, else None."""
+    if not (task.regression and spec.regression_targets == "standardize"):
+        return None
+    sd = float(np.std(labels))
+    if not sd > 0:
+        raise ValueError(f"regression_targets='standardize' needs labels that vary; the {len(labels)} training "
+                         f"labels are all {float(labels[0])}")
+    return float(np.mean(labels)), sd
 
 
 def fit_run(spec: RunSpec, run: Prepared, progress: bool):

@@ -9,6 +9,9 @@ from peftzoo.bench import store
 from peftzoo.bench.tasks import data_source, get_task
 
 
+REGRESSION_TARGETS = ("raw", "standardize")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     suite: str
@@ -40,6 +43,21 @@ class RunSpec:
     val_fraction: float = 0.1  # validation held back from train for selection: this share of it...
     val_cap: int = 1000  # ...at most this many examples...
     val_seed: int = 0  # ...drawn with this seed (the same split for every run)
+    # regression labels as given ("raw") or standardised with the training subset's mean and std ("standardize";
+    # predictions mapped back): a head that starts near 0 against STS-B's labels (mean 2.7) spends a short run on
+    # the offset, and LoRA-family runs collapse to predicting the mean (measured: results/cpu/README.md)
+    regression_targets: str = "raw"
+
+    def __post_init__(self):
+        if self.regression_targets not in REGRESSION_TARGETS:
+            raise ValueError(f"regression_targets is {self.regression_targets!r}; one of "
+                             f"{', '.join(REGRESSION_TARGETS)}")
+        try:
+            regression = get_task(self.task).regression
+        except (KeyError, ValueError):
+            return
+        if not regression:  # a no-op for classification: normalised, so it does not change the run's identity
+            object.__setattr__(self, "regression_targets", "raw")
 
     @property
     def run_id(self) -> str:

@@ -18,6 +18,9 @@ from peftzoo._atomic import OutputError, _write_all, dumps, plain  # noqa: F401 
 # RunSpec fields that do not change a run's result: left out of its id (the suite is the folder it lives in)
 ID_EXCLUDE = frozenset({"suite", "cell"})  # cell: a table label; one run can serve two cells
 STATUSES = ("ok", "failed", "skipped")
+# RunSpec fields added after runs were recorded, with the value that reproduces those runs: at that value a field is
+# left out of the id (older runs keep theirs) and filled into older records when they are read
+ID_LEGACY = {"regression_targets": "raw"}
 
 
 def _fmt(v) -> str:
@@ -26,7 +29,8 @@ def _fmt(v) -> str:
 
 def config_of(spec: dict) -> dict:
     """The part of a RunSpec's dict that defines its result, as plain JSON data."""
-    return json.loads(dumps({k: v for k, v in spec.items() if k not in ID_EXCLUDE}))
+    return json.loads(dumps({k: v for k, v in spec.items()
+                             if k not in ID_EXCLUDE and not (k in ID_LEGACY and v == ID_LEGACY[k])}))
 
 
 def run_id(spec: dict) -> str:
@@ -118,6 +122,8 @@ def read_runs(root: Path, suite: str, invalid: list | None = None) -> list[dict]
             continue
         rec, problem = read_record(p)
         if rec is not None:
+            for k, v in ID_LEGACY.items():
+                rec["spec"].setdefault(k, v)
             out.append(rec)
         elif invalid is not None:
             invalid.append((p, problem))
