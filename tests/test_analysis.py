@@ -215,3 +215,35 @@ def test_gradient_rank_hook_in_the_training_loop():
     last = probe.records[2]["layers"]["0"]
     assert 1 < last["numerical_rank"] <= 4 and last["max_rank"] == 5
     assert probe._handles == [] and probe.summary()["steps"][0]["mean_stable_rank"] == pytest.approx(1.0, rel=1e-4)
+
+
+def test_gram_svd_is_a_thin_svd_also_for_low_rank_and_tall_matrices():
+    g = torch.Generator().manual_seed(0)
+    mats = {"tall": torch.randn(7, 4, generator=g), "wide": torch.randn(4, 9, generator=g),
+            "lowrank_tall": torch.randn(9, 2, generator=g) @ torch.randn(2, 6, generator=g),
+            "lowrank_wide": torch.randn(6, 2, generator=g) @ torch.randn(2, 9, generator=g)}
+    out = spectra.gram_svd(mats)
+    for n, m in mats.items():
+        U, S, Vh = out[n]
+        k = min(m.shape)
+        assert U.shape == (m.shape[0], k) and Vh.shape == (k, m.shape[1]), n
+        # float32 rounding leaves the rank-2 products σ ~ 1e-7 σ₁, under the Gram's floor: reported as 0
+        np.testing.assert_allclose(S, np.linalg.svd(m.double().numpy(), compute_uv=False), atol=2e-7 * float(S[0]))
+        np.testing.assert_allclose((U * S) @ Vh, m.double(), atol=2e-7 * float(S[0]))
+        np.testing.assert_allclose(U.T @ U, np.eye(k), atol=1e-12)  # orthonormal, completed where σ = 0
+        np.testing.assert_allclose(Vh @ Vh.T, np.eye(k), atol=1e-12)
+    assert int((out["lowrank_wide"][1] > 0).sum()) == 2
+
+
+def test_default_analysis_equals_the_float64_lapack_reference(tmp_path):
+    path, _ = lora_dir(tmp_path, r=4)
+    ref = analyze_adapter(tiny_bert(), path, config=AnalysisConfig(threads=1, float64=True))["layers"]
+    got = analyze_adapter(tiny_bert(), path, config=AnalysisConfig(threads=1))["layers"]
+    for n, v in ref.items():
+        w = got[n]
+        np.testing.assert_allclose(w["singular_values"], v["singular_values"], atol=1e-9)
+        for k in ("numerical_rank", "effective_rank", "stable_rank", "relative_norm"):
+            assert w[k] == pytest.approx(v[k], rel=1e-6), k
+        for k in ("proj_dW_dirs", "proj_W_dirs", "proj_random_dirs", "factor"):
+            assert w["amplification"][k] == pytest.approx(v["amplification"][k], rel=1e-6), k
+        np.testing.assert_allclose(w["intruders"]["max_cos"], v["intruders"]["max_cos"], atol=1e-6)

@@ -151,3 +151,24 @@ def test_subspace_has_no_peft_format(tmp_path):
     ad = peftzoo.attach(_mlp(), "said", d=20)
     with pytest.raises(NotImplementedError, match="no Hugging Face PEFT equivalent"):
         ad.save_peft(tmp_path)
+
+
+def test_said_fused_parameters_give_autograd_gradients():
+    """SAID's fused θ0 + λ·(P z) (``_Said``) against the same θ built from ``deltas()`` with autograd's own ops."""
+    from torch.func import functional_call
+    net, x = _mlp(), torch.randn(5, 10)
+    ad = peftzoo.attach(net, "said", d=40, seed=0)
+    m = ad.model
+    with torch.no_grad():
+        m.z.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+        m.lam.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(2))
+    w = torch.randn(5, 3)
+    (m(x) * w).sum().backward()
+    fused = (m.z.grad.clone(), m.lam.grad.clone())
+    m.z.grad = m.lam.grad = None
+    own = dict(m.base.named_parameters())
+    theta = {n: own[n] + d for n, d in m.deltas().items()}
+    (functional_call(m.base, theta, (x,)) * w).sum().backward()
+    torch.testing.assert_close(fused[0], m.z.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused[1], m.lam.grad, atol=1e-5, rtol=1e-5)
+    assert fused[1].abs().sum() > 0 and fused[0].abs().sum() > 0

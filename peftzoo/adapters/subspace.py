@@ -31,6 +31,38 @@ class SubspaceConfig(AdapterConfig):
     projection: str = "fastfood"  # "fastfood" (O(D) memory) or "dense" (explicit D × d, small models only)
 
 
+class _Said(torch.autograd.Function):
+    """θ_i = θ0,i + λ_i · y_i for the consecutive pieces y_i of the projection's output y, θ0 frozen. Backward writes
+    ∂y_i = λ_i ∂θ_i straight into one buffer (no separate concatenation) and ∂λ_i = ⟨∂θ_i, y_i⟩ as a dot product (no
+    D-sized product written): 2 passes over D fewer per step than autograd's split + addcmul."""
+
+    @staticmethod
+    def forward(ctx, y, lam, *own):
+        ctx.save_for_backward(y, lam)
+        ctx.shapes = [t.shape for t in own]
+        out, off = [], 0
+        for i, t in enumerate(own):
+            out.append(torch.addcmul(t, y[off:off + t.numel()].view(t.shape), lam[i]))
+            off += t.numel()
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        y, lam = ctx.saved_tensors
+        gy, glam, off = torch.empty_like(y), torch.zeros_like(lam), 0
+        for i, (g, shape) in enumerate(zip(grads, ctx.shapes)):
+            n = shape.numel()
+            if g is None:
+                gy[off:off + n].zero_()
+            else:
+                g = g.reshape(-1)
+                torch.mul(g, lam[i], out=gy[off:off + n])
+                glam[i] = torch.dot(g, y[off:off + n])
+            off += n
+        gy[off:].zero_()  # the projection's surplus entries
+        return (gy, glam, *([None] * len(grads)))
+
+
 class SubspaceModel(nn.Module):
     """Calls the base model with θ0 + P z (SAID: + λ-scaled pieces) substituted for its parameters."""
 
@@ -43,21 +75,33 @@ class SubspaceModel(nn.Module):
         self.lam = nn.Parameter(torch.ones(m)) if m else None
         self.merged = False
 
-    def deltas(self) -> dict[str, torch.Tensor]:
-        """θ − θ0 per parameter tensor: pieces of P z (SAID: scaled by λ_i). One ``split`` (its backward is one
-        concatenation), not a slice per tensor (each slice's backward would fill a D-sized zero gradient)."""
-        own = dict(self.base.named_parameters())
+    def _pieces(self, own: dict) -> list[torch.Tensor]:
+        """P z cut into one piece per parameter tensor by one ``split`` of the projection's padded output (its
+        backward is one concatenation), not by slices (each slice's backward fills a D-sized zero gradient)."""
         sizes = [own[n].numel() for n in self.names]
-        pieces = self.proj(self.z)[: sum(sizes)].split(sizes)
-        out = {}
-        for i, (n, piece) in enumerate(zip(self.names, pieces)):
-            piece = piece.view_as(own[n]).to(own[n].dtype)
-            out[n] = piece * self.lam[i] if self.lam is not None else piece
-        return out
+        y = self.proj.padded(self.z)
+        pieces = y.split(sizes + [y.numel() - sum(sizes)])[:-1]  # the last piece: the projection's surplus
+        return [p.view_as(own[n]).to(own[n].dtype) for n, p in zip(self.names, pieces)]
+
+    def deltas(self) -> dict[str, torch.Tensor]:
+        """θ − θ0 per parameter tensor: pieces of P z (SAID: scaled by λ_i)."""
+        own = dict(self.base.named_parameters())
+        pieces = self._pieces(own)
+        if self.lam is None:
+            return dict(zip(self.names, pieces))
+        return {n: p * self.lam[i] for i, (n, p) in enumerate(zip(self.names, pieces))}
 
     def params(self) -> dict[str, torch.Tensor]:
+        """θ0 + the deltas. SAID in float32: one fused function (``_Said``); otherwise autograd's ops."""
         own = dict(self.base.named_parameters())
-        return {n: own[n] + d for n, d in self.deltas().items()}
+        tensors = [own[n] for n in self.names]
+        if self.lam is not None and all(t.dtype == torch.float32 for t in tensors):
+            return dict(zip(self.names, _Said.apply(self.proj.padded(self.z), self.lam, *tensors)))
+        pieces = self._pieces(own)
+        if self.lam is None:
+            return {n: own[n] + p for n, p in zip(self.names, pieces)}
+        return {n: torch.addcmul(own[n], p, self.lam[i]) for i, (n, p) in enumerate(zip(self.names, pieces))}
+
 
     def forward(self, *args, **kwargs):
         if self.merged or self.proj is None:

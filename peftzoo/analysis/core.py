@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ class AnalysisConfig:
     phi_side: str = "right"  # φ compares these singular vectors of ΔW; "right" = input space, as LoRA §7.2 (A's)
     max_dim: int = 64  # φ(i, j) for i, j up to this many directions (also capped by each ΔW's numerical rank)
     seed: int = 0  # draws the random orthonormal U, V of the amplification baseline
-    float64: bool = False  # SVDs in float64 (~2.5x slower); float32 can swap singular vectors of near-equal σ
+    float64: bool = False  # LAPACK SVDs in float64 (the reference; slower) instead of float64 Gram eigendecompositions
     threads: int | None = None  # torch threads for the SVDs (None: torch's setting); 1 is far faster on a busy CPU
 
     def check(self) -> None:
@@ -45,16 +46,20 @@ def _basis(U: torch.Tensor, Vh: torch.Tensor, side: str) -> torch.Tensor:
 
 
 def analyze_deltas(deltas: dict[str, LayerDelta], config: AnalysisConfig | None = None) -> tuple[dict, dict]:
-    """(per-layer metrics, per-layer ΔW bases for ``compare_bases``). Three batched SVDs: ΔW, W₀ and W₀ + ΔW."""
+    """(per-layer metrics, per-layer ΔW bases for ``compare_bases``). Three batched SVDs: ΔW, W₀ and W₀ + ΔW
+    (``spectra.gram_svd``, or LAPACK's in float64 with ``float64=True``)."""
     cfg = config or AnalysisConfig()
     cfg.check()
     if not deltas:
         raise ValueError("nothing to analyse: no layer has a weight update")
-    dt = torch.float64 if cfg.float64 else torch.float32
     with spectra.num_threads(cfg.threads):
-        d_svd = spectra.batched_svd({n: x.dW for n, x in deltas.items()}, dtype=dt)
-        w_svd = spectra.batched_svd({n: x.W for n, x in deltas.items()}, dtype=dt)
-        f_svd = spectra.batched_svd({n: x.W + x.dW for n, x in deltas.items()}, dtype=dt)
+        if cfg.float64:
+            svd = functools.partial(spectra.batched_svd, dtype=torch.float64)
+        else:
+            svd = spectra.gram_svd
+        d_svd = svd({n: x.dW for n, x in deltas.items()})
+        w_svd = svd({n: x.W for n, x in deltas.items()})
+        f_svd = svd({n: x.W + x.dW for n, x in deltas.items()})
     gen = torch.Generator().manual_seed(cfg.seed)
     layers, bases = {}, {}
     for n, x in deltas.items():
