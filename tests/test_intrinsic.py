@@ -172,3 +172,15 @@ def test_said_fused_parameters_give_autograd_gradients():
     torch.testing.assert_close(fused[0], m.z.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fused[1], m.lam.grad, atol=1e-5, rtol=1e-5)
     assert fused[1].abs().sum() > 0 and fused[0].abs().sum() > 0
+
+
+def test_said_trains_under_bf16_autocast():
+    """Under autocast the projection comes out in bf16: SAID takes autograd's ops, and its backward runs."""
+    net, x = _mlp(), torch.randn(5, 10)
+    ad = peftzoo.attach(net, "said", d=40, seed=0)
+    with torch.no_grad():
+        ad.model.z.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))  # z = 0 would give λ no gradient
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ad.model(x)
+    out.float().sum().backward()
+    assert ad.model.z.grad is not None and torch.isfinite(ad.model.z.grad).all() and ad.model.lam.grad.abs().sum() > 0

@@ -71,8 +71,8 @@ class _FWHT(torch.autograd.Function):
 
 class _Permute(torch.autograd.Function):
     """x_b = u[Π_b] for every block b, a gather along rows of u expanded (no copy; 40 vs 52 ms for u[Π] at
-    D = 22.7M). Backward: ∂u_j = Σ over every (b, i) with Π_b[i] = j of ∂x_b[i]. On CPU one ``bincount`` pass,
-    accumulated in float64 (deterministic: 25 ms); elsewhere, as atomics would not be deterministic, a plain scatter
+    D = 22.7M). Backward: ∂u_j = Σ over every (b, i) with Π_b[i] = j of ∂x_b[i]. On CPU one ``bincount`` pass
+    (deterministic: 25 ms); elsewhere, as atomics would not be deterministic, a plain scatter
     per row (each Π_b is a permutation) and one sum over blocks (45 ms on CPU); autograd's generic index backward
     would accumulate serially (163 ms)."""
 

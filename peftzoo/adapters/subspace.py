@@ -92,11 +92,14 @@ class SubspaceModel(nn.Module):
         return {n: p * self.lam[i] for i, (n, p) in enumerate(zip(self.names, pieces))}
 
     def params(self) -> dict[str, torch.Tensor]:
-        """θ0 + the deltas. SAID in float32: one fused function (``_Said``); otherwise autograd's ops."""
+        """θ0 + the deltas. SAID in float32: one fused function (``_Said``); otherwise (bf16 autocast, other dtypes)
+        autograd's ops."""
         own = dict(self.base.named_parameters())
         tensors = [own[n] for n in self.names]
         if self.lam is not None and all(t.dtype == torch.float32 for t in tensors):
-            return dict(zip(self.names, _Said.apply(self.proj.padded(self.z), self.lam, *tensors)))
+            y = self.proj.padded(self.z)
+            if y.dtype == torch.float32:  # not under a bf16 autocast (CUDA's default precision)
+                return dict(zip(self.names, _Said.apply(y, self.lam, *tensors)))
         pieces = self._pieces(own)
         if self.lam is None:
             return {n: own[n] + p for n, p in zip(self.names, pieces)}

@@ -111,7 +111,11 @@ def read_record(path: Path) -> tuple[dict | None, str | None]:
     except json.JSONDecodeError as e:
         return None, f"not valid JSON ({e})"
     problem = check_record(rec, path)
-    return (None, problem) if problem else (rec, None)
+    if problem:
+        return None, problem
+    for k, v in ID_LEGACY.items():  # a record made before the field existed: the value it was made with
+        rec["spec"].setdefault(k, v)
+    return rec, None
 
 
 def read_runs(root: Path, suite: str, invalid: list | None = None) -> list[dict]:
@@ -122,8 +126,6 @@ def read_runs(root: Path, suite: str, invalid: list | None = None) -> list[dict]
             continue
         rec, problem = read_record(p)
         if rec is not None:
-            for k, v in ID_LEGACY.items():
-                rec["spec"].setdefault(k, v)
             out.append(rec)
         elif invalid is not None:
             invalid.append((p, problem))
