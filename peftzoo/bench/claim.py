@@ -128,3 +128,20 @@ def describe(info: dict | None, age: bool = True) -> str:
     since = info.get("since")
     age = f", for {time.time() - since:.0f} s" if age and isinstance(since, (int, float)) else ""
     return f"claimed by {info.get('host', '?')} pid {info.get('pid', '?')}{age}"
+
+
+def for_run(spec, path: Path, busy: list, retry_failed: bool, say=None) -> bool:
+    """Claim run ``spec`` (its JSON at ``path``) for this sweep: True when it is ours to execute (release it after).
+    A run another live sweep holds is appended to ``busy`` as (spec, holder) and reported through ``say``; one that
+    another sweep finished meanwhile is released at once."""
+    from peftzoo.bench import store
+    got, holder = acquire(path)
+    if not got:
+        busy.append((spec, holder))
+        if say is not None:
+            say(f"{spec.task} {spec.method} s{spec.seed}: {describe(holder)}; left to it")
+        return False
+    if store.is_finished(path, retry_failed):
+        release(path)
+        return False
+    return True

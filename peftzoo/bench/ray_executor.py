@@ -149,14 +149,7 @@ def run_on_ray(todo: list, root, out, data_dir=None, device=None, quiet=False, r
     mine = []
     for spec in todo:
         path = store.run_path(root, spec.suite, spec.task, spec.run_id)
-        got, holder = claim.acquire(path)
-        if not got:
-            out.busy.append((spec, holder))
-            if not quiet:
-                _say(f"{spec.task} {spec.method} s{spec.seed}: {claim.describe(holder)}; left to it")
-        elif store.is_finished(path, retry_failed):  # another sweep finished it meanwhile
-            claim.release(path)
-        else:
+        if claim.for_run(spec, path, out.busy, retry_failed, None if quiet else _say):
             mine.append((spec, path))
     bar = tqdm(total=len(mine), desc=f"ray sweep ({out.done_before} of {out.total} done before)", disable=quiet)
     counts = {"ok": 0, "failed": 0, "skipped": 0}

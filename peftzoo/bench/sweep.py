@@ -77,15 +77,9 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
     for spec in bar:
         bar.set_postfix_str(f"{spec.task} {spec.method} s{spec.seed}")
         path = store.run_path(root, spec.suite, spec.task, spec.run_id)
-        got, holder = claim.acquire(path)
-        if not got:
-            out.busy.append((spec, holder))
-            if not quiet:
-                _say(f"{spec.task} {spec.method} s{spec.seed}: {claim.describe(holder)}; left to it")
+        if not claim.for_run(spec, path, out.busy, retry_failed, None if quiet else _say):
             continue
         try:
-            if store.is_finished(path, retry_failed):  # another sweep finished it meanwhile
-                continue
             rec = executor(spec, data_dir=data_dir, device=device, progress=not quiet)
             store.write_json(path, rec)
         finally:
