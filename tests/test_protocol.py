@@ -272,3 +272,18 @@ def test_tiny_sweep_selects_on_validation_and_writes_the_table(tiny):
         assert [h["val_metrics"] for h in x["history"]] == [h["val_metrics"] for h in orig["history"]]
         assert [h["metrics"]["score"] for h in x["history"]] == pytest.approx(
             [1 - h["metrics"]["score"] for h in orig["history"]])
+
+
+def test_separation_of_full_and_head_by_the_t_interval():
+    from peftzoo.bench.leaderboard import separation
+
+    def row(m, scores):
+        return {"method": m, "tasks": {"SST-2": {"mean": float(np.mean(scores)), "ci": stats.t_interval(scores)}}}
+    full, head = [0.80, 0.81, 0.82], [0.60, 0.61, 0.62]
+    b = {"tasks": ["SST-2"], "rows": [row("full", full), row("head", head), row("lora", [0.7] * 3)]}
+    half = 4.302653 * 0.01 / math.sqrt(3)  # t(0.975, 2) × sd / √n, both rows alike
+    got = separation(b)["SST-2"]
+    assert got["gap"] == pytest.approx(0.2) and got["half_width"] == pytest.approx(half, rel=1e-5) and got["separates"]
+    b["rows"][0] = row("full", [0.60, 0.70, 0.85])  # a wide interval: the same gap region no longer separates
+    assert not separation(b)["SST-2"]["separates"]
+    assert separation({"tasks": ["SST-2"], "rows": [row("head", head)]}) == {}  # no full FT: no verdict

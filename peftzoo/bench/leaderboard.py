@@ -72,6 +72,21 @@ def build(runs: list[dict], use: str = "val", n_boot: int = 2000) -> dict:
             "bad": [r for r in runs if r.get("status") != "ok"], "ok": ok}
 
 
+def separation(b: dict, factor: float = 3.0) -> dict:
+    """Per task with both baselines: does full FT beat head-only by more than ``factor`` × the larger 95% t-interval
+    half-width of the two? (How a preset's tasks are chosen: a task where they do not differ cannot rank methods.)"""
+    base = {r["method"]: r for r in b["rows"] if r["method"] in ("full", "head")}
+    out = {}
+    for t in b["tasks"]:
+        cells = [base[m]["tasks"].get(t) for m in ("full", "head") if m in base]
+        if len(cells) < 2 or None in cells or any(c["ci"][0] is None for c in cells):
+            continue
+        half = max((c["ci"][1] - c["ci"][0]) / 2 for c in cells)
+        gap = cells[0]["mean"] - cells[1]["mean"]
+        out[t] = {"gap": gap, "half_width": half, "separates": gap > factor * half}
+    return out
+
+
 def _preds(sel):
     return [{sp: stats.decode_preds(x) for sp, x in r["history"][sel["epoch"] - 1]["dev_preds"].items()}
             for r in sel["runs"]]
@@ -167,6 +182,12 @@ def markdown(suite: str, b: dict, use: str) -> str:
                      + f" | {_num(r['avg'] and 100 * r['avg'], '{:.1f}')} | {_lrs(r, tasks)} | {r['achieved']:,}{tgt} "
                      f"| {r['trainable']:,} | {_num(r['step_vs_head'])} | {_num(r['step_vs_full'])} "
                      f"| {r['peak_mem_mb']:.0f} | {_num(r.get('step_mb'), '{:.0f}')} | {r['file_kb']:.0f} | {r['seeds']} |")
+    sep = separation(b)
+    if sep:
+        lines += ["", "Separation (a task is in a preset only if full FT beats head-only by more than 3× the larger 95% "
+                  "half-width): " + "; ".join(
+                      f"{t} {100 * x['gap']:.1f} vs 3 × {100 * x['half_width']:.1f} = {300 * x['half_width']:.1f}: "
+                      + ("separates" if x["separates"] else "DOES NOT SEPARATE") for t, x in sep.items()) + "."]
     if b["bad"]:
         lines += ["", "Runs not in the table:", ""]
         lines += [f"- {r['spec']['task']} {r['spec']['method']} lr={r['spec']['lr']:g} s{r['spec']['seed']}: "
