@@ -36,12 +36,12 @@ OUT = Path(__file__).resolve().parents[1] / "results" / "speed" / "trainer_vs_be
 JOB = dict(task="SST-2", lr=2e-3, epochs=1, batch_size=16, max_len=64, max_train=2000, warmup=0.06, r=8, alpha=16)
 
 
-def bench_run(seed: int, precision: str, data_dir) -> dict:
+def bench_run(seed: int, precision: str, data_dir, val_cap: int = 1000) -> dict:
     batches.clear_cache()  # cold: tokenisation is timed, as the Trainer side's is
     spec = RunSpec(suite="speed", task=JOB["task"], method="lora", seed=seed,
                    hparams={"r": JOB["r"], "alpha": JOB["alpha"]}, lr=JOB["lr"], epochs=JOB["epochs"],
                    batch_size=JOB["batch_size"], max_len=JOB["max_len"], max_train=JOB["max_train"],
-                   warmup=JOB["warmup"], precision=precision)
+                   warmup=JOB["warmup"], precision=precision, val_cap=val_cap)
     rec = execute(spec, data_dir=data_dir, progress=False)
     if rec["status"] != "ok":
         raise RuntimeError(rec.get("error"))
@@ -101,9 +101,11 @@ def main(argv=None):
     ap.add_argument("--bench", nargs="+", default=["fp32", "bf16"], help="bench precisions to time")
     ap.add_argument("--trainer", nargs="+", default=["group_by_length:fp32", "group_by_length:bf16"],
                     help="Trainer settings STRATEGY:PRECISION")
+    ap.add_argument("--val-cap", type=int, default=1000, help="the bench's validation split (the protocol's default "
+                    "1,000 rows, scored every epoch besides dev; 1 = dev only, Trainer's work)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
-    configs = [(f"bench {p}", lambda s, p=p: bench_run(s, p, args.data_dir)) for p in args.bench]
+    configs = [(f"bench {p}", lambda s, p=p: bench_run(s, p, args.data_dir, args.val_cap)) for p in args.bench]
     for c in args.trainer:
         strategy, prec = c.split(":")
         configs.append((f"trainer {strategy} {prec}",
@@ -154,7 +156,7 @@ def _write(args, runs, final=False):
 
 
 def argv_str(args):
-    return [f"--repeats {args.repeats}", "--eval-batches " + " ".join(map(str, args.eval_batches)),
+    return [f"--repeats {args.repeats}", f"--val-cap {args.val_cap}", "--eval-batches " + " ".join(map(str, args.eval_batches)),
             "--bench " + " ".join(args.bench), "--trainer " + " ".join(args.trainer)]
 
 
