@@ -75,11 +75,12 @@ class SubspaceModel(nn.Module):
         self.lam = nn.Parameter(torch.ones(m)) if m else None
         self.merged = False
 
-    def _pieces(self, own: dict) -> list[torch.Tensor]:
-        """P z cut into one piece per parameter tensor by one ``split`` of the projection's padded output (its
-        backward is one concatenation), not by slices (each slice's backward fills a D-sized zero gradient)."""
+    def _pieces(self, own: dict, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """P z (``y`` if already computed) cut into one piece per parameter tensor by one ``split`` of the
+        projection's padded output (its backward is one concatenation), not by slices (each slice's backward fills
+        a D-sized zero gradient)."""
         sizes = [own[n].numel() for n in self.names]
-        y = self.proj.padded(self.z)
+        y = self.proj.padded(self.z) if y is None else y
         pieces = y.split(sizes + [y.numel() - sum(sizes)])[:-1]  # the last piece: the projection's surplus
         return [p.view_as(own[n]).to(own[n].dtype) for n, p in zip(self.names, pieces)]
 
@@ -96,15 +97,13 @@ class SubspaceModel(nn.Module):
         autograd's ops."""
         own = dict(self.base.named_parameters())
         tensors = [own[n] for n in self.names]
-        if self.lam is not None and all(t.dtype == torch.float32 for t in tensors):
-            y = self.proj.padded(self.z)
-            if y.dtype == torch.float32:  # not under a bf16 autocast (CUDA's default precision)
-                return dict(zip(self.names, _Said.apply(y, self.lam, *tensors)))
-        pieces = self._pieces(own)
+        y = self.proj.padded(self.z)  # once: the fallback below splits this same output
+        if self.lam is not None and y.dtype == torch.float32 and all(t.dtype == torch.float32 for t in tensors):
+            return dict(zip(self.names, _Said.apply(y, self.lam, *tensors)))  # not under a bf16 autocast
+        pieces = self._pieces(own, y)
         if self.lam is None:
             return {n: own[n] + p for n, p in zip(self.names, pieces)}
         return {n: torch.addcmul(own[n], p, self.lam[i]) for i, (n, p) in enumerate(zip(self.names, pieces))}
-
 
     def forward(self, *args, **kwargs):
         if self.merged or self.proj is None:

@@ -53,10 +53,7 @@ def analyze_deltas(deltas: dict[str, LayerDelta], config: AnalysisConfig | None 
     if not deltas:
         raise ValueError("nothing to analyse: no layer has a weight update")
     with spectra.num_threads(cfg.threads):
-        if cfg.float64:
-            svd = functools.partial(spectra.batched_svd, dtype=torch.float64)
-        else:
-            svd = spectra.gram_svd
+        svd = functools.partial(spectra.batched_svd, dtype=torch.float64) if cfg.float64 else spectra.gram_svd
         d_svd = svd({n: x.dW for n, x in deltas.items()})
         w_svd = svd({n: x.W for n, x in deltas.items()})
         f_svd = svd({n: x.W + x.dW for n, x in deltas.items()})

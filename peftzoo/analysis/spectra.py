@@ -76,9 +76,8 @@ def gram_svd(mats: dict[str, torch.Tensor]) -> dict[str, tuple]:
         ok = S > S[:, :1] * (max(A.shape[1:]) * torch.finfo(torch.float64).eps) ** 0.5  # the Gram's error floor
         Q = (P.mT @ B).mT / torch.where(ok, S, 1.0).unsqueeze(-2)  # B's other-side vectors, as columns
         if not ok.all():  # complete the orthonormal set where σ ~ 0 (Householder QR keeps the good columns)
-            q, r = torch.linalg.qr(Q * ok.unsqueeze(-2))
-            Q = torch.where(ok.unsqueeze(-2), Q, q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)
-                                                             + (torch.diagonal(r, dim1=-2, dim2=-1) == 0)).unsqueeze(-2))
+            q = torch.linalg.qr(Q * ok.unsqueeze(-2)).Q
+            Q = torch.where(ok.unsqueeze(-2), Q, q)  # columns past the good ones: QR's completion
         U, Vh, S = (P, Q.mT, S * ok) if wide else (Q, P.mT, S * ok)  # σ under the precision floor: 0
         out.update({n: (U[i], S[i], Vh[i]) for i, n in enumerate(names)})
     return out
