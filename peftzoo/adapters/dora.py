@@ -2,6 +2,7 @@
 
     W' = m ⊙ (W + s·BA) / ‖W + s·BA‖_row,      y = W' x + b
        = (m / ‖W + s·BA‖) ⊙ (W x + s·B(A x)) + b
+    s = α / r, or α / √r with ``use_rslora=True`` (rsLoRA's scale; PEFT's use_dora + use_rslora)
 
 m ∈ R^{d_out} starts at ‖W + s·BA‖_row (so W' = W at init; = ‖W‖_row for the default init, B = 0); the norm
 is detached from the graph (paper §4.3), as in PEFT.
@@ -32,7 +33,10 @@ from peftzoo.registry import register
 
 @dataclass
 class DoraConfig(LoraConfig):
-    pass
+    use_rslora: bool = False  # s = alpha / sqrt(r) (rsLoRA's scale) instead of alpha / r: PEFT's use_dora + use_rslora
+
+    def rank_stabilised(self) -> bool:
+        return self.use_rslora
 
 
 class DoraMixin:
@@ -182,4 +186,8 @@ class Dora(Lora):
 
     @classmethod
     def accepts_peft(cls, peft):
-        return peft.get("peft_type") == "LORA" and bool(peft.get("use_dora")) and not peft.get("use_rslora")
+        return peft.get("peft_type") == "LORA" and bool(peft.get("use_dora"))
+
+    @classmethod
+    def from_peft_config(cls, peft):
+        return {**super().from_peft_config(peft), "use_rslora": bool(peft.get("use_rslora"))}

@@ -28,15 +28,16 @@ class LayerAdapter(Adapter):
         train = find_train(model, config)
         targets = self.find(model, config, train)
         for name, lin in targets.items():
-            self.layer_class(lin).check(name, lin, config)
-        _warn_rank({n: (self.layer_class(m).rank(config), self.layer_class(m).dims(m)) for n, m in targets.items()})
+            self.layer_class(lin).check(name, lin, self.layer_config(config, name))
+        _warn_rank({n: (self.layer_class(m).rank(self.layer_config(config, n)), self.layer_class(m).dims(m))
+                    for n, m in targets.items()})
         _warn_tied(model, targets)
         self.shared = self.make_shared(targets, config)
         self.freeze_base(train)
         gen = torch.Generator().manual_seed(config.seed)
         self.layers: dict[str, AdapterLayer] = {}
         for name, lin in targets.items():
-            layer = self.layer_class(lin)(name, lin, config, self.shared, gen)
+            layer = self.layer_class(lin)(name, lin, self.layer_config(config, name), self.shared, gen)
             replace_module(model, name, layer)
             self.layers[name] = layer
 
@@ -61,7 +62,7 @@ class LayerAdapter(Adapter):
         shared = self.make_shared(targets, self.config)
         gen = torch.Generator().manual_seed(self.config.seed)
         for name, layer in self.layers.items():
-            fresh = self.layer_class(layer.base)(name, layer.base, self.config, shared, gen)
+            fresh = self.layer_class(layer.base)(name, layer.base, self.layer_config(self.config, name), shared, gen)
             mine = {**dict(layer.named_parameters()), **dict(layer.named_buffers())}
             for k, t in [*fresh.named_parameters(), *fresh.named_buffers()]:
                 if not k.startswith("base."):
@@ -72,6 +73,11 @@ class LayerAdapter(Adapter):
     @classmethod
     def validate(cls, config: AdapterConfig) -> None:
         """Reject bad hyperparameters before touching the model."""
+
+    @classmethod
+    def layer_config(cls, config: AdapterConfig, name: str) -> AdapterConfig:
+        """The config the layer ``name`` is built with (LoRA: r and alpha from its rank/alpha pattern)."""
+        return config
 
     @classmethod
     def make_shared(cls, targets: dict[str, nn.Module], config: AdapterConfig) -> Any:
@@ -86,16 +92,19 @@ class LayerAdapter(Adapter):
         targets = cls.find(model, config, train)
         n = 0
         for name, lin in targets.items():
-            cls.layer_class(lin).check(name, lin, config)
-            n += cls.layer_class(lin).count_layer(name, lin, config)
+            cls.layer_class(lin).check(name, lin, cls.layer_config(config, name))
+            n += cls.layer_class(lin).count_layer(name, lin, cls.layer_config(config, name))
         return n + count_train(train)
 
     @classmethod
     def rank_fits(cls, model: nn.Module, config: AdapterConfig) -> bool:
         """False when the rank exceeds min(d_in, d_out) of a target: allowed, but a budget gains nothing from it."""
         train = find_train(model, config)
-        layers = [(cls.layer_class(m), m) for m in cls.find(model, config, train).values()]
-        return all(k.rank(config) is None or k.rank(config) <= min(k.dims(m)) for k, m in layers)
+        for n, m in cls.find(model, config, train).items():
+            r = cls.layer_class(m).rank(cls.layer_config(config, n))
+            if r is not None and r > min(cls.layer_class(m).dims(m)):
+                return False
+        return True
 
     def roles(self) -> dict[str, list[nn.Parameter]]:
         out: dict[str, list[nn.Parameter]] = {}
@@ -131,7 +140,10 @@ class LayerAdapter(Adapter):
         used = set()
         for n, layer in self.layers.items():
             p = f"{PEFT_PREFIX}{n}."
-            layer.load_peft_state({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
+            try:
+                layer.load_peft_state({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
+            except ValueError as e:
+                raise ValueError(f"layer {n!r}: {e}") from None
             layer.after_load()
             used |= {p + k for k in layer.peft_state()}
         return used

@@ -4,14 +4,20 @@ LoRA+ (Hayou et al. 2024, arXiv:2402.12354).
     y = W x + b + s · B A dropout(x),   A ∈ R^{r×d_in} (Kaiming-uniform, a=√5),  B ∈ R^{d_out×r} (zeros)
     LoRA:   s = α / r          rsLoRA: s = α / √r          LoRA+: LoRA, with B's learning rate = lr × ratio
 
+r and α may differ per layer (``rank_pattern`` / ``alpha_pattern``, PEFT's options and matching rule): each layer is
+built with its own ``config.at(name)``.
+
 Trainable elements per adapted layer: r · (d_in + d_out). Other initialisations (``init_lora_weights``:
 "gaussian", "pissa", "olora") are in lora_init.py; the layer types other than ``nn.Linear`` (``nn.Embedding``,
 ``nn.Conv1d/2d/3d``) in embedding.py and conv.py, chosen by ``Lora.layer_classes``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+import re
+import warnings
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -35,20 +41,71 @@ class LoraConfig(AdapterConfig):
     # PEFT's init option: True (Kaiming A, B = 0), "gaussian", or "pissa" / "olora" (start from W's top-r part,
     # which leaves the residual in the frozen weight); see lora_init.py
     init_lora_weights: bool | str = True
+    # per-layer r and alpha (PEFT's rank_pattern / alpha_pattern): {regex: value}; a layer takes the first key
+    # (in the dict's order) that matches the end of its name at a dot, as PEFT; layers no key matches use r, alpha
+    rank_pattern: dict = field(default_factory=dict)
+    alpha_pattern: dict = field(default_factory=dict)
+
+    def rank_stabilised(self) -> bool:
+        """True: the update is scaled by alpha / sqrt(r) (rsLoRA), else alpha / r."""
+        return False
 
     def scaling(self) -> float:
-        return self.alpha / self.r
+        return self.alpha / (math.sqrt(self.r) if self.rank_stabilised() else self.r)
+
+    def at(self, name: str) -> LoraConfig:
+        """This config for the layer ``name``: its rank_pattern / alpha_pattern entries as r and alpha."""
+        if not self.rank_pattern and not self.alpha_pattern:
+            return self
+        r = pattern_value(self.rank_pattern, name, self.r, "rank_pattern")
+        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            raise ValueError(f"rank_pattern gives layer {name!r} r={r!r}: it must be a positive integer")
+        alpha = pattern_value(self.alpha_pattern, name, self.alpha, "alpha_pattern")
+        return dataclasses.replace(self, r=r, alpha=alpha, rank_pattern={}, alpha_pattern={})
 
 
 @dataclass
 class RsLoraConfig(LoraConfig):
-    def scaling(self) -> float:  # rank-stabilised: the update's scale stays O(1) as r grows
-        return self.alpha / math.sqrt(self.r)
+    def rank_stabilised(self) -> bool:  # the update's scale stays O(1) as r grows
+        return True
 
 
 @dataclass
 class LoraPlusConfig(LoraConfig):
     lr_ratio: float = 16.0  # B's learning rate / A's: Hayou et al. show B should learn faster (ratio ~ 2^4)
+
+
+def pattern_value(patterns: dict, name: str, default, option: str):
+    """PEFT's ``get_pattern_key`` rule: the value of the first key ``k`` (a regex) such that ``name`` is, from its
+    start, anything ending in a dot (or nothing) followed by ``k`` to its end; else ``patterns[name]``; else
+    ``default``."""
+    for key, value in patterns.items():
+        try:
+            if re.match(rf"(.*\.)?({key})$", name):
+                return value
+        except re.error as e:
+            raise ValueError(f"{option} key {key!r} is not a valid regular expression ({e})") from None
+    return patterns.get(name, default)
+
+
+def pattern_notes(config: LoraConfig, names) -> list[str]:
+    """What to warn of in rank_pattern / alpha_pattern for the adapted layers ``names``: keys that match none (PEFT
+    ignores them and warns), and layers that several keys with different values match (the first in the dict's order
+    wins, as in PEFT, but saved JSON files, PEFT's and ours, sort their keys, so a reload may pick another)."""
+    notes = []
+    for opt in ("rank_pattern", "alpha_pattern"):
+        pats = getattr(config, opt)
+        hits = {n: {k: v for k, v in pats.items() if pattern_value({k: v}, n, None, opt) is not None} for n in names}
+        unmatched = [k for k in pats if not any(k in h for h in hits.values())]
+        if unmatched:
+            notes.append(f"{opt} key(s) {unmatched} match none of the {len(hits)} adapted layers and are ignored "
+                         f"(as PEFT does): a key must match the end of a layer's name, e.g. {next(iter(hits))!r}")
+        clash = next(((n, h) for n, h in hits.items() if len(set(h.values())) > 1), None)
+        if clash:
+            notes.append(f"{opt} keys {list(clash[1])} all match layer {clash[0]!r} with different values: the first "
+                         f"in the dict's order wins (as PEFT), but saved files sort their keys, so a reload may take "
+                         f"another: make the keys match disjoint layers")
+    return notes
 
 
 class LoraLayer(AdapterLayer):
@@ -115,15 +172,32 @@ class Lora(LayerAdapter):
     equation = "W x + (α/r)·B A x"
     formula = "r·(d_in + d_out)"
 
+    peft_options = ("rank_pattern", "alpha_pattern")  # PEFT options beyond the basic ones this class implements
+
     @classmethod
     def validate(cls, config: LoraConfig) -> None:
         check_init(config.init_lora_weights)
+        for opt in ("rank_pattern", "alpha_pattern"):
+            if not isinstance(getattr(config, opt), dict):
+                raise ValueError(f"{opt}={getattr(config, opt)!r} must be a dict {{layer-name regex: value}}")
+
+    @classmethod
+    def layer_config(cls, config: LoraConfig, name: str) -> LoraConfig:
+        return config.at(name)
+
+    @classmethod
+    def find(cls, model, config, train):
+        found = super().find(model, config, train)
+        for note in pattern_notes(config, found):
+            warnings.warn(note, stacklevel=4)
+        return found
 
     @classmethod
     def peft_config(cls, config: LoraConfig) -> dict:
         return {"r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
-                "use_rslora": isinstance(config, RsLoraConfig), "use_dora": False,
-                "init_lora_weights": config.init_lora_weights}
+                "use_rslora": config.rank_stabilised(), "use_dora": False,
+                "init_lora_weights": config.init_lora_weights,
+                "rank_pattern": dict(config.rank_pattern), "alpha_pattern": dict(config.alpha_pattern)}
 
     @classmethod
     def accepts_peft(cls, peft: dict) -> bool:
@@ -137,7 +211,9 @@ class Lora(LayerAdapter):
             check_init(init)  # raises, naming the option
         return {"r": int(peft["r"]), "alpha": float(peft.get("lora_alpha", 8)),
                 "dropout": float(peft.get("lora_dropout", 0.0)),
-                "init_lora_weights": init if init in RESIDUAL else True}  # the file's A, B replace any other init
+                "init_lora_weights": init if init in RESIDUAL else True,  # the file's A, B replace any other init
+                "rank_pattern": {k: int(v) for k, v in (peft.get("rank_pattern") or {}).items()},
+                "alpha_pattern": {k: float(v) for k, v in (peft.get("alpha_pattern") or {}).items()}}
 
 
 @register
