@@ -68,6 +68,9 @@ class Adapter(ABC):
     paper_hparams: ClassVar[dict | None] = None  # the method's own paper setting, run beside the matched budgets
     budget_knob: ClassVar[str | None] = None  # the integer hyperparameter a parameter budget solves for
     baseline: ClassVar[bool] = False  # a reference of every table (full, head), not a PEFT method: not in methods()
+    # what load_peft did beyond loading adapter tensors, as PEFT does (modules_to_save names that match nothing,
+    # embedding weights saved beside the adapter); () for an adapter not loaded from a PEFT file
+    load_notes: tuple[str, ...] = ()
 
     @classmethod
     def budget_kwargs(cls, value: int) -> dict:
