@@ -63,7 +63,7 @@ def _bench(args):
     from dataclasses import replace
 
     from peftzoo.bench import protocol, ray_executor
-    from peftzoo.bench.preflight import preflight
+    from peftzoo.bench.preflight import preflight, preset_precisions
     from peftzoo.bench.preset import check_seeds, load_preset, normalise_tasks
     from peftzoo.bench.sweep import EXIT_SOME_FAILED, failed_before, run_protocol
     for flag in ("tasks", "methods", "seeds"):
@@ -79,7 +79,8 @@ def _bench(args):
         preset = replace(preset, model=args.model)
     tasks = normalise_tasks(args.tasks, "--tasks") if args.tasks else preset.tasks
     if not args.dry_run:
-        preflight(preset.model, tasks, args.data_dir, args.results, preset.suite, args.device, args.skip_bad_rows)
+        preflight(preset.model, tasks, args.data_dir, args.results, preset.suite, args.device, args.skip_bad_rows,
+                  precisions=preset_precisions(preset))
     plan = protocol.make_plan(preset, tasks=tasks, methods=args.methods, seeds=args.seeds,
                               skip_bad_rows=args.skip_bad_rows)
     s1, s2 = plan.stage1(), plan.stage2(None)

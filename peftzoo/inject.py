@@ -9,6 +9,8 @@ from typing import Iterable
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from peftzoo.defaults import default_head, default_targets, model_type  # noqa: F401  (default_head: public here)
+
 # The layers per-layer methods adapt and "all-linear" collects: nn.Linear and transformers' Conv1D (GPT-2's
 # projections, weight stored (d_in, d_out): PEFT's fan_in_fan_out). Non-linear layer types are added per method.
 LINEAR_TYPES = (nn.Linear, Conv1D)
@@ -65,8 +67,33 @@ def _no_match_message(target: str, all_names: list[str], what: str) -> str:
     return f"{what} {target!r} matches no module of the model.{hint}"
 
 
+def resolve_targets(model: nn.Module, targets, peft_type: str = "LORA"):
+    """``targets`` itself, or for ``None`` the architecture's default (``peftzoo/defaults.py``: PEFT's table for
+    ``peft_type``, keyed by ``model.config.model_type``); an architecture without one is an error listing the
+    model's linear layers."""
+    if targets is not None:
+        return targets
+    found = default_targets(model, peft_type)
+    if found is None:
+        raise ValueError(_no_default_message(model))
+    return found
+
+
+def _no_default_message(model: nn.Module) -> str:
+    kind = model_type(model)
+    what = (f"model type {kind!r} ({type(model).__name__}) has no default targets in peftzoo/defaults.py"
+            if kind else f"{type(model).__name__} is not a transformers model (no config.model_type), so it has no "
+            "default targets")
+    linear = [n for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES)]
+    short = sorted({n.rpartition(".")[2] for n in linear})
+    example = ", ".join(repr(s) for s in short[:2])
+    return (f"{what}: pass targets= to name the layers to adapt, e.g. targets=[{example}] (name suffixes), a regex, "
+            f"or targets='all-linear'. Its {len(linear)} linear layers are named: {', '.join(short) or 'none'}"
+            + (f" (full names like {linear[0]!r})" if linear and "." in linear[0] else ""))
+
+
 def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_types: tuple = (),
-                 base_types: tuple = LINEAR_TYPES, method: str = "") -> dict[str, nn.Module]:
+                 base_types: tuple = LINEAR_TYPES, method: str = "", peft_type: str = "LORA") -> dict[str, nn.Module]:
     """The layers an adapter should wrap, by PEFT's rules (``all-linear``: ``nn.Linear``, transformers' ``Conv1D``).
 
     ``targets``: a list of name suffixes, a regex string (full match, as PEFT), or ``"all-linear"``: every linear
@@ -76,8 +103,10 @@ def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_type
     ``skip``: module prefixes never adapted (the fully trained modules). ``layer_types``: adapter layer
     classes; a model that already holds one is an error (one adapter per model).
     ``base_types``: the layer types ``method`` can adapt; a named target of another type is a TypeError.
+    ``targets=None``: the architecture's default for ``peft_type`` (``resolve_targets``).
     """
-    if targets is None or (not isinstance(targets, str) and len(list(targets)) == 0):
+    targets = resolve_targets(model, targets, peft_type)
+    if not isinstance(targets, str) and len(list(targets)) == 0:
         raise ValueError("targets is empty: name the nn.Linear modules to adapt, e.g. targets=['query', 'value'], "
                          "or targets='all-linear'")
     skip = list(skip)

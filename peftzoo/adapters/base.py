@@ -45,7 +45,7 @@ def count_train(train: dict[str, nn.Module]) -> int:
 class AdapterConfig:
     """Fields every method has. Subclasses add the method's own hyperparameters."""
 
-    targets: Any = ("query", "value")  # layers to adapt: name suffixes, a regex string, or "all-linear"
+    targets: Any = None  # layers to adapt: suffixes, a regex, "all-linear"; None: the model's default (defaults.py)
     train: Any = ()  # modules trained in full (e.g. the classification head); PEFT's modules_to_save
     seed: int = 0  # seeds every random initialisation of the adapter (a torch.Generator, never the global RNG)
 

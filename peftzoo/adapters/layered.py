@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer, count_train, find_train
-from peftzoo.inject import find_targets, replace_module
+from peftzoo.inject import find_targets, replace_module, resolve_targets
 from peftzoo.io import PEFT_PREFIX, copy_checked
 
 
@@ -24,6 +24,7 @@ class LayerAdapter(Adapter):
 
     def __init__(self, model: nn.Module, config: AdapterConfig):
         super().__init__(model, config)
+        config.targets = resolve_targets(model, config.targets, self.peft_type)  # None: the model's default, recorded
         self.validate(config)
         train = find_train(model, config)
         targets = self.find(model, config, train)
@@ -49,7 +50,7 @@ class LayerAdapter(Adapter):
     @classmethod
     def find(cls, model: nn.Module, config: AdapterConfig, train: dict) -> dict[str, nn.Module]:
         return find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,),
-                            base_types=tuple(cls.layer_classes), method=cls.name)
+                            base_types=tuple(cls.layer_classes), method=cls.name, peft_type=cls.peft_type)
 
     @torch.no_grad()
     def initialize(self) -> None:

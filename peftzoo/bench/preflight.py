@@ -85,8 +85,23 @@ def check_results(root, suite: str) -> None:
         raise PreflightError(f"--results {root}: cannot write there ({e})") from None
 
 
-def preflight(model, tasks, data_dir, results, suite: str, device=None, skip_bad_rows=False) -> None:
+def preset_precisions(preset) -> set[str]:
+    """Every ``precision`` a preset's runs use (its own and its task overrides')."""
+    return {preset.precision} | {o["precision"] for o in preset.task_overrides.values() if "precision" in o}
+
+
+def check_precision(precisions, device: str | None) -> str | None:
+    """Warn before any run when bf16 is asked on a CPU without native bf16 (``machine.bf16_cpu_warning``)."""
+    import torch
+
+    from peftzoo.bench.machine import warn_bf16_cpu
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return warn_bf16_cpu(dev, "bf16") if "bf16" in set(precisions) else None
+
+
+def preflight(model, tasks, data_dir, results, suite: str, device=None, skip_bad_rows=False, precisions=()) -> None:
     check_device(device)
+    check_precision(precisions, device)
     check_model(model)
     check_data(tasks, data_dir, skip_bad_rows)
     check_results(results, suite)

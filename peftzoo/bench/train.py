@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from peftzoo.bench.machine import warn_bf16_cpu
+
 
 class NonFiniteLoss(FloatingPointError):
     pass
@@ -85,6 +87,7 @@ def fit(ad, batches_per_epoch, epochs: int, lr: float, evaluate=None, warmup: fl
     sched = linear_schedule(opt, total, warmup)
     res, step, t0 = TrainResult(), 0, time.perf_counter()
     dev = next(ad.model.parameters()).device
+    warn_bf16_cpu(dev, precision)  # emulated bf16 on such a CPU is far slower than fp32
     for epoch in range(epochs):
         ad.model.train()
         losses = []
