@@ -59,13 +59,18 @@ def test_glue_metrics_match_sklearn_and_scipy():
 
 def test_presets_follow_the_protocol():
     from peftzoo.bench.protocol import Protocol, budgets, lr_grid
-    for name in ("quick", "cpu", "glue", "roberta-base"):
+    for name in ("smoke", "cpu", "glue", "roberta-base"):
         p = load_preset(name)
         d = p.to_dict()
         prot = Protocol.from_preset(d)
         assert {"full", "head", "lora"} <= set(p.methods) and len(budgets(d)[0]) >= 3
-        assert all(len(lr_grid(d, m, points=prot.lr_points)) >= (2 if name == "quick" else 4) for m in p.methods)
-        assert len(p.seeds) == 1 if name == "quick" else len(p.seeds) >= 3
+        assert all(len(lr_grid(d, m, points=prot.lr_points)) >= (2 if name == "smoke" else 4) for m in p.methods)
+        assert len(p.seeds) == 1 if name == "smoke" else len(p.seeds) >= 3
+    # quick: the first run, too short for a sweep: every method at one fixed LR (the cpu sweep's; see
+    # tests/test_quick_result.py), every method of cpu at its middle budget, LoRA at three
+    q = load_preset("quick")
+    assert set(q.methods) == set(load_preset("cpu").methods) and len(budgets(q.to_dict())[0]) == 3
+    assert all(lr_grid(q.to_dict(), m) == (q.lr[m],) for m in q.methods)
     cpu = load_preset("cpu")
     assert set(cpu.methods) == {"full", "head", "lora", "rslora", "loraplus", "dora", "vera", "adalora", "said"}
     # the tasks that separate head-only from full FT at this scale (results/cpu-sizing: MRPC and CoLA do not)

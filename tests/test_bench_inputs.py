@@ -124,7 +124,7 @@ def test_valid_input_runs(setup, monkeypatch, capsys):
 
 
 def test_shipped_presets_are_valid():
-    for name in ("quick", "glue", "roberta-base"):
+    for name in ("quick", "smoke", "glue", "roberta-base"):
         p = load_preset(name)
         assert p.suite == name and p.tasks and p.methods
 
