@@ -84,7 +84,7 @@ def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_type
     named = [(n, m) for n, m in model.named_modules() if n]
     adapted = sorted(n for n, m in named if layer_types and isinstance(m, layer_types))
     if adapted:
-        raise second_adapter_error(adapted)
+        raise second_adapter_error(f"{len(adapted)} adapter layers, e.g. {adapted[0]!r}")
     if targets == "all-linear":
         out = _output_layer(model)
         found = {n: m for n, m in named if isinstance(m, LINEAR_TYPES) and m is not out and not _under(n, skip)}
@@ -113,9 +113,9 @@ def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_type
     return hits
 
 
-def second_adapter_error(adapted: list[str]) -> ValueError:
-    """The error for attaching to a model that carries an adapter; ``adapted``: its adapter modules' names."""
-    return ValueError(f"the model already has an adapter ({len(adapted)} adapter layers, e.g. {adapted[0]!r}): "
+def second_adapter_error(what: str) -> ValueError:
+    """The error for attaching to a model that carries an adapter; ``what`` says which (its layers, its method)."""
+    return ValueError(f"the model already has an adapter ({what}): "
                       "attaching twice is not supported: peftzoo holds one adapter per model, with no named "
                       "adapters (a second attach would freeze the first one). For the base model's outputs use "
                       "`with ad.disable_adapter():`; to replace the adapter, ad.unload() (or ad.unload(merge=True) to "

@@ -252,9 +252,10 @@ def test_a_second_attach_says_one_adapter_per_model(first, second):
     model = tiny_bert(0)
     ad = peftzoo.attach(model, first, targets=TARGETS)
     state = {k: v.clone() for k, v in ad.model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"already has an adapter.*one adapter per model.*ad.disable_adapter\(\).*"
-                                         r"ad.unload\(\)"):
-        peftzoo.attach(ad.model, second, targets=TARGETS)
+    for target in (model, ad.model):  # DID/SAID: the model given and the wrapper are two objects
+        with pytest.raises(ValueError, match=r"already has an adapter.*one adapter per model.*"
+                                             r"ad.disable_adapter\(\).*ad.unload\(\)"):
+            peftzoo.attach(target, second, targets=TARGETS)
     assert all(torch.equal(v, state[k]) for k, v in ad.model.state_dict().items())
 
 
@@ -291,3 +292,16 @@ def test_trainable_line_of_did_by_hand():
     ad = peftzoo.attach(model, "did", d=500)
     assert ad.trainable_line() == (f"trainable params: 500 || all params: {total + 500:,d} || "
                                    f"trainable%: {100 * 500 / (total + 500):.4f}")
+
+
+@pytest.mark.parametrize("method", ["lora", "did"])
+def test_an_adapted_model_pickles_with_its_own_adapter(tmp_path, ids, method):
+    model, ad, out, _ = adapted(method, ids)
+    torch.save(ad.model, tmp_path / "m.pt")
+    back = torch.load(tmp_path / "m.pt", weights_only=False)
+    torch.testing.assert_close(logits(back, ids), out, atol=0, rtol=0)
+    inner = getattr(back, "base", back)  # DID/SAID: the model inside the wrapper carries the adapter
+    twin = getattr(inner, "_peftzoo_adapter")
+    assert twin is not ad and twin.model is back
+    with pytest.raises(ValueError, match="one adapter per model"):
+        peftzoo.attach(inner, "lora", targets=TARGETS)  # the unpickled model still knows it carries one

@@ -32,7 +32,7 @@ from transformers.pytorch_utils import Conv1D
 
 from peftzoo import io
 from peftzoo.adapters import lifecycle
-from peftzoo.adapters.lifecycle import AdapterModule, LayerLifecycle, refuse_second_adapter
+from peftzoo.adapters.lifecycle import AdapterModule, LayerLifecycle, hold, refuse_second_adapter
 from peftzoo.inject import find_modules, freeze, layer_dims
 from peftzoo.io import copy_checked
 
@@ -74,6 +74,7 @@ class Adapter(ABC):
     paper_hparams: ClassVar[dict | None] = None  # the method's own paper setting, run beside the matched budgets
     budget_knob: ClassVar[str | None] = None  # the integer hyperparameter a parameter budget solves for
     baseline: ClassVar[bool] = False  # a reference of every table (full, head), not a PEFT method: not in methods()
+    guards_save_pretrained: ClassVar[bool] = True  # the model's own weights are not the adapted model's until merged
     _off: bool = False  # True inside ``disable_adapter()``
 
     def __init_subclass__(cls, **kwargs):
@@ -102,6 +103,7 @@ class Adapter(ABC):
     def __init__(self, model: nn.Module, config: AdapterConfig):
         refuse_second_adapter(model)
         self._count_at_attach = type(self).count(model, config)  # before the model changes: what ad.count() answers
+        hold(self, model)  # until unload() (attach's transaction undoes it on error)
         self.model = model
         self.config = config
 
@@ -170,7 +172,7 @@ class Adapter(ABC):
         return lifecycle.disabled(self)
 
     def _save_pretrained(self, *args, **kwargs):
-        """The model's ``save_pretrained`` while this adapter is attached (``lifecycle.guard_save_pretrained``)."""
+        """The model's ``save_pretrained`` while this adapter is attached (``lifecycle.hold``)."""
         return lifecycle.save_pretrained(self, *args, **kwargs)
 
     @classmethod

@@ -17,6 +17,7 @@ from peftzoo.registry import register
 
 class _Baseline(Adapter):
     baseline = True
+    guards_save_pretrained = False  # the model is always plain: its save_pretrained writes the trained model
     def __init__(self, model, config: AdapterConfig):
         super().__init__(model, config)
         self.freeze_base(find_train(model, config))

@@ -43,7 +43,6 @@ class LayerAdapter(Adapter):
             layer.train(lin.training)  # the mode of the layer it wraps (a new module starts in train mode)
             replace_module(model, name, layer)
             self.layers[name] = layer
-        lifecycle.guard_save_pretrained(self, model)
 
     @classmethod
     def layer_class(cls, module: nn.Module) -> type[AdapterLayer]:

@@ -3,8 +3,9 @@
 * ``disabled(ad)``: ``ad.disable_adapter()``, the base model's outputs inside a ``with`` block (PEFT's habit);
 * ``unload(ad, merge)``: ``ad.unload(merge=...)``, the plain model back (PEFT's ``merge_and_unload``/``unload``),
   after which the adapter object refuses every use (``UnloadedAdapter``);
-* ``guard_save_pretrained``: while an adapter is attached, a transformers model's ``save_pretrained`` writes plain
-  weights (merged) or refuses, naming the fix (not merged), instead of keys ``from_pretrained`` does not read;
+* ``hold(ad, model)``: the model carries ``ad`` (one adapter per model: ``refuse_second_adapter``), and a
+  transformers model's ``save_pretrained`` writes plain weights (merged) or refuses, naming the fix (not merged),
+  instead of keys ``from_pretrained`` does not read;
 * ``CountMethod``: ``Cls.count(model, config)`` as before, and ``ad.count()`` on an adapter.
 
 Each step asks the adapter (``merged``, ``unmerge``/``merge``, ``enable_update``, ``unload_model``, ``plain_view``):
@@ -57,7 +58,7 @@ def unload(ad, merge: bool) -> nn.Module:
     if ad._off:
         raise RuntimeError("ad.unload() inside `with ad.disable_adapter():`: leave the block first")
     model = ad.unload_model(merge)
-    unguard_save_pretrained(ad)
+    release(ad)
     for p, flag in ad._grad_before:  # requires_grad as before attaching (the train modules keep their values)
         p.requires_grad_(flag)
     retire(ad, f"ad.unload(merge={merge})")
@@ -89,24 +90,29 @@ def retire(ad, how: str) -> None:
     ad.__class__ = UnloadedAdapter
 
 
-# ---- save_pretrained while attached ---------------------------------------------------------------------------------
-def guard_save_pretrained(ad, model: nn.Module) -> None:
-    """Route ``model.save_pretrained`` (a transformers model's; ``push_to_hub`` calls it too) through ``ad`` until
-    ``unload()``. An instance attribute: the class and other models are untouched."""
-    if isinstance(model, PreTrainedModel):
-        ad._guarded = model
-        model.save_pretrained = ad._save_pretrained  # a bound method: deepcopy and pickle follow the model
+# ---- the model carries the adapter; save_pretrained while attached ----------------------------------------------------
+HELD = "_peftzoo_adapter"  # the attribute of the model an adapter was attached to (instance attributes: the class
+# and other models are untouched; attach's transaction removes them on error; deepcopy and pickle follow the model)
 
 
-def unguard_save_pretrained(ad) -> None:
-    model = ad.__dict__.pop("_guarded", None)
-    if model is not None:
-        model.__dict__.pop("save_pretrained", None)
+def hold(ad, model: nn.Module) -> None:
+    """Mark ``model`` as carrying ``ad`` until ``unload()``; route a transformers model's ``save_pretrained``
+    (``push_to_hub`` calls it too) through ``ad`` when the adapter asks for it (``guards_save_pretrained``)."""
+    ad._held = model
+    setattr(model, HELD, ad)
+    if ad.guards_save_pretrained and isinstance(model, PreTrainedModel):
+        model.save_pretrained = ad._save_pretrained  # a bound method
+
+
+def release(ad) -> None:
+    model = ad.__dict__.pop("_held")
+    model.__dict__.pop(HELD, None)
+    model.__dict__.pop("save_pretrained", None)
 
 
 def save_pretrained(ad, *args, **kwargs):
     """``model.save_pretrained`` while ``ad`` is attached."""
-    model = ad._guarded
+    model = ad._held
     if kwargs.get("state_dict") is None:  # an explicit state_dict is the caller's choice: written as given
         if not ad.merged:
             raise RuntimeError(unmerged_save_message(ad))
@@ -182,10 +188,15 @@ class AdapterModule(nn.Module):
 
 
 def refuse_second_adapter(model: nn.Module) -> None:
-    """One adapter per model: a model that holds (or is) an ``AdapterModule`` already carries one."""
-    held = [n or type(m).__name__ for n, m in model.named_modules() if isinstance(m, AdapterModule)]
+    """One adapter per model: a model that holds (or is) an ``AdapterModule``, or a module an adapter was attached
+    to, already carries one."""
+    layers = [n or type(m).__name__ for n, m in model.named_modules() if isinstance(m, AdapterModule)]
+    if layers:
+        raise second_adapter_error(f"{len(layers)} adapter layers, e.g. {layers[0]!r}")
+    held = [(n, vars(m)[HELD].name) for n, m in model.named_modules() if HELD in vars(m)]
     if held:
-        raise second_adapter_error(held)
+        name, method = held[0]
+        raise second_adapter_error(f"a {method} adapter, attached to {repr(name) if name else 'this model'}")
 
 
 # ---- the per-layer side ---------------------------------------------------------------------------------------------

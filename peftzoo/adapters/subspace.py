@@ -151,7 +151,6 @@ class Did(Adapter):
             proj.to(ref.device)
         self.model = SubspaceModel(model, names, dz if config.d > 0 else 0, m if config.d > 0 else 0, proj)
         self.model.to(next(model.parameters()).device).train(model.training)
-        lifecycle.guard_save_pretrained(self, model)  # the user's model holds θ0 alone until merged
 
     @classmethod
     def _check(cls, config, m: int) -> int:
