@@ -113,9 +113,7 @@ def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_type
     named = [(n, m) for n, m in model.named_modules() if n]
     adapted = sorted(n for n, m in named if layer_types and isinstance(m, layer_types))
     if adapted:
-        raise ValueError(f"the model already has an adapter ({len(adapted)} adapter layers, e.g. {adapted[0]!r}): "
-                         "attaching twice is not supported (a second attach would freeze the first adapter). "
-                         "Attach every target in one call, or start from a fresh copy of the model")
+        raise second_adapter_error(f"{len(adapted)} adapter layers, e.g. {adapted[0]!r}")
     if targets == "all-linear":
         out = _output_layer(model)
         found = {n: m for n, m in named if isinstance(m, LINEAR_TYPES) and m is not out and not _under(n, skip)}
@@ -144,6 +142,16 @@ def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_type
     return hits
 
 
+def second_adapter_error(what: str) -> ValueError:
+    """The error for attaching to a model that carries an adapter; ``what`` says which (its layers, its method)."""
+    return ValueError(f"the model already has an adapter ({what}): "
+                      "attaching twice is not supported: peftzoo holds one adapter per model, with no named "
+                      "adapters (a second attach would freeze the first one). For the base model's outputs use "
+                      "`with ad.disable_adapter():`; to replace the adapter, ad.unload() (or ad.unload(merge=True) to "
+                      "keep its update in the weights) and attach to the model it returns. Attach every target in "
+                      "one call, or start from a fresh copy of the model")
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -159,8 +167,10 @@ def freeze(model: nn.Module) -> None:
 def transaction(model: nn.Module, keep: Iterable[nn.Module] = ()):
     """On any error inside the block, put ``model`` back as it was: its module tree, every parameter's
     ``requires_grad`` and storage (an init such as PiSSA gives a frozen weight new values by replacing its
-    ``.data``: the old storage is kept by reference, no copy), and the tensors of the ``keep`` modules (those the
-    block may write into in place)."""
+    ``.data``: the old storage is kept by reference, no copy), the tensors of the ``keep`` modules (those the
+    block may write into in place), and no attribute the block set on ``model`` itself (an adapter's guard on
+    ``save_pretrained``)."""
+    attrs = set(model.__dict__)
     children = [(m, dict(m._modules)) for m in model.modules()]
     grads = [(p, p.requires_grad, p.data) for p in model.parameters()]
     saved = [(t, t.detach().clone()) for m in keep for t in m.state_dict(keep_vars=True).values()]
@@ -175,4 +185,6 @@ def transaction(model: nn.Module, keep: Iterable[nn.Module] = ()):
             p.data = data
         for t, v in saved:
             t.data.copy_(v)
+        for k in set(model.__dict__) - attrs:
+            del model.__dict__[k]
         raise

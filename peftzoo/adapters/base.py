@@ -12,9 +12,13 @@ Hooks the training loop calls explicitly (nothing hidden in ``forward``):
 * ``set_total_steps(n)`` once before training (schedules, e.g. AdaLoRA's budget);
 * ``extra_loss()`` added to the task loss (``None`` when the method has none);
 * ``on_step(step)`` after ``optimizer.step()`` and before ``zero_grad()`` (gradients are still there).
+
+Its life on the model (lifecycle.py): ``merge``/``unmerge``, ``disable_adapter()`` (the base model inside a
+``with`` block), ``unload(merge=...)`` (the plain model back; the adapter is then spent). One adapter per model.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 from abc import ABC, abstractmethod
@@ -27,6 +31,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peftzoo import io
+from peftzoo.adapters import lifecycle
+from peftzoo.adapters.lifecycle import AdapterModule, LayerLifecycle, hold, refuse_second_adapter
 from peftzoo.inject import find_modules, freeze, layer_dims
 from peftzoo.io import copy_checked
 
@@ -71,6 +77,14 @@ class Adapter(ABC):
     # what load_peft did beyond loading adapter tensors, as PEFT does (modules_to_save names that match nothing,
     # embedding weights saved beside the adapter); () for an adapter not loaded from a PEFT file
     load_notes: tuple[str, ...] = ()
+    guards_save_pretrained: ClassVar[bool] = True  # the model's own weights are not the adapted model's until merged
+    _off: bool = False  # True inside ``disable_adapter()``
+
+    def __init_subclass__(cls, **kwargs):
+        """A method's ``count`` classmethod also answers ``ad.count()`` on an adapter (``lifecycle.CountMethod``)."""
+        super().__init_subclass__(**kwargs)
+        if isinstance(cls.__dict__.get("count"), classmethod):
+            cls.count = lifecycle.CountMethod(cls.__dict__["count"].__func__)
 
     @classmethod
     def budget_kwargs(cls, value: int) -> dict:
@@ -90,6 +104,9 @@ class Adapter(ABC):
         return cls.count(model, config)
 
     def __init__(self, model: nn.Module, config: AdapterConfig):
+        refuse_second_adapter(model)
+        self._count_at_attach = type(self).count(model, config)  # before the model changes: what ad.count() answers
+        hold(self, model)  # until unload() (attach's transaction undoes it on error)
         self.model = model
         self.config = config
 
@@ -125,6 +142,42 @@ class Adapter(ABC):
     def unmerge(self) -> None:
         """Undo ``merge`` (restores the frozen weights)."""
 
+    @property
+    @abstractmethod
+    def merged(self) -> bool:
+        """Whether the update is folded into the model's weights now."""
+
+    @abstractmethod
+    def enable_update(self, on: bool) -> None:
+        """Switch the (unmerged) update off (the model computes the base model; the update is kept) or back on."""
+
+    @abstractmethod
+    def unload_model(self, merge: bool) -> nn.Module:
+        """Take the adapter out of the model and return the plain model: ΔW folded into its weights (``merge``) or
+        its weights as before attaching. ``unload`` calls it, then spends the adapter."""
+
+    def plain_view(self):
+        """A context in which ``self.model`` (merged) looks like the plain model (layers unwrapped): for saving."""
+        return contextlib.nullcontext()
+
+    def unload(self, merge: bool = False) -> nn.Module:
+        """The plain model, as PEFT's ``merge_and_unload()`` (``merge=True``: ΔW folded into the weights) or
+        ``unload()`` (``merge=False``: the weights as before attaching). Wrapped layers are replaced by their own
+        layers, ``requires_grad`` is as before attaching; the ``train`` modules keep their trained values (as PEFT's
+        ``modules_to_save``). ``save_pretrained`` of the result loads with ``from_pretrained``. The adapter object
+        is spent: any further use of it is an error."""
+        return lifecycle.unload(self, merge)
+
+    def disable_adapter(self):
+        """``with ad.disable_adapter():`` the model computes the base model (PEFT's habit), whether merged or not;
+        after the block the adapter is as it was (merged again if it was merged). The ``train`` modules keep their
+        trained values inside (peftzoo trains them in place; PEFT switches to a kept copy)."""
+        return lifecycle.disabled(self)
+
+    def _save_pretrained(self, *args, **kwargs):
+        """The model's ``save_pretrained`` while this adapter is attached (``lifecycle.hold``)."""
+        return lifecycle.save_pretrained(self, *args, **kwargs)
+
     @classmethod
     @abstractmethod
     def count(cls, model: nn.Module, config: AdapterConfig) -> int:
@@ -147,6 +200,7 @@ class Adapter(ABC):
 
     def freeze_base(self, train: dict[str, nn.Module]) -> None:
         """Freeze every parameter of the model, then make the ``train`` modules (``find_train``) trainable."""
+        self._grad_before = [(p, p.requires_grad) for p in self.model.parameters()]  # unload() restores them
         freeze(self.model)
         for m in train.values():
             m.requires_grad_(True)
@@ -178,6 +232,15 @@ class Adapter(ABC):
         head = self.num_trainable() - adapter
         return {"method": self.name, "adapter": adapter, "effective": self.effective_count(), "train_modules": head,
                 "trainable": adapter + head}
+
+    def trainable_line(self) -> str:
+        """PEFT's ``print_trainable_parameters()`` line: trainable elements (``num_trainable()``) and all of
+        ``self.model``'s parameters (base + adapter)."""
+        n, total = self.num_trainable(), sum(p.numel() for p in self.model.parameters())
+        return f"trainable params: {n:,d} || all params: {total:,d} || trainable%: {100 * n / total:.4f}"
+
+    def print_trainable_parameters(self) -> None:
+        print(self.trainable_line())
 
     def effective_count(self) -> int:
         return sum(p.numel() for p in self.adapter_parameters())
@@ -214,7 +277,7 @@ class Adapter(ABC):
         return f"<{type(self).__name__} {self.name}: {s['adapter']:,} adapter + {s['train_modules']:,} head elements>"
 
 
-class AdapterLayer(nn.Module):
+class AdapterLayer(LayerLifecycle, AdapterModule):
     """Wraps one frozen layer (kept as ``self.base``). Subclasses define the update.
 
     The base is an ``nn.Linear`` or transformers' ``Conv1D`` (weight stored (d_in, d_out): PEFT's
@@ -271,8 +334,8 @@ class AdapterLayer(nn.Module):
 
     def set_base_weight(self, w: torch.Tensor) -> None:
         """Replace the frozen W's values with ``w``, given as (d_out, d_in)."""
-        dst = self.base.weight
-        dst.data = (w.t() if self.fan_in_fan_out else w).to(dst.dtype).contiguous()
+        self.base.weight.data = self._stored(w)
+        self._wrote_base = True  # read by remember_init() right after construction
 
     @classmethod
     def check(cls, name: str, base: nn.Module, config: AdapterConfig) -> None:
@@ -306,8 +369,12 @@ class AdapterLayer(nn.Module):
         raise NotImplementedError
 
     def forward(self, x):
-        """The frozen layer itself once the update is merged into its weight, else ``adapted(x)``."""
-        return self.base(x) if self.merged else self.adapted(x)
+        """The frozen layer itself once the update is merged into its weight (or switched off), else ``adapted(x)``."""
+        if self.merged or self.disabled:
+            if self.merged and self.training and torch.is_grad_enabled():  # a training step: backward would fail
+                return lifecycle.guard_merged(self.base(x), self.parameters(recurse=False))
+            return self.base(x)
+        return self.adapted(x)
 
     def adapted(self, x):
         """The output with the update applied beside the frozen layer (not merged)."""

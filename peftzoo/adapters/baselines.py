@@ -3,6 +3,8 @@
 ``full``: every parameter trained.  ``head``: only the ``train`` modules (the classification head) trained.
 They are registered (``baseline = True``), so they are attached, trained and listed by name like any method, but
 ``peftzoo.methods()`` leaves them out: they add no tensors and have nothing to merge or save in PEFT's format.
+They train the model's own tensors in place, so the model is always plain: ``unload()`` gives it back as trained
+(``full`` has no base model apart from it to disable or unload to).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from peftzoo.registry import register
 
 class _Baseline(Adapter):
     baseline = True
+    guards_save_pretrained = False  # the model is always plain: its save_pretrained writes the trained model
     def __init__(self, model, config: AdapterConfig):
         super().__init__(model, config)
         self.freeze_base(find_train(model, config))
@@ -39,6 +42,20 @@ class _Baseline(Adapter):
     def unmerge(self):
         pass
 
+    @property
+    def merged(self) -> bool:
+        return False
+
+    def enable_update(self, on: bool) -> None:
+        pass  # ``head``: nothing but the train modules, which keep their values inside disable_adapter() everywhere
+
+    def unload_model(self, merge: bool):
+        return self.model
+
+
+_NO_BASE = ("{what}: full fine-tuning trains the model's own weights in place, so no base model is kept apart from "
+            "them (keep a copy of the model before attaching, e.g. copy.deepcopy(model), to compare with it)")
+
 
 @register
 class FullFinetune(_Baseline):
@@ -57,6 +74,15 @@ class FullFinetune(_Baseline):
 
     def roles(self):
         return {"body": self._body}
+
+    def enable_update(self, on: bool) -> None:
+        raise ValueError(_NO_BASE.format(what="ad.disable_adapter()"))
+
+    def unload_model(self, merge: bool):
+        if not merge:
+            raise ValueError(_NO_BASE.format(what="ad.unload(merge=False)") + "; ad.unload(merge=True) returns the "
+                             "trained model")
+        return self.model
 
     @classmethod
     def count(cls, model, config):

@@ -7,12 +7,14 @@ counting, state, merge, PEFT tensors) is answered here once.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from peftzoo.adapters import lifecycle
 from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer, count_train, find_train
 from peftzoo.inject import find_targets, replace_module, resolve_targets
 from peftzoo.io import PEFT_PREFIX, copy_checked
@@ -39,6 +41,8 @@ class LayerAdapter(Adapter):
         self.layers: dict[str, AdapterLayer] = {}
         for name, lin in targets.items():
             layer = self.layer_class(lin)(name, lin, self.layer_config(config, name), self.shared, gen)
+            layer.remember_init()
+            layer.train(lin.training)  # the mode of the layer it wraps (a new module starts in train mode)
             replace_module(model, name, layer)
             self.layers[name] = layer
 
@@ -64,6 +68,8 @@ class LayerAdapter(Adapter):
         gen = torch.Generator().manual_seed(self.config.seed)
         for name, layer in self.layers.items():
             fresh = self.layer_class(layer.base)(name, layer.base, self.layer_config(self.config, name), shared, gen)
+            fresh.remember_init()
+            layer.init_state = fresh.init_state
             mine = {**dict(layer.named_parameters()), **dict(layer.named_buffers())}
             for k, t in [*fresh.named_parameters(), *fresh.named_buffers()]:
                 if not k.startswith("base."):
@@ -125,12 +131,38 @@ class LayerAdapter(Adapter):
             layer.after_load()
 
     def merge(self) -> None:
+        lifecycle.refuse_while_off(self, "merge")
         for layer in self.layers.values():
             layer.merge()
 
     def unmerge(self) -> None:
+        lifecycle.refuse_while_off(self, "unmerge")
         for layer in self.layers.values():
             layer.unmerge()
+
+    @property
+    def merged(self) -> bool:
+        return any(layer.merged for layer in self.layers.values())
+
+    def enable_update(self, on: bool) -> None:
+        for layer in self.layers.values():
+            layer.switch(on)
+
+    def unload_model(self, merge: bool) -> nn.Module:
+        for name, layer in self.layers.items():
+            replace_module(self.model, name, layer.unload(merge))
+        return self.model
+
+    @contextlib.contextmanager
+    def plain_view(self):
+        """The wrapped layers replaced by their own (merged) layers inside the block: the unloaded model's view."""
+        for name, layer in self.layers.items():
+            replace_module(self.model, name, layer.base)
+        try:
+            yield
+        finally:
+            for name, layer in self.layers.items():
+                replace_module(self.model, name, layer)
 
     # ---- PEFT tensors -----------------------------------------------------------------------------------------
     def peft_state(self) -> dict[str, torch.Tensor]:

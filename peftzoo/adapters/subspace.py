@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from peftzoo.adapters.base import Adapter, AdapterConfig, count_train, find_train
+from peftzoo.adapters import lifecycle
+from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterModule, count_train, find_train
 from peftzoo.adapters.fastfood import DenseProjection, Fastfood
 from peftzoo.io import copy_checked
 from peftzoo.registry import register
@@ -63,8 +64,9 @@ class _Said(torch.autograd.Function):
         return (gy, glam, *([None] * len(grads)))
 
 
-class SubspaceModel(nn.Module):
-    """Calls the base model with θ0 + P z (SAID: + λ-scaled pieces) substituted for its parameters."""
+class SubspaceModel(AdapterModule):
+    """Calls the base model with θ0 + P z (SAID: + λ-scaled pieces) substituted for its parameters; the base model
+    alone when merged (θ0 holds the update), switched off (``disabled``) or without a projection (d = 0)."""
 
     def __init__(self, base: nn.Module, names: list[str], dz: int, m: int, projection: nn.Module | None):
         super().__init__()
@@ -74,6 +76,8 @@ class SubspaceModel(nn.Module):
         self.z = nn.Parameter(torch.zeros(dz))
         self.lam = nn.Parameter(torch.ones(m)) if m else None
         self.merged = False
+        self.disabled = False  # inside disable_adapter()
+        self.unloaded = False  # after unload(): the model unload() returned is the one to call
 
     def _pieces(self, own: dict, y: torch.Tensor | None = None) -> list[torch.Tensor]:
         """P z (``y`` if already computed) cut into one piece per parameter tensor by one ``split`` of the
@@ -106,7 +110,14 @@ class SubspaceModel(nn.Module):
         return {n: torch.addcmul(own[n], p, self.lam[i]) for i, (n, p) in enumerate(zip(self.names, pieces))}
 
     def forward(self, *args, **kwargs):
-        if self.merged or self.proj is None:
+        if self.merged or self.disabled or self.unloaded or self.proj is None:
+            if self.unloaded:
+                raise RuntimeError("this DID/SAID wrapper was unloaded (ad.unload()): call the model unload() "
+                                   "returned")
+            if self.merged and self.training and torch.is_grad_enabled():  # a training step: backward would fail
+                n = self.names[0]
+                guarded = {n: lifecycle.guard_merged(self.base.get_parameter(n), [self.z, self.lam])}
+                return functional_call(self.base, guarded, args, kwargs, strict=False)
             return self.base(*args, **kwargs)
         return functional_call(self.base, self.params(), args, kwargs, strict=False)
 
@@ -139,7 +150,7 @@ class Did(Adapter):
             ref = next(model.parameters())
             proj.to(ref.device)
         self.model = SubspaceModel(model, names, dz if config.d > 0 else 0, m if config.d > 0 else 0, proj)
-        self.model.to(next(model.parameters()).device)
+        self.model.to(next(model.parameters()).device).train(model.training)
 
     @classmethod
     def _check(cls, config, m: int) -> int:
@@ -182,6 +193,7 @@ class Did(Adapter):
 
     @torch.no_grad()
     def _shift(self, sign: float, merged: bool):
+        lifecycle.refuse_while_off(self, "merge" if merged else "unmerge")
         if self.model.proj is not None and self.model.merged != merged:
             deltas = self.model.deltas()
             for n, p in self.model.base.named_parameters():
@@ -194,6 +206,22 @@ class Did(Adapter):
 
     def unmerge(self):
         self._shift(-1.0, False)
+
+    @property
+    def merged(self) -> bool:
+        return self.model.merged
+
+    def enable_update(self, on: bool) -> None:
+        self.model.disabled = not on
+
+    def unload_model(self, merge: bool) -> nn.Module:
+        """The base model: θ0 + the deltas (``merge``) or θ0 (the wrapper is left refusing calls)."""
+        if merge:
+            self.merge()
+        else:
+            self.unmerge()
+        self.model.unloaded = True
+        return self.model.base
 
 
 @register
