@@ -35,6 +35,7 @@ CONFIGS = {  # name: (peftzoo method, kwargs, PEFT config factory)
     "adalora 12->8": ("adalora", dict(init_r=12, target_r=8, tinit=0, tfinal=0, deltaT=10),
                       lambda p, t: p.AdaLoraConfig(init_r=12, target_r=8, deltaT=10, total_step=10**6,
                                                    target_modules=t)),
+    "oft b=32": ("oft", dict(oft_block_size=32), lambda p, t: p.OFTConfig(oft_block_size=32, target_modules=t)),
 }
 
 

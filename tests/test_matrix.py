@@ -19,9 +19,12 @@ from peftzoo import adapters
 peft = pytest.importorskip("peft")
 pytestmark = pytest.mark.filterwarnings("ignore")  # PEFT's and transformers' notes on tiny configs
 
-METHODS = [m for m in peftzoo.methods() if issubclass(adapters.get(m), LayerAdapter)]
+# per-layer methods with a PEFT counterpart (delta-lora has none: its moved W is no PEFT file's)
+METHODS = [m for m in peftzoo.methods() if issubclass(adapters.get(m), LayerAdapter) and
+           hasattr(adapters.get(m), "peft_config")]
 KW = {"lora": dict(r=4), "rslora": dict(r=4), "loraplus": dict(r=4), "dora": dict(r=4), "vera": dict(r=8),
       "adalora": dict(init_r=4, target_r=2, total_steps=10)}
+KW["oft"] = dict(oft_block_size=8)  # the MLP's 20-wide input gets PEFT's nearest divisor, 10
 TOL = dict(atol=1e-5, rtol=1e-5)
 SPECS = ["attention", "all-linear"]
 
@@ -32,6 +35,10 @@ DIFFERENCES = {
     "cannot be applied to modules of type lora.Linear); peftzoo leaves every train module out of all-linear, and "
     "writes the exact module list, which PEFT loads",
 }
+
+# Cells PEFT refuses, refused by peftzoo too: (arch, method) -> the error both raise. GPT-2's projections are
+# transformers' Conv1D, which PEFT 0.21.2's OFT does not adapt ("Target module Conv1D(...) is not supported").
+REFUSED = {("gpt2", "oft"): "is a Conv1D"}
 
 # Cells that target conv layers (a conv net, ViT's patch embedding): the full cell for the LoRA family (PEFT runs
 # it on nn.Conv2d), a TypeError naming the layer type for the methods PEFT runs on linear layers only.
@@ -92,6 +99,15 @@ def peft_model(arch, cfg_dir, targets):
 def test_cell(tmp_path, arch, method, spec):
     a, targets = ARCHS[arch], targets_of(arch, spec)
     kw = dict(targets=targets, train=a.train, **KW[method])
+    if (arch, method) in REFUSED:
+        with pytest.raises(TypeError, match=REFUSED[arch, method]):
+            peftzoo.attach(fresh(arch), method, **kw)
+        cls = adapters.get(method)
+        cfg = peft.get_peft_config({"peft_type": cls.peft_type, "target_modules": targets,
+                                    **cls.peft_config(peftzoo.make_config(method, **kw))})
+        with pytest.raises(TypeError, match="is not supported"):
+            peft.get_peft_model(fresh(arch), cfg)
+        return
     ref0 = out(base(arch), arch)
 
     # attach: only adapter and train tensors are trainable and get gradients

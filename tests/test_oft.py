@@ -1,0 +1,139 @@
+"""OFT beyond the shared contracts: the rotation by hand, PEFT's options against PEFT, the budget knob, refusals."""
+import json
+
+import pytest
+import torch
+from conftest import TARGETS, tiny_bert
+
+import peftzoo
+from peftzoo.adapters.oft import cayley_neumann, nearest_divisor
+
+peft = pytest.importorskip("peft")
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def _randomize(ad, std=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in ad.adapter_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+def test_rotation_by_hand():
+    model = tiny_bert()
+    ad = peftzoo.attach(model, "oft", targets=["query"], oft_block_size=4)
+    _randomize(ad)
+    layer = ad.layers["bert.encoder.layer.0.attention.self.query"]
+    u = torch.zeros(8, 4, 4)
+    iu = torch.triu_indices(4, 4, 1)
+    u[:, iu[0], iu[1]] = layer.weight_q.detach()
+    q = u - u.transpose(1, 2)
+    eye = torch.eye(4)
+    series = eye + 2 * q + 2 * q @ q + 2 * q @ q @ q + q @ q @ q @ q  # 5 terms, PEFT's default
+    torch.testing.assert_close(layer.rotation(), series)
+    # W' = W Rᵀ with R block-diagonal: the merged weight, and the forward
+    w_merged = layer.base.weight @ torch.block_diag(*series).t()
+    torch.testing.assert_close(layer.base.weight + layer.delta_weight(), w_merged, **TOL)
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(layer(x), x @ w_merged.t() + layer.base.bias, **TOL)
+    # exact Cayley: (I − Q)(I + Q)⁻¹, orthogonal
+    exact = peftzoo.attach(tiny_bert(), "oft", targets=["query"], oft_block_size=4, use_cayley_neumann=False)
+    layer2 = exact.layers["bert.encoder.layer.0.attention.self.query"]
+    with torch.no_grad():
+        layer2.weight_q.copy_(layer.weight_q)
+    r = layer2.rotation()
+    torch.testing.assert_close(r, (eye - q) @ torch.linalg.inv(eye + q), **TOL)
+    torch.testing.assert_close(r.transpose(1, 2) @ r, eye.expand(8, 4, 4), **TOL)
+    # PEFT's 3-term series equals its 4-term one
+    torch.testing.assert_close(cayley_neumann(q, 3), cayley_neumann(q, 4))
+    torch.testing.assert_close(cayley_neumann(q, 3), eye + 2 * q + 2 * q @ q + q @ q @ q)
+
+
+def test_count_by_hand():
+    model = tiny_bert()
+    # query, value 32 -> 32 and intermediate.dense 32 -> 64, 2 layers: d_in = 32 everywhere; head 32·3 + 3
+    head = 32 * 3 + 3
+    assert peftzoo.count(model, "oft", targets=TARGETS, train=["classifier"], oft_block_size=8) == 6 * 4 * 28 + head
+    assert peftzoo.count(model, "oft", targets=TARGETS, oft_block_size=0, r=2) == 6 * 2 * (16 * 15 // 2)
+    assert peftzoo.count(model, "oft", targets=TARGETS, oft_block_size=8, block_share=True) == 6 * 28
+    assert peftzoo.count(model, "oft", targets=["output.dense"], oft_block_size=8) == 2 * (4 * 28 + 8 * 28)
+
+
+OPTIONS = [dict(oft_block_size=8), dict(oft_block_size=0, r=2), dict(oft_block_size=8, block_share=True),
+           dict(oft_block_size=4, use_cayley_neumann=False), dict(oft_block_size=8, num_cayley_neumann_terms=3),
+           dict(oft_block_size=12)]  # 12 divides no width here: PEFT (and peftzoo) move it to 8
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("kw", OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_options_equal_peft_forward_gradients_and_files(tmp_path, ids, kw):
+    model = tiny_bert()
+    ad = peftzoo.attach(model, "oft", targets=TARGETS + ["output.dense"], train=["classifier"], **kw)
+    _randomize(ad)
+    ad.save_peft(tmp_path / "ours")
+    pm = peft.PeftModel.from_pretrained(tiny_bert(), tmp_path / "ours", is_trainable=True).eval()
+    labels = torch.tensor([0, 1, 2])
+    out, ref = model(ids, labels=labels), pm(ids, labels=labels)
+    torch.testing.assert_close(out.logits, ref.logits, **TOL)
+    assert (out.logits - tiny_bert()(ids).logits).abs().max() > 1e-4  # the rotation matters
+    out.loss.backward()
+    ref.loss.backward()
+    theirs = [p for n, p in pm.named_parameters() if p.requires_grad and "oft_R" in n]
+    assert sum(p.numel() for p in theirs) == sum(p.numel() for p in ad.adapter_parameters())
+    for a, b in zip(ad.adapter_parameters(), theirs):
+        torch.testing.assert_close(a.grad, b.grad, **TOL)
+    pm.merge_adapter()  # PEFT's merged weights equal ours
+    ad.merge()
+    for n, layer in ad.layers.items():
+        torch.testing.assert_close(layer.base.weight, pm.get_submodule("base_model.model." + n).base_layer.weight,
+                                   **TOL)
+    pm.unmerge_adapter()
+    pm.save_pretrained(tmp_path / "peft")
+    back = tiny_bert()
+    peftzoo.load_peft(back, tmp_path / "peft")
+    torch.testing.assert_close(back(ids).logits, ref.logits, **TOL)
+
+
+def test_nearest_divisor_is_peft_rule():
+    from peft.tuners.oft.layer import OFTLayer
+    for n in (20, 32, 392, 7, 384):
+        for v in range(1, n + 3):
+            assert nearest_divisor(n, v) == OFTLayer.adjust_oft_parameters(None, n, v), (n, v)
+
+
+def test_moved_block_size_warns_and_budget_solver_skips_it():
+    from peftzoo.bench.budget import solve
+    model = tiny_bert()
+    with pytest.warns(UserWarning, match=r"oft_block_size=12 does not divide d_in of 6 layer\(s\).*blocks of 8"):
+        peftzoo.attach(tiny_bert(), "oft", targets=TARGETS, oft_block_size=12)
+    s = solve(model, "oft", 6 * 32 * 11 // 2, targets=TARGETS)  # b = 12 would hit it exactly, but is moved to 8
+    assert s.kwargs == {"oft_block_size": 8, "r": 0} and s.achieved == 6 * 32 * 7 // 2
+    s = solve(model, "oft", 6 * 32 * 15 // 2 + 10, targets=TARGETS)
+    assert s.kwargs["oft_block_size"] == 16 and s.ok
+
+
+def test_refusals_name_the_option():
+    model = tiny_bert()
+    cases = [(dict(r=4), "exactly one non-zero"), (dict(coft=True), "coft=True"),
+             (dict(module_dropout=0.1), "never applies"), (dict(num_cayley_neumann_terms=1), "R = I")]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            peftzoo.attach(model, "oft", targets=["query"], **kw)
+    lin = torch.nn.Sequential(torch.nn.Linear(7, 4))
+    with pytest.raises(ValueError, match=r"'0': d_in=7 .* size 1"):
+        peftzoo.attach(lin, "oft", targets=["0"], oft_block_size=4)
+    assert all(p.requires_grad for p in model.parameters())  # nothing half-attached
+
+
+def test_peft_file_options_checked(tmp_path):
+    ad = peftzoo.attach(tiny_bert(), "oft", targets=["query"], oft_block_size=8)
+    ad.save_peft(tmp_path)
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert cfg["peft_version"] == "0.21.2" and cfg["use_cayley_neumann"] is True
+    for change, msg in [({"coft": True}, "coft=True"), ({"peft_version": "0.17.1"}, "before PEFT changed it")]:
+        (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, **change}))
+        with pytest.raises(ValueError, match=msg):
+            peftzoo.load_peft(tiny_bert(), tmp_path)
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, "module_dropout": 0.1}))
+    with pytest.warns(UserWarning, match="never applies"):
+        peftzoo.load_peft(tiny_bert(), tmp_path)
