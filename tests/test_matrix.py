@@ -21,7 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")  # PEFT's and transformers' no
 
 METHODS = [m for m in peftzoo.methods() if issubclass(adapters.get(m), LayerAdapter)]
 KW = {"lora": dict(r=4), "rslora": dict(r=4), "loraplus": dict(r=4), "dora": dict(r=4), "vera": dict(r=8),
-      "adalora": dict(init_r=4, target_r=2, total_steps=10)}
+      "adalora": dict(init_r=4, target_r=2, total_steps=10), "ia3": {}, "loha": dict(r=4), "lokr": dict(r=2)}
 TOL = dict(atol=1e-5, rtol=1e-5)
 SPECS = ["attention", "all-linear"]
 
@@ -33,10 +33,14 @@ DIFFERENCES = {
     "writes the exact module list, which PEFT loads",
 }
 
+# Cells PEFT refuses, and so do we, naming the layer: (arch, method) -> the PEFT config class, which the test shows
+# refusing too. GPT-2's projections are transformers' Conv1D, which PEFT's LoHa and LoKr do not adapt.
+REFUSED = {("gpt2", "loha"): "LoHaConfig", ("gpt2", "lokr"): "LoKrConfig"}
+
 # Cells that target conv layers (a conv net, ViT's patch embedding): the full cell for the LoRA family (PEFT runs
 # it on nn.Conv2d), a TypeError naming the layer type for the methods PEFT runs on linear layers only.
 CONV_CELLS = {"convnet": ["conv", "fc1"], "vit": ["patch_embeddings.projection", "q_proj"]}
-CONV_METHODS = ["lora", "rslora", "loraplus", "dora"]
+CONV_METHODS = ["lora", "rslora", "loraplus", "dora", "ia3", "loha", "lokr"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -92,6 +96,12 @@ def peft_model(arch, cfg_dir, targets):
 def test_cell(tmp_path, arch, method, spec):
     a, targets = ARCHS[arch], targets_of(arch, spec)
     kw = dict(targets=targets, train=a.train, **KW[method])
+    if (arch, method) in REFUSED:
+        with pytest.raises(TypeError, match=rf"is a Conv1D, not a layer type {method} adapts"):
+            peftzoo.attach(fresh(arch), method, **kw)
+        with pytest.raises(TypeError, match="Conv1D'> not supported"):
+            peft.get_peft_model(fresh(arch), getattr(peft, REFUSED[arch, method])(target_modules=targets))
+        return
     ref0 = out(base(arch), arch)
 
     # attach: only adapter and train tensors are trainable and get gradients

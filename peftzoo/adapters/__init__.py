@@ -8,6 +8,9 @@ from peftzoo.adapters import lora  # noqa: F401  lora, rslora, loraplus
 from peftzoo.adapters import dora  # noqa: F401
 from peftzoo.adapters import vera  # noqa: F401
 from peftzoo.adapters import adalora  # noqa: F401
+from peftzoo.adapters import ia3  # noqa: F401
+from peftzoo.adapters import loha  # noqa: F401
+from peftzoo.adapters import lokr  # noqa: F401
 from peftzoo.adapters import subspace  # noqa: F401  did, said
 from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer
 from peftzoo.registry import REGISTRY, get, register
