@@ -276,3 +276,13 @@ def test_peft_lycoris_file_with_a_rank_pattern_is_refused(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="rank_pattern=.*per-layer values"):
         peftzoo.load_peft(tiny_bert(), tmp_path)
+
+
+def test_a_method_without_a_size_knob_is_one_point_of_the_leaderboard():
+    from peftzoo.bench.protocol import make_plan
+    preset = {"suite": "t", "tasks": ["SST-2"], "methods": ["lora", "ia3"], "seeds": [0], "budgets": [256, 1024],
+              "targets": ["query", "value"], "hparams": {"ia3": {"feedforward": ["value"]}}}
+    plan = make_plan(preset, model=tiny_bert(num_labels=2))
+    cells = [c for c in plan.cells if c.method == "ia3"]
+    assert [(c.label, c.hparams, c.middle) for c in cells] == [("—", {"feedforward": ["value"]}, True)]
+    assert sorted(s.lr for s in plan.stage1() if s.method == "ia3") == sorted(peftzoo.adapters.get("ia3").lr_grid())

@@ -76,6 +76,9 @@ def cells(preset: dict, methods, protocol: Protocol, model=None) -> list[Cell]:
         if cls.baseline:
             out.append(Cell(m, {}, "—"))
             continue
+        if cls.budget_knob is None:  # no size knob (IA3: its size is set by the targets): one point, swept there
+            out.append(Cell(m, fixed, "—"))
+            continue
         mine = sorted(int(b) for b in per_method.get(m, bs))
         paper = m in protocol.paper_settings and cls.paper_hparams
         if mine and middle not in mine:
