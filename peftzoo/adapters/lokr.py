@@ -3,16 +3,17 @@
     ΔW = (α/r) · W1 ⊗ W2,   W1 ∈ R^{a×c},  W2 = W2a W2b ∈ R^{b×d} (rank r),   d_out = a·b,  d_in = c·d
     y  = (W + ΔW) x + b
 
-(a, b) splits d_out and (c, d) splits d_in by PEFT's ``factorization``: with ``decompose_factor`` f > 0 dividing
-the size, (f, size/f); else the largest divisor m ≤ √size (and ≤ f when f > 0), (m, size/m). W2 is kept whole (b·d
-elements) once r ≥ max(b, d)/2, where its factors would cost more; W1 is whole unless ``decompose_both`` and
-r < max(a, c)/2 (then W1a W1b). A convolution splits c_in/groups and keeps its kernel in W2 (b × d × k₁ × k₂ whole,
-or W2b ∈ R^{r × d·∏k}). Init (PEFT's ``init_weights=True``): W1 (or W1a) = 0, the other factors Kaiming-uniform
-(a = √5, from ``seed``); ``"lycoris"``: W1's factors random, W2 (or W2b) = 0.
+(a, b) splits d_out and (c, d) splits d_in by PEFT's ``factorization``: with ``decompose_factor`` f > 0
+dividing the size, (f, size/f); else the largest divisor m ≤ √size (and ≤ f when f > 0), (m, size/m). W2 is kept
+whole (b·d elements) once r ≥ max(b, d)/2, where its factors would cost more; W1 is whole unless
+``decompose_both`` and r < max(a, c)/2 (then W1a W1b). A convolution splits c_in/groups and keeps its kernel in
+W2 (b × d × k₁ × k₂ whole, or W2b ∈ R^{r × d·∏k}). Init (PEFT's ``init_weights=True``): W1 (or W1a) = 0,
+the other factors Kaiming-uniform (a = √5, from ``seed``); ``"lycoris"``: W1's factors random, W2 (or W2b) = 0.
 
-Trainable elements per adapted layer: |W1| + |W2|, |W1| = a·c or r·(a + c), |W2| = b·d·∏k or r·(b + d·∏k) (∏k = 1
-for a linear layer). The count is not monotone in r (it drops where W2 becomes whole), so a parameter budget solves
-r below the first such point (``rank_fits``). Linear layers and ``nn.Conv2d`` (PEFT's ``nn.Conv1d`` is not adapted).
+Trainable elements per adapted layer: |W1| + |W2|, |W1| = a·c or r·(a + c), |W2| = b·d·∏k or r·(b + d·∏k)
+(∏k = 1 for a linear layer). The count is not monotone in r (it drops where W2 becomes whole), so a parameter
+budget solves r below the first such point (``rank_fits``). Linear layers and ``nn.Conv2d`` (PEFT's
+``nn.Conv1d`` is not adapted here: naming one is a TypeError).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ INITS = (True, "lycoris")
 
 @dataclass
 class LokrConfig(LycorisConfig):
-    decompose_factor: int = -1  # how d_out and d_in are split: -1 near √size, f > 0 gives (f, size/f) when f divides it
+    decompose_factor: int = -1  # how d_out, d_in are split: -1 near √size; f > 0: (f, size/f) when f divides it
     decompose_both: bool = False  # also factor W1 (the small Kronecker factor) into rank-r parts when that is cheaper
     init_weights: bool | str = True  # PEFT's: True (W1 = 0) or "lycoris" (W2 = 0); either way ΔW = 0 at the start
 
@@ -141,7 +142,8 @@ class Lokr(LayerAdapter):
         """False once r changes which factors of some layer are whole (W2 at r >= max(b, d)/2): from there the count
         drops, then stays, so a budget gains nothing from it."""
         one = dataclasses.replace(config, r=1)
-        return all(_whole(m, config) == _whole(m, one) for m in cls.find(model, config, find_train(model, config)).values())
+        layers = cls.find(model, config, find_train(model, config)).values()
+        return all(_whole(m, config) == _whole(m, one) for m in layers)
 
     @classmethod
     def peft_config(cls, config):

@@ -108,7 +108,7 @@ class DeltaLayer(AdapterLayer):
         return w.shape[0], w[0].numel()
 
     def factor(self, *shape: int, gen: torch.Generator, zero: bool = False) -> nn.Parameter:
-        """A trainable factor in the base's dtype and device: zeros, or Kaiming-uniform drawn from ``gen`` on the CPU."""
+        """A trainable factor in the base's dtype and device: zeros, or Kaiming-uniform from ``gen`` (on the CPU)."""
         w = self.base.weight
         t = torch.zeros(shape, dtype=w.dtype)
         return nn.Parameter((t if zero else kaiming_(t, gen)).to(w.device))
