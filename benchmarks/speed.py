@@ -24,6 +24,7 @@ import torch
 
 import peftzoo
 
+FF = r".*output\.dense"  # IA3's feedforward layers (input scaled): BERT's attention and FFN output projections
 CONFIGS = {  # name: (peftzoo method, kwargs, PEFT config factory)
     "lora r=8": ("lora", dict(r=8, alpha=16), lambda p, t: p.LoraConfig(r=8, lora_alpha=16, target_modules=t)),
     "rslora r=8": ("rslora", dict(r=8, alpha=16),
@@ -35,6 +36,9 @@ CONFIGS = {  # name: (peftzoo method, kwargs, PEFT config factory)
     "adalora 12->8": ("adalora", dict(init_r=12, target_r=8, tinit=0, tfinal=0, deltaT=10),
                       lambda p, t: p.AdaLoraConfig(init_r=12, target_r=8, deltaT=10, total_step=10**6,
                                                    target_modules=t)),
+    "ia3": ("ia3", dict(feedforward=FF), lambda p, t: p.IA3Config(target_modules=t, feedforward_modules=FF)),
+    "loha r=8": ("loha", dict(r=8, alpha=8), lambda p, t: p.LoHaConfig(r=8, alpha=8, target_modules=t)),
+    "lokr r=8": ("lokr", dict(r=8, alpha=8), lambda p, t: p.LoKrConfig(r=8, alpha=8, target_modules=t)),
     "oft b=32": ("oft", dict(oft_block_size=32), lambda p, t: p.OFTConfig(oft_block_size=32, target_modules=t)),
 }
 

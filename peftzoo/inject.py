@@ -119,7 +119,8 @@ def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_type
         found = {n: m for n, m in named if isinstance(m, LINEAR_TYPES) and m is not out and not _under(n, skip)}
         if not found:
             raise ValueError("targets='all-linear' found no nn.Linear/Conv1D outside the output layer and train modules")
-        return found
+        return _check_types(model, found, base_types, method, " (targets='all-linear' takes every nn.Linear and "
+                            "Conv1D, as PEFT's does: name the layers to adapt instead)")
     tlist = [targets] if isinstance(targets, str) else list(targets)
     hits = {n: m for n, m in named if _matches(n, targets) and not _under(n, skip)}
     if not isinstance(targets, str):
@@ -131,6 +132,11 @@ def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_type
     if not hits:
         raise ValueError(f"every module matching targets={targets!r} is inside a train module {skip}: "
                          "nothing is left to adapt")
+    return _check_types(model, hits, base_types, method)
+
+
+def _check_types(model: nn.Module, hits: dict, base_types: tuple, method: str, why: str = "") -> dict:
+    """``hits``, or a TypeError naming the first one whose type ``method`` does not adapt (and the types it does)."""
     bad = {n: type(m).__name__ for n, m in hits.items() if not isinstance(m, base_types)}
     if bad:
         n, t = next(iter(bad.items()))
@@ -138,7 +144,7 @@ def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_type
                           f"{b.__module__.split('.')[0]}.{b.__name__}" for b in base_types)
         inner = [f"{n}.{c}" for c, cm in model.get_submodule(n).named_modules() if isinstance(cm, base_types) and c]
         hint = f" Its submodules {method or 'peftzoo'} can adapt: {', '.join(inner[:5])}." if inner else ""
-        raise TypeError(f"target {n!r} is a {t}, not a layer type {method or 'peftzoo'} adapts ({kinds}).{hint}")
+        raise TypeError(f"target {n!r} is a {t}, not a layer type {method or 'peftzoo'} adapts ({kinds}){why}.{hint}")
     return hits
 
 

@@ -217,6 +217,8 @@ def save_peft(ad: Adapter, path) -> None:
            "modules_to_save": list(ad.config.train) or None,
            "base_model_name_or_path": base_model_info(ad.model)["name_or_path"], **cls.peft_config(ad.config)}
     cfg.update(ad.peft_extra_config() if hasattr(ad, "peft_extra_config") else {})
+    for key in getattr(cls, "peft_absent", ()):  # fields the method's PEFT config class lacks (PEFT warns on them)
+        cfg.pop(key, None)
     tensors = {**ad.peft_state(), **_train_tensors(ad, PEFT_PREFIX)}
     save_file(_contiguous(tensors), str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
     _write_json(path / "adapter_config.json", cfg)

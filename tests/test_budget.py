@@ -7,7 +7,7 @@ from peftzoo.bench.budget import solve
 T = ["query", "value"]
 
 
-@pytest.mark.parametrize("method", ["lora", "rslora", "loraplus", "dora", "vera", "adalora", "deltalora"])  # oft: test_oft.py
+@pytest.mark.parametrize("method", ["lora", "rslora", "loraplus", "dora", "vera", "adalora", "loha", "deltalora"])  # oft: test_oft.py
 def test_solver_hits_budget_within_granularity(method):
     model = tiny_bert()
     s = solve(model, method, 4096, targets=T)

@@ -41,6 +41,10 @@ def test_output_equals_base_model_at_init(model, ids, method):
 
 @pytest.mark.parametrize("method", LAYER_METHODS)
 def test_layer_forward_equals_linear_with_merged_weight(model, method):
+    with torch.no_grad():  # non-zero biases (BERT's init zeroes them): IA3 scales them when it merges
+        g = torch.Generator().manual_seed(7)
+        for p in [p for n, p in model.named_parameters() if n.endswith("bias")]:
+            p.add_(torch.randn(p.shape, generator=g))
     ad = attach(model, method)
     randomize(ad)
     x = torch.randn(4, 5, 32)
@@ -50,7 +54,9 @@ def test_layer_forward_equals_linear_with_merged_weight(model, method):
         if layer.in_features != 32:
             continue
         w = layer.base.weight + layer.delta_weight()
-        torch.testing.assert_close(layer(x), F.linear(x, w, layer.base.bias), atol=1e-5, rtol=1e-5)
+        db = layer.delta_bias() if hasattr(layer, "delta_bias") else None  # what merge() adds to the bias, if any
+        b = layer.base.bias if db is None else layer.base.bias + db
+        torch.testing.assert_close(layer(x), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("method", MERGING)

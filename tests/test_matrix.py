@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")  # PEFT's and transformers' no
 METHODS = [m for m in peftzoo.methods() if issubclass(adapters.get(m), LayerAdapter) and
            hasattr(adapters.get(m), "peft_config")]
 KW = {"lora": dict(r=4), "rslora": dict(r=4), "loraplus": dict(r=4), "dora": dict(r=4), "vera": dict(r=8),
-      "adalora": dict(init_r=4, target_r=2, total_steps=10)}
+      "adalora": dict(init_r=4, target_r=2, total_steps=10), "ia3": {}, "loha": dict(r=4), "lokr": dict(r=2)}
 KW["oft"] = dict(oft_block_size=8)  # the MLP's 20-wide input gets PEFT's nearest divisor, 10
 TOL = dict(atol=1e-5, rtol=1e-5)
 SPECS = ["attention", "all-linear"]
@@ -36,14 +36,14 @@ DIFFERENCES = {
     "writes the exact module list, which PEFT loads",
 }
 
-# Cells PEFT refuses, refused by peftzoo too: (arch, method) -> the error both raise. GPT-2's projections are
-# transformers' Conv1D, which PEFT 0.21.2's OFT does not adapt ("Target module Conv1D(...) is not supported").
-REFUSED = {("gpt2", "oft"): "is a Conv1D"}
+# Cells PEFT refuses, refused by peftzoo too, naming the layer type: (arch, method) -> the error we raise.
+# GPT-2's projections are transformers' Conv1D, which PEFT 0.21.2's OFT, LoHa and LoKr do not adapt.
+REFUSED = {("gpt2", m): "is a Conv1D" for m in ("oft", "loha", "lokr")}
 
 # Cells that target conv layers (a conv net, ViT's patch embedding): the full cell for the LoRA family (PEFT runs
 # it on nn.Conv2d), a TypeError naming the layer type for the methods PEFT runs on linear layers only.
 CONV_CELLS = {"convnet": ["conv", "fc1"], "vit": ["patch_embeddings.projection", "q_proj"]}
-CONV_METHODS = ["lora", "rslora", "loraplus", "dora"]
+CONV_METHODS = ["lora", "rslora", "loraplus", "dora", "ia3", "loha", "lokr"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -105,7 +105,7 @@ def test_cell(tmp_path, arch, method, spec):
         cls = adapters.get(method)
         cfg = peft.get_peft_config({"peft_type": cls.peft_type, "target_modules": targets,
                                     **cls.peft_config(peftzoo.make_config(method, **kw))})
-        with pytest.raises(TypeError, match="is not supported"):
+        with pytest.raises(TypeError, match="not supported"):
             peft.get_peft_model(fresh(arch), cfg)
         return
     ref0 = out(base(arch), arch)

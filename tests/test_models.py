@@ -14,9 +14,9 @@ import peftzoo
 from peftzoo.adapters.base import AdapterLayer
 
 peft = pytest.importorskip("peft")
-LAYER_METHODS = ["lora", "rslora", "dora", "vera", "adalora"]
+LAYER_METHODS = ["lora", "rslora", "dora", "vera", "adalora", "ia3"]  # those PEFT runs on GPT-2's Conv1D
 KW = {"lora": dict(r=4), "rslora": dict(r=4), "dora": dict(r=4), "vera": dict(r=8),
-      "adalora": dict(init_r=4, target_r=2, total_steps=10)}
+      "adalora": dict(init_r=4, target_r=2, total_steps=10), "ia3": {}, "loha": dict(r=4), "lokr": dict(r=2)}
 
 
 def build(arch, seed=0):
@@ -91,7 +91,7 @@ def test_train_matches_module_names_by_suffix_as_peft(tmp_path):
     assert ad.num_trainable() == sum(p.numel() for p in pm.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("method", ["lora", "dora", "adalora", "vera"])
+@pytest.mark.parametrize("method", ["lora", "dora", "adalora", "vera", "ia3", "loha", "lokr"])
 def test_meta_device_attach_count_forward_then_initialize(method, ids):
     real = peftzoo.attach(tiny_bert(), method, targets=["query", "value"], **KW[method])
     with torch.device("meta"):

@@ -8,6 +8,9 @@ from peftzoo.adapters import lora  # noqa: F401  lora, rslora, loraplus
 from peftzoo.adapters import dora  # noqa: F401
 from peftzoo.adapters import vera  # noqa: F401
 from peftzoo.adapters import adalora  # noqa: F401
+from peftzoo.adapters import ia3  # noqa: F401
+from peftzoo.adapters import loha  # noqa: F401
+from peftzoo.adapters import lokr  # noqa: F401
 from peftzoo.adapters import oft  # noqa: F401
 from peftzoo.adapters import bitfit  # noqa: F401
 from peftzoo.adapters import delta_lora  # noqa: F401  deltalora

@@ -76,7 +76,7 @@ def cells(preset: dict, methods, protocol: Protocol, model=None) -> list[Cell]:
         if cls.baseline:
             out.append(Cell(m, {}, "—"))
             continue
-        if cls.budget_knob is None:  # no knob to match a budget with (BitFit): one point, at its own size
+        if cls.budget_knob is None:  # no size knob (IA3, BitFit: their size is set by the targets): one point, swept there
             out.append(Cell(m, fixed, "—"))
             continue
         mine = sorted(int(b) for b in per_method.get(m, bs))
