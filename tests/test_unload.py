@@ -15,6 +15,12 @@ from peftzoo.adapters.base import AdapterModule
 METHODS = peftzoo.methods()
 PEFT_METHODS = [m for m in METHODS if hasattr(adapters.get(m), "peft_config")]
 TOL = dict(atol=1e-5, rtol=1e-5)
+# OFT's merge multiplies W by block rotations (a Cayley-Neumann series of random Q at std 1 here): float32 rounding of
+# W R^T and back reaches ~1.5e-5 on a few elements
+MERGE_TOL = {"oft": dict(atol=3e-5, rtol=1e-4)}
+# methods whose trained tensors are the model's own (BitFit's biases): save_pretrained writes the trained model as it
+# is, and merge folds nothing, so there is no merged state to refuse a backward in
+FOLDING = [m for m in METHODS if adapters.get(m).guards_save_pretrained]
 LABELS = torch.tensor([0, 1, 2])
 
 
@@ -35,7 +41,9 @@ def adapted(method, ids, **kw):
     ad = attach(model, method, **kw)
     randomize(ad, std=1.0)
     out = logits(ad.model, ids)
-    assert (out - base).abs().max() > 1e-3  # the adapter matters, so the checks below mean something
+    # the adapter matters, so the checks below mean something: a change well above the comparisons' tolerance and a
+    # few percent of tiny BERT's small logits (IA3's scales move them by ~4e-4)
+    assert (out - base).abs().max() > max(20 * TOL["atol"], 0.02 * base.abs().max())
     return model, ad, out, base
 
 
@@ -72,7 +80,7 @@ def test_unload_gives_back_the_original_model(ids, method, merged):
     plain = ad.unload()
     want = tiny_bert(0).state_dict()
     assert plain.state_dict().keys() == want.keys()
-    tol = TOL if merged else dict(atol=0, rtol=0)  # merged: W + ΔW − ΔW in float32; else W untouched
+    tol = MERGE_TOL.get(method, TOL) if merged else dict(atol=0, rtol=0)  # merged: W + ΔW − ΔW in float32; else W untouched
     for k, v in plain.state_dict().items():
         torch.testing.assert_close(v, head if k == "classifier.weight" else want[k], **tol)
     assert all(p.requires_grad for p in plain.parameters())
@@ -87,7 +95,7 @@ def test_merge_and_unload_equals_pefts(tmp_path, ids, method):
     got = ad.unload(merge=True).state_dict()
     assert got.keys() == ref.keys()
     for k, v in got.items():
-        torch.testing.assert_close(v, ref[k], **TOL)
+        torch.testing.assert_close(v, ref[k], **MERGE_TOL.get(method, TOL))
 
 
 @pytest.mark.parametrize("arch, targets", [("gpt2", ["c_attn"]), ("convnet", ["conv", "fc1"]),
@@ -179,7 +187,7 @@ def test_baselines_unload():
 
 
 # ---- save_pretrained while attached ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", FOLDING)
 def test_save_pretrained_while_attached_refuses_unmerged_and_writes_plain_merged(tmp_path, ids, method):
     model, ad, out, _ = adapted(method, ids)
     with pytest.raises(RuntimeError, match=rf"carries a {method} adapter that is not merged.*ad.unload\(merge=True\)"
@@ -233,7 +241,7 @@ def test_disable_adapter_gives_the_base_model_and_restores_the_adapter(ids, meth
 
 # ---- errors that name the fix ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("train", [["classifier"], []])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", FOLDING)
 def test_backward_while_merged_says_unmerge(ids, method, train):
     _, ad, _, _ = adapted(method, ids, train=train)
     ad.merge()

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftzoo.adapters import lifecycle
 from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer, count_train, find_train
 from peftzoo.inject import LINEAR_TYPES, find_targets
 from peftzoo.io import copy_checked
@@ -76,12 +77,16 @@ class BitFit(Adapter):
     paper = "Ben Zaken et al. 2022, arXiv:2106.10199"
     equation = "W x + b, only the biases b trained"
     formula = "d_out"
+    guards_save_pretrained = False  # the trained biases are the model's own: save_pretrained writes the trained model
 
     def __init__(self, model: nn.Module, config: BitFitConfig):
         super().__init__(model, config)
         train = find_train(model, config)
         self.biases = biases(model, config, train)
         self.freeze_base(train)
+        # the biases as attached (Σ d_out elements): what disable_adapter() and unload(merge=False) give back
+        self._initial = {k: b.detach().clone() for k, b in self.biases.items()}
+        self._trained: dict[str, torch.Tensor] | None = None  # the trained biases while the update is off
         for b in self.biases.values():
             b.requires_grad_(True)
 
@@ -108,9 +113,38 @@ class BitFit(Adapter):
 
     def merge(self):
         """A no-op: the trained biases already are the model's (twice is a no-op too)."""
+        lifecycle.refuse_while_off(self, "merge")
+        self._merged = True
 
     def unmerge(self):
         """A no-op: there is no separate update to take out of the model."""
+        lifecycle.refuse_while_off(self, "unmerge")
+        self._merged = False
+
+    @property
+    def merged(self) -> bool:
+        """Whether merge() was called last; the outputs are the same either way (nothing is folded)."""
+        return getattr(self, "_merged", False)
+
+    @torch.no_grad()
+    def enable_update(self, on: bool) -> None:
+        """Off: the biases as attached (the trained ones kept aside); on: the trained biases back."""
+        if not on and self._trained is None:
+            self._trained = {k: b.detach().clone() for k, b in self.biases.items()}
+            for k, b in self.biases.items():
+                b.copy_(self._initial[k])
+        elif on and self._trained is not None:
+            for k, b in self.biases.items():
+                b.copy_(self._trained[k])
+            self._trained = None
+
+    @torch.no_grad()
+    def unload_model(self, merge: bool) -> nn.Module:
+        """The model itself: with its trained biases (``merge``), or with the biases it had when attached."""
+        if not merge:
+            for k, b in self.biases.items():
+                b.copy_(self._initial[k])
+        return self.model
 
     def save_peft(self, path):
         raise NotImplementedError("bitfit has no Hugging Face PEFT equivalent (PEFT trains biases only beside "
