@@ -308,7 +308,7 @@ def test_refused_peft_options_name_the_type_flags_and_option(tmp_path):
     with pytest.raises(ValueError, match=r"PEFT adapter 'LORA' \(use_dora=True, use_rslora=True\) uses "
                                          r"layers_to_transform=\[0\], which peftzoo does not support"):
         peftzoo.load_peft(tiny_bert(), tmp_path)
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3", "target_modules": ["query"]}))
-    with pytest.raises(ValueError, match=r"PEFT adapter type 'IA3' is not supported by peftzoo; supported PEFT "
-                                         r"types: ADALORA, LORA, VERA"):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "FOURIERFT", "target_modules": ["query"]}))
+    with pytest.raises(ValueError, match=r"PEFT adapter type 'FOURIERFT' is not supported by peftzoo; supported PEFT "
+                                         r"types: ADALORA, IA3, LOHA, LOKR, LORA, OFT, VERA"):
         peftzoo.load_peft(tiny_bert(), tmp_path)
