@@ -157,8 +157,8 @@ def markdown(suite: str, b: dict, use: str) -> str:
              "Examples (train / validation / dev): "
              + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {_n_dev(s):,}" if s else f"{t} not recorded"
                          for t, s in sizes.items()) + ".", "",
-             "Cells: GLUE dev metric ×100, mean ± std over seeds (`(n=1)`: one seed, no spread) (MRPC: mean of F1 and accuracy; STS-B: of Pearson "
-             "and Spearman; CoLA: Matthews corr.); the CSV adds the 95% t-interval. " + SIG + " `budget`: the "
+             "Cells: GLUE dev metric ×100, mean ± std over seeds (`(n=1)`: a single seed, so no std; MRPC: mean of F1 "
+             "and accuracy; STS-B: of Pearson and Spearman; CoLA: Matthews corr.); the CSV adds the 95% t-interval. " + SIG + " `budget`: the "
              "matched adapter-element count (achieved / target in `params`; AdaLoRA: its final budget) or `paper` "
              "(the method's paper setting). `LR / epoch`: selected on validation; `†`: the selected LR is an end point of the swept grid, so the best LR may lie outside it. Step time is the median training "
              "step relative to head-only and to full fine-tuning. `process peak MB`: "
