@@ -28,8 +28,8 @@ def _demo(args):
     ad = peftzoo.attach(model, args.method, targets=["query", "value"], train=["classifier"])
     s, cls = ad.summary(), type(ad)
     if cls.baseline:  # full, head: no adapter tensors, the model's own parameters train
-        print(f"model: {path}\n{total:,} parameters; {args.method} is a baseline without an adapter "
-              f"({cls.equation}): it trains {ad.num_trainable():,} of the model's own parameters")
+        print(f"model: {path}\n{total:,} parameters; {args.method} is a baseline, no adapter: {cls.equation}; "
+              f"it trains {ad.num_trainable():,} of the model's own parameters")
     else:
         print(f"model: {path}\n{total:,} parameters; {args.method} trains {ad.num_trainable():,} "
               f"({s['adapter']:,} adapter + {s['train_modules']:,} head)")

@@ -88,6 +88,18 @@ def test_shipped_relative_presets_plan_the_committed_runs(name):
     assert len(ids) == len(plan.stage1()) and ids <= committed
 
 
+def test_runs_are_named_with_their_budget_and_lr_and_skips_are_said_with_q(tmp_path, capsys):
+    from peftzoo.bench.runner import RunSpec
+    from peftzoo.bench.sweep import sweep
+    spec = RunSpec(suite="t", task="SST-2", method="lora", seed=0, lr=3e-3, cell="4,096")
+    assert spec.label == "SST-2 lora 4,096 lr=0.003 s0"  # what progress bars and messages show
+    assert RunSpec(suite="t", task="SST-2", method="head", seed=1, cell="—").label == "SST-2 head lr=0.001 s1"
+    skipped = RunSpec(suite="t", task="SST-2", method="lora", seed=0, skip_reason="budget 9 unreachable")
+    sweep([skipped], root=tmp_path, quiet=True, executor=lambda s, **kw: {**fake_execute(s), "status": "skipped",
+                                                                          "reason": s.skip_reason})
+    assert "SST-2 lora lr=0.001 s0: skipped: budget 9 unreachable" in capsys.readouterr().err
+
+
 # ---- end to end through the CLI on a 64-wide BERT -----------------------------------------------------------------
 @pytest.fixture
 def wide64(tmp_path):
