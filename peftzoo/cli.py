@@ -114,11 +114,18 @@ def _bench(args):
         return 0
     out = run_protocol(plan, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
                        retry_failed=args.retry_failed, ray=ray,
-                       bench={"preset": args.preset, "skip_unreachable": args.skip_unreachable})
+                       bench={"preset": _preset_ref(args.preset), "skip_unreachable": args.skip_unreachable})
     for line in failed_before(out, args.results):
         print(line, file=sys.stderr)
     print(out.summary(f"{args.results}/{preset.suite}/runs"))
     return EXIT_SOME_FAILED if out.failed else 0
+
+
+def _preset_ref(preset: str) -> str:
+    """How the runs record their preset (the table's Reproduce line names it): a shipped name as given, a file by
+    its absolute path (a relative one would not be found from another folder)."""
+    from pathlib import Path
+    return str(Path(preset).resolve()) if Path(preset).is_file() else preset
 
 
 def _table(args):
