@@ -134,7 +134,8 @@ def test_clear_errors_for_bad_input(tmp_path):
     def other():
         return BertForSequenceClassification(BertConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
                                                         intermediate_size=64, vocab_size=100, num_labels=3))
-    with pytest.raises(ValueError, match="does not fit this model.*shape"):
+    with pytest.raises(ValueError, match="cannot be loaded onto the model analysed, BertForSequenceClassification; "
+                                         "the adapter does not record its base model: .*shape.*--model BASE"):
         analyze_adapter(other(), path, config=CFG)
     with pytest.raises(ValueError, match="shape .* in the base but .* different models"):
         analyze_checkpoints(tiny_bert(), other(), CFG)
@@ -190,11 +191,43 @@ def test_cli_end_to_end_and_its_errors(tmp_path, capsys):
     assert res["layers"]["encoder.layer.0.attention.self.query"]["numerical_rank"] == 1  # + 0.1 everywhere: rank 1
 
 
+def test_wrong_base_names_the_model_the_recorded_base_and_the_options(tmp_path, capsys):
+    from transformers import BertConfig, BertForSequenceClassification
+    base = tmp_path / "base"
+    tiny_bert().save_pretrained(base)
+    from transformers import AutoModelForSequenceClassification
+    ad = peftzoo.attach(AutoModelForSequenceClassification.from_pretrained(base), "lora", targets=["query"], r=2,
+                        train=["classifier"])
+    randomize(ad)
+    ad.save_peft(tmp_path / "peft")  # PEFT's format records base_model_name_or_path
+    wrong = tmp_path / "wrong"
+    BertForSequenceClassification(BertConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=64, vocab_size=100, num_labels=2)).save_pretrained(wrong)
+    assert main(["analyze", "--model", str(wrong), "--adapter", str(tmp_path / "peft"), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot be loaded onto the model analysed, {wrong}; the adapter records base model '{base}'" in err, err
+    assert f"--model {base}, and --num-labels N" in err and "this model's head has 2 labels" in err
+    assert err.count("does not fit") <= 1  # the reason is said once
+
+
 def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
     layers, _ = analyze_deltas({"l": LayerDelta(torch.eye(3).double(), torch.ones(3, 3).double())}, CFG)
     res = {"source": {"method": "x"}, "layers": layers, "summary": {}}
     write(res, tmp_path, plots=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["analysis.json", "intruders.png", "spectra.png"]
+    # the same mode as every other output (bench, d90: 0644), not mkstemp's 0600
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o644"}
+
+
+def test_plots_name_both_adapters_and_count_directions_in_integers():
+    import matplotlib
+    matplotlib.use("Agg")
+    from peftzoo.analysis import report
+    assert report.describe({"method": "lora", "config": {"r": 8}, "path": "out/r8"}) == "lora r=8 (out/r8)"
+    assert report.describe({"method": "said", "config": {"d": 500}}) == "said d=500"
+    assert report.describe({"method": "full", "format": "checkpoints"}) == "full"
+    assert report._int_ticks(1) == [1] and report._int_ticks(4) == [1, 2, 3, 4]
+    assert all(isinstance(t, int) and 1 <= t <= 64 for t in report._int_ticks(64)) and len(report._int_ticks(64)) <= 7
 
 
 def test_gradient_rank_hook_in_the_training_loop():

@@ -58,18 +58,20 @@ def test_glue_metrics_match_sklearn_and_scipy():
 
 
 def test_presets_follow_the_protocol():
-    from peftzoo.bench.protocol import Protocol, budgets, lr_grid
+    from peftzoo.bench.preset import budget_entries
+    from peftzoo.bench.protocol import Protocol, lr_grid
     for name in ("smoke", "cpu", "glue", "roberta-base"):
         p = load_preset(name)
         d = p.to_dict()
         prot = Protocol.from_preset(d)
-        assert {"full", "head", "lora"} <= set(p.methods) and len(budgets(d)[0]) >= 3
+        entries = budget_entries(d)  # relative to the model, so that a preset fits any --model
+        assert {"full", "head", "lora"} <= set(p.methods) and len(entries) >= 3 and all(e.relative for e in entries)
         assert all(len(lr_grid(d, m, points=prot.lr_points)) >= (2 if name == "smoke" else 4) for m in p.methods)
         assert len(p.seeds) == 1 if name == "smoke" else len(p.seeds) >= 3
     # quick: the first run, too short for a sweep: every method at one fixed LR (the cpu sweep's; see
     # tests/test_quick_result.py), every method of cpu at its middle budget, LoRA at three
     q = load_preset("quick")
-    assert set(q.methods) == set(load_preset("cpu").methods) and len(budgets(q.to_dict())[0]) == 3
+    assert set(q.methods) == set(load_preset("cpu").methods) and len(budget_entries(q.to_dict())) == 3
     assert all(lr_grid(q.to_dict(), m) == (q.lr[m],) for m in q.methods)
     cpu = load_preset("cpu")
     assert set(cpu.methods) == {"full", "head", "lora", "rslora", "loraplus", "dora", "vera", "adalora", "said"}
@@ -127,12 +129,15 @@ def test_two_step_preset_end_to_end(tiny_setup):
     assert "| lora |" in md and "| said |" in md and (results / "t" / "leaderboard.png").stat().st_size > 1000
 
 
-def test_unreachable_budget_is_skipped_with_its_reason(tiny_setup):
+def test_an_unreachable_budget_is_an_error_naming_the_cell_and_the_fix(tiny_setup):
+    from peftzoo.bench.protocol import UnrunnableCells, make_plan
     preset, data, results = tiny_setup
-    preset.update(budget=512, methods=["dora"])  # DoRA here: 256 r + 128, never within 10% of 512
-    (spec,) = plan(preset)
-    rec = execute(spec, data_dir=data)
-    assert rec["status"] == "skipped" and "unreachable" in rec["reason"] and "25.0%" in rec["reason"]
+    preset.update(budget=512, methods=["dora", "head"])  # DoRA here: 256 r + 128, never within 10% of 512
+    with pytest.raises(UnrunnableCells, match=r"(?s)1 of 2 planned .*dora 512: budget 512 unreachable: .*25\.0%.*"
+                                               r"--skip-unreachable"):
+        plan(preset)
+    p = make_plan(preset, drop_unrunnable=True)  # asked for: the other cells run, the dropped one is listed
+    assert [c.method for c in p.cells] == ["head"] and [c.label for c, _ in p.dropped] == ["512"]
 
 
 def test_failed_run_is_recorded_and_sweep_goes_on(tiny_setup):

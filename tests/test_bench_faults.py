@@ -107,11 +107,11 @@ def test_exit_status_failures_printed_with_q_and_retry_hint(setup, monkeypatch, 
     monkeypatch.setattr(sweep_mod, "execute", lora_fails)
     assert _bench(p, data, tmp) == EXIT_SOME_FAILED == 3
     out = capsys.readouterr()
-    assert "SST-2 lora s0: failed: RuntimeError: made to fail" in out.err
+    assert "SST-2 lora lr=0.0003 s0: failed: RuntimeError: made to fail" in out.err
     assert "1 failed (listed above)" in out.out and "--retry-failed" in out.out
     assert _bench(p, data, tmp) == 3  # not retried: still failed, still said
     out = capsys.readouterr()
-    assert "SST-2 lora s0: failed earlier: RuntimeError: made to fail" in out.err and "0 runs written" in out.out
+    assert "SST-2 lora lr=0.0003 s0: failed earlier: RuntimeError: made to fail" in out.err and "0 runs written" in out.out
     monkeypatch.setattr(sweep_mod, "execute", fake_execute)
     assert _bench(p, data, tmp, "--retry-failed") == 0
     assert "1 runs written" in capsys.readouterr().out

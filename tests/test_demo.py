@@ -34,6 +34,31 @@ def test_demo_trains_and_merges_every_method(method, tiny_model_dir, capsys):
     assert change < 1e-4  # merging keeps the outputs
 
 
+@pytest.mark.parametrize("method", ["full", "head"])
+def test_demo_of_a_baseline_says_it_has_no_adapter(method, tiny_model_dir, capsys):
+    assert main(["demo", "--method", method, "--steps", "1", "--model", tiny_model_dir]) == 0
+    out = capsys.readouterr().out
+    n = int(re.search(r"it trains ([\d,]+) of the model's own parameters", out).group(1).replace(",", ""))
+    assert f"{method} is a baseline, no adapter" in out and " adapter +" not in out
+    assert (n > 100_000) == (method == "full") and "nothing to merge" in out
+
+
+def test_help_lists_every_command_and_shows_defaults(capsys):
+    from peftzoo.cli import LOCAL_RESULTS, build_parser
+    p = build_parser()
+    text = p.format_help()
+    assert all(c in text for c in ("demo", "methods", "bench", "table", "d90", "analyze"))
+    assert "demo | methods | bench | table | d90 | analyze" in text
+    sub = p._subparsers._group_actions[0].choices
+    bench, table, analyze = (" ".join(sub[c].format_help().split()) for c in ("bench", "table", "analyze"))
+    assert "--preset PRESET name of a benchmarks/*.json preset, or a path (default: quick)" in bench
+    assert "retries of a run whose Ray worker died (default: 2)" in bench
+    assert f"(default: {LOCAL_RESULTS})" in bench and "(default: quick)" in table
+    assert "largest i, j of the φ(i, j) heatmap (default: 64)" in analyze
+    # bench and table write to and read from a folder of the user's own, not the committed results/
+    assert p.parse_args(["bench"]).results == p.parse_args(["table"]).results == LOCAL_RESULTS != "results"
+
+
 def test_load_model_changes_no_global_setting(tiny_model_dir):
     from transformers.utils import logging as hf_logging
 

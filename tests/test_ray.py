@@ -143,7 +143,7 @@ def test_a_killed_worker_is_retried_then_recorded_as_failed(ray_local, tiny, tmp
     head = recs["head"]
     assert head["status"] == "failed" and [s.method for s, _ in out.failed] == ["head"]
     assert "its Ray worker died and the 1 retries (--max-retries) died too" in head["error"], head["error"]
-    assert "SST-2 head s0: failed: " in capsys.readouterr().err
+    assert "SST-2 head lr=0.001 s0: failed: " in capsys.readouterr().err
     assert store.check_record(head) is None  # a valid record: table lists it, --retry-failed reruns it
 
 

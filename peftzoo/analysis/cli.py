@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--max-dim", type=int, default=64, help="largest i, j of the φ(i, j) heatmap")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the SVDs (1 is fastest on a busy CPU)")
     p.add_argument("--out", default="analysis", help="output folder for analysis.json and the PNGs")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="write analysis.json only")
     p.set_defaults(fn=run)
 
 

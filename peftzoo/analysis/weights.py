@@ -37,6 +37,35 @@ def adapter_format(path) -> str:
                             "(adapter_config.json)")
 
 
+def recorded_base(path) -> str | None:
+    """The base model an adapter folder names, if it does (PEFT's ``base_model_name_or_path``; peftzoo.json's too,
+    where a version of peftzoo writes it)."""
+    import json
+    for name in ("adapter_config.json", "peftzoo.json"):
+        try:
+            meta = json.loads((Path(path) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        base = meta.get("base_model_name_or_path") or meta.get("base_model") if isinstance(meta, dict) else None
+        if base:
+            return str(base)
+    return None
+
+
+def misfit(model: nn.Module, path, problem: Exception) -> ValueError:
+    """The adapter at ``path`` does not load onto ``model``: say which model was analysed, the base the adapter
+    records (if any) and how to analyse it on the right one."""
+    cfg = getattr(model, "config", None)
+    name = getattr(cfg, "_name_or_path", "") or type(model).__name__
+    base = recorded_base(path)
+    labels = getattr(cfg, "num_labels", None)
+    recorded = f"; the adapter records base model {base!r}" if base else "; the adapter does not record its base model"
+    head = f" (this model's head has {labels} labels)" if labels else ""
+    return ValueError(f"adapter {path} cannot be loaded onto the model analysed, {name}{recorded}: {problem}. Analyse "
+                      f"it on the model it was trained from: --model {base or 'BASE'}, and --num-labels N if its "
+                      f"classification head had another size{head}")
+
+
 def adapter_deltas(model: nn.Module, path) -> tuple[dict[str, LayerDelta], dict]:
     """(W₀, ΔW) for every nn.Linear the adapter at ``path`` changes, and a description of the adapter.
 
@@ -53,7 +82,7 @@ def adapter_deltas(model: nn.Module, path) -> tuple[dict[str, LayerDelta], dict]
     try:
         ad = (load if fmt == "peftzoo" else load_peft)(model, path)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"adapter {path} does not fit this model: {e}") from e
+        raise misfit(model, path, e) from e
     with torch.no_grad():
         ad.merge()
     trained = {id(m) for mod in ad.train_modules.values() for m in mod.modules()}  # trained in full, not adapted

@@ -139,7 +139,7 @@ def for_run(spec, path: Path, busy: list, retry_failed: bool, say=None) -> bool:
     if not got:
         busy.append((spec, holder))
         if say is not None:
-            say(f"{spec.task} {spec.method} s{spec.seed}: {describe(holder)}; left to it")
+            say(f"{spec.label}: {describe(holder)}; left to it")
         return False
     if store.is_finished(path, retry_failed):
         release(path)

@@ -149,8 +149,7 @@ def markdown(suite: str, b: dict, use: str) -> str:
              f"# OPTIMISTIC leaderboard: `{suite}` (LR and epoch chosen on the dev set it reports: biased upward)")
     p = Protocol(**{k: (tuple(x) if k == "paper_settings" else x) for k, x in prot.items() if k != "stage"}) \
         if prot else None
-    lines = [title, "", f"Reproduce: `peftzoo bench --preset {suite} --data-dir $PEFTZOO_DATA_DIR && "
-             f"peftzoo table --suite {suite}{' --optimistic' if use == 'dev' else ''}`", "",
+    lines = [title, "", b.get("reproduce") or "Reproduce: not known (no runs were read from a results folder).", "",
              (p.describe() if p else "Protocol: not recorded in these runs.")
              + (" THIS VIEW IGNORES IT: selection used the dev scores." if use == "dev" else ""), "",
              f"Device: {', '.join(dev)}. Versions: {', '.join(f'{k} {x}' for k, x in v.items())}. "
@@ -158,8 +157,8 @@ def markdown(suite: str, b: dict, use: str) -> str:
              "Examples (train / validation / dev): "
              + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {_n_dev(s):,}" if s else f"{t} not recorded"
                          for t, s in sizes.items()) + ".", "",
-             "Cells: GLUE dev metric ×100, mean ± std over seeds (MRPC: mean of F1 and accuracy; STS-B: of Pearson "
-             "and Spearman; CoLA: Matthews corr.); the CSV adds the 95% t-interval. " + SIG + " `budget`: the "
+             "Cells: GLUE dev metric ×100, mean ± std over seeds (`(n=1)`: a single seed, so no std; MRPC: mean of F1 "
+             "and accuracy; STS-B: of Pearson and Spearman; CoLA: Matthews corr.); the CSV adds the 95% t-interval. " + SIG + " `budget`: the "
              "matched adapter-element count (achieved / target in `params`; AdaLoRA: its final budget) or `paper` "
              "(the method's paper setting). `LR / epoch`: selected on validation; `†`: the selected LR is an end point of the swept grid, so the best LR may lie outside it. Step time is the median training "
              "step relative to head-only and to full fine-tuning. `process peak MB`: "
@@ -175,8 +174,8 @@ def markdown(suite: str, b: dict, use: str) -> str:
         cells = []
         for t in tasks:
             c = r["tasks"].get(t)
-            cells.append("—" if c is None else f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}"
-                         f"{stats.significance_mark(c['p'])}")
+            spread = f" ± {100 * c['std']:.1f}" if c and c["n"] > 1 else " (n=1)"  # one seed has no spread
+            cells.append("—" if c is None else f"{100 * c['mean']:.1f}{spread}{stats.significance_mark(c['p'])}")
         tgt = f" / {r['budget']:,}" if r["budget"] else ""
         lines.append(f"| {r['method']} | {r['label']} | {hp} | " + " | ".join(cells)
                      + f" | {_num(r['avg'] and 100 * r['avg'], '{:.1f}')} | {_lrs(r, tasks)} | {r['achieved']:,}{tgt} "
@@ -232,15 +231,31 @@ def store_hp(hp: dict) -> str:
     return ";".join(f"{k}={v}" for k, v in sorted(hp.items()))
 
 
-def write(root, suite: str, optimistic: bool = False, n_boot: int = 2000) -> Path:
+def suites(root) -> list[str]:
+    """The suites under a results folder: its sub-folders holding a runs/ folder."""
+    root = Path(root)
+    return sorted(p.name for p in root.iterdir() if (p / "runs").is_dir()) if root.is_dir() else []
+
+
+def _no_runs(root, suite: str, invalid: list) -> FileNotFoundError:
+    what = f" ({len(invalid)} invalid records)" if invalid else ""
+    have = suites(root)
+    where = (f"the suites under {root} are {', '.join(have)} (choose one with --suite)" if have else
+             (f"{root} holds no suite yet" if Path(root).is_dir() else f"there is no folder {root}")
+             + f"; `peftzoo bench --results {root}` writes runs there (the committed results: --results results)")
+    return FileNotFoundError(f"no runs under {Path(root) / suite / 'runs'}{what}: {where}")
+
+
+def write(root, suite: str, optimistic: bool = False, n_boot: int = 2000, written: list | None = None) -> Path:
+    """The table's files under <root>/<suite>/; returns the .md path and appends every path written to ``written``."""
+    from peftzoo.bench import reproduce
     invalid = []
     runs = store.read_runs(Path(root), suite, invalid)
     for p, problem in invalid:
         print(f"peftzoo table: skipping invalid run record {p}: {problem}", file=sys.stderr)
     out = Path(root) / suite
     if not runs:
-        what = f" ({len(invalid)} invalid records)" if invalid else ""
-        raise FileNotFoundError(f"no runs under {out / 'runs'}{what}: run `peftzoo bench` first")
+        raise _no_runs(root, suite, invalid)
     ok = [r for r in runs if r.get("status") == "ok"]
     if not ok:
         bad = [r for r in runs if r.get("status") != "ok"]
@@ -250,17 +265,21 @@ def write(root, suite: str, optimistic: bool = False, n_boot: int = 2000) -> Pat
                          f"nothing was written:\n{listed}\nFix the cause, then `peftzoo bench --retry-failed`.")
     check_configs(ok)
     use = "dev" if optimistic else "val"
-    b = {**build(runs, use, n_boot), "invalid": invalid}
+    b = {**build(runs, use, n_boot), "invalid": invalid,
+         "reproduce": reproduce.line(runs, root, suite, optimistic=use == "dev")}
     add_step_memory(b, out / "step_memory.json")
     stem = "leaderboard" if use == "val" else "leaderboard-optimistic"
+    paths = [out / f"{stem}{x}" for x in (".md", ".csv", ".png", "-lr.png")]
     # each file atomic: a failed write leaves the old file whole
-    store.write_text(out / f"{stem}.md", markdown(suite, b, use))
-    store.write_text(out / f"{stem}.csv", csv_text(b))
+    store.write_text(paths[0], markdown(suite, b, use))
+    store.write_text(paths[1], csv_text(b))
     pts = [{"task": t, "method": r["method"], "x": r["trainable"], "mean": c["mean"], "std": c["std"]}
            for r in b["rows"] for t, c in r["tasks"].items()]
-    plots.pareto(out / f"{stem}.png", b["tasks"], pts, "optimistic (selected on dev)" if use == "dev" else "")
+    plots.pareto(paths[2], b["tasks"], pts, "optimistic (selected on dev)" if use == "dev" else "")
     curves = [{"task": t, "method": m, "per_lr": s["per_lr"], "selected": s["lr"]}
               for (t, m, _), s in b["selection"].items() if len(s["per_lr"]) > 1]
-    plots.lr_curves(out / f"{stem}-lr.png", b["tasks"], curves,
+    plots.lr_curves(paths[3], b["tasks"], curves,
                     "validation score ×100" if use == "val" else "dev score ×100 (optimistic)")
-    return out / f"{stem}.md"
+    if written is not None:
+        written += paths
+    return paths[0]

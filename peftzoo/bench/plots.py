@@ -63,6 +63,26 @@ def pareto(path, tasks: list[str], points: list[dict], title: str = "") -> None:
     plt.close(fig)
 
 
+def lr_label(lr: float) -> str:
+    """3e-4, 1e-3, 2.5e-2: short enough for a tick."""
+    m, e = f"{lr:.2e}".split("e")
+    return f"{float(m):g}e{int(e)}"
+
+
+def _lr_ticks(ax, lrs) -> None:
+    """Ticks at the swept LRs only, labelled compactly (log axes label their minor ticks, which collide when the
+    grid spans less than a few decades); slanted when there are many."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+    lrs = sorted(set(lrs))
+    if not lrs:
+        return
+    ax.xaxis.set_major_locator(FixedLocator(lrs))
+    ax.xaxis.set_minor_locator(NullLocator())
+    many = len(lrs) > 6
+    ax.set_xticklabels([lr_label(x) for x in lrs], fontsize=7, rotation=45 if many else 0,
+                       ha="right" if many else "center")
+
+
 def lr_curves(path, tasks: list[str], curves: list[dict], ylabel: str = "validation score ×100") -> None:
     """``curves``: {"task", "method", "per_lr": {lr: score or None}, "selected": lr}."""
     plt, fig, axes = _fig(len(tasks))
@@ -77,6 +97,7 @@ def lr_curves(path, tasks: list[str], curves: list[dict], ylabel: str = "validat
             if c["selected"] in c["per_lr"] and c["per_lr"][c["selected"]] is not None:
                 ax.plot([c["selected"]], [100 * c["per_lr"][c["selected"]]], "*", ms=11, color=line.get_color())
         ax.set_xscale("log")
+        _lr_ticks(ax, [lr for c in curves if c["task"] == t for lr, v in c["per_lr"].items() if v is not None])
         ax.set_title(f"{t} (★ selected)")
         ax.set_xlabel("learning rate")
         ax.set_ylabel(ylabel)

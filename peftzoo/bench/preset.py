@@ -34,7 +34,7 @@ class Preset:
     description: str = ""  # free text for humans
     model: str | None = None  # transformers id or local path; None = the embedded all-MiniLM-L6-v2
     seeds: tuple[int, ...] = (0,)  # one run per seed
-    budget: int | None = _pos(None)  # adapter elements every method is matched to; None = hparams as given
+    budget: int | str | None = None  # adapter elements every method is matched to (a budget entry, as in budgets)
     targets: tuple[str, ...] | str = ("query", "value")  # adapted modules (suffixes, a regex or "all-linear")
     train: tuple[str, ...] = ("classifier",)  # modules trained in full by every method (the head)
     epochs: int = _pos(1)  # passes over the (capped) training set
@@ -49,8 +49,10 @@ class Preset:
     lr: dict[str, float] = field(default_factory=dict)  # per method; a method's default_lr when absent
     hparams: dict[str, dict] = field(default_factory=dict)  # per method: fixed method options (e.g. alpha)
     task_overrides: dict[str, dict] = field(default_factory=dict)  # per task: any of OVERRIDABLE
-    budgets: tuple[int, ...] | None = None  # matched budgets (adapter elements); the LR sweep runs at the middle one
-    method_budgets: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per method: its budgets ([]: paper only)
+    # matched budgets (adapter elements), each a count (73728) or relative to the model planned on ("lora:r=8": the
+    # LoRA r=8 count there; "0.1%": of its parameters), so a preset fits any --model; the LR sweep runs at the middle one
+    budgets: tuple[int | str, ...] | None = None
+    method_budgets: dict[str, tuple[int | str, ...]] = field(default_factory=dict)  # per method: its budgets ([]: paper only)
     lr_grid: dict[str, tuple[float, ...]] = field(default_factory=dict)  # per method: its LR sweep (else the class's)
     protocol: dict = field(default_factory=dict)  # selection options: the fields of bench.protocol.Protocol
 
@@ -120,17 +122,25 @@ def check_seeds(seeds, where: str) -> None:
 
 
 def _check_protocol(kw: dict, source: str) -> None:
-    """The protocol's own fields: the options, the budgets and the LR grids (positive, distinct)."""
+    """The protocol's own fields: the options, the budgets and the LR grids (positive, distinct). Budgets relative to
+    the model are parsed here and ordered when the plan resolves them (``protocol.cells``)."""
     try:
         Protocol.from_preset(kw)
-        middle = budgets(kw)[1]
-        for m, mine in kw.get("method_budgets", {}).items():
-            budgets({"budgets": mine})
-            if mine and middle not in mine:
-                raise ValueError(f"method_budgets.{m} {list(mine)} must include the middle budget {middle} (the "
-                                 f"LR sweep runs there), or be [] to run only the paper setting")
+        entries = budget_entries(kw)
+        mine = {m: budget_entries({"budgets": bs}, f"method_budgets.{m}") for m, bs in kw.get("method_budgets", {}).items()}
+        relative = any(e.relative for e in entries + [e for es in mine.values() for e in es])
+        middle = None if relative else budgets(kw)[1]
+        for m, es in ({} if relative else mine).items():
+            budgets({"budgets": [e.count for e in es]})
+            if es and middle not in [e.count for e in es]:
+                raise ValueError(f"method_budgets.{m} {[e.count for e in es]} must include the middle budget {middle} "
+                                 f"(the LR sweep runs there), or be [] to run only the paper setting")
     except ValueError as e:
         raise PresetError(f"{source}: {e}") from None
+    _check_grids(kw, source)
+
+
+def _check_grids(kw: dict, source: str) -> None:
     for where, grids in [("lr_grid", kw.get("lr_grid", {}))] + [(f"task_overrides.{t}.lr_grid", o.get("lr_grid", {}))
                                                                  for t, o in kw.get("task_overrides", {}).items()]:
         for m, g in grids.items():
@@ -306,14 +316,27 @@ class Protocol:
                 f"are the GLUE dev set, never used for any choice.")
 
 
-def budgets(preset: dict) -> tuple[list[int], int | None]:
-    """(sorted budgets, the middle one); a preset gives ``budgets`` (a list) or one ``budget`` (or neither)."""
+def budget_entries(preset: dict, where: str = "budgets") -> list:
+    """The preset's budget entries, parsed (``budget.Entry``): ``budgets`` (a list) or one ``budget`` (or neither)."""
+    from peftzoo.bench.budget import parse_entry
     bs = preset.get("budgets")
     if bs is None:
-        bs = [preset["budget"]] if preset.get("budget") else []
-    bs = sorted(int(b) for b in bs)
-    if any(b < 1 for b in bs) or len(set(bs)) != len(bs):
-        raise ValueError(f"budgets {bs} must be distinct positive counts")
+        return [parse_entry(preset["budget"], "'budget'")] if preset.get("budget") is not None else []
+    return [parse_entry(b, f"'{where}[{i}]'") for i, b in enumerate(bs)]
+
+
+def budgets(preset: dict, size=None) -> tuple[list[int], int | None]:
+    """(sorted budgets, the middle one). ``size(entry) -> int`` resolves entries relative to the model (plan time);
+    without it every entry must be a count."""
+    entries = budget_entries(preset)
+    if any(e.relative for e in entries) and size is None:
+        raise ValueError(f"budgets {[e.text for e in entries]} are relative to the model: resolve them on it "
+                         f"(protocol.make_plan does)")
+    pairs = sorted((e.count if size is None else size(e), e.text) for e in entries)
+    bs = [b for b, _ in pairs]
+    if len(set(bs)) != len(bs):
+        shown = [t if t == str(b) else f"{t} = {b}" for b, t in pairs]
+        raise ValueError(f"budgets [{', '.join(shown)}] must be distinct positive counts")
     return bs, (bs[len(bs) // 2] if bs else None)
 
 

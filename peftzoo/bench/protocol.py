@@ -51,22 +51,69 @@ class Cell:
     label: str  # "73,728" (a matched budget), "paper" (the paper's setting) or "—" (a baseline, or fixed hparams)
     budget: int | None = None
     achieved: int | None = None
-    skip: str | None = None
+    skip: str | None = None  # why this cell cannot run (its budget is unreachable); such a cell is never planned
     middle: bool = True  # the LR sweep runs here
+    entry: str = ""  # the preset's budget entry when it is relative to the model ("lora:r=8"), for messages
 
     @property
     def key(self) -> str:
         return hkey(self.hparams)
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} {self.label}" + (f" ({self.entry})" if self.entry else "")
 
 
 def hkey(hparams: dict) -> str:
     return json.dumps(hparams, sort_keys=True)
 
 
-def cells(preset: dict, methods, protocol: Protocol, model=None) -> list[Cell]:
-    """The (method, budget) grid; budgets solved once on ``model`` (loaded from the preset when needed)."""
+class UnrunnableCells(ValueError):
+    """Planned (method, budget) cells that cannot run; the message lists every one and the ways out."""
+
+
+class _Sizes:
+    """Budget entries resolved on the preset's model (loaded once, only if an entry or a budget needs it)."""
+
+    def __init__(self, preset: dict, model=None):
+        self.preset, self.model, self.given, self.resolved = preset, model, model, {}
+
+    def get_model(self):
+        if self.model is None:
+            self.model = _model(self.preset)
+        return self.model
+
+    def __call__(self, entry) -> int:
+        from peftzoo.bench.budget import resolve
+        if not entry.relative:
+            return entry.count
+        if entry.text not in self.resolved:
+            try:
+                self.resolved[entry.text] = resolve(entry, self.get_model(), self.preset.get("targets", ["query", "value"]),
+                                                    self.preset.get("train", ["classifier"]))
+            except ValueError as e:
+                raise ValueError(f"{e} (model {model_name(self.preset, self.given)})") from None
+        return self.resolved[entry.text]
+
+    def entry_of(self, budget: int, entries) -> str:
+        return next((e.text for e in entries if e.relative and self(e) == budget), "")
+
+
+def model_name(preset: dict, model=None) -> str:
+    """The model a plan is made for, as messages name it (``model``: the one passed to ``make_plan``, if any)."""
+    if model is not None:
+        return getattr(getattr(model, "config", None), "_name_or_path", "") or f"the {type(model).__name__} given"
+    return preset.get("model") or "all-MiniLM-L6-v2 (embedded)"
+
+
+def cells(preset: dict, methods, protocol: Protocol, model=None, sizes: _Sizes | None = None) -> list[Cell]:
+    """The (method, budget) grid; budget entries resolved and budgets solved once on ``model`` (loaded from the
+    preset when needed). A cell whose budget no value of the method reaches within tolerance has ``skip`` set."""
     from peftzoo.bench.budget import solve
-    bs, middle = budgets(preset)
+    from peftzoo.bench.preset import budget_entries
+    sizes = sizes or _Sizes(preset, model)
+    adapted = [m for m in methods if not method_class(m).baseline]
+    bs, middle = budgets(preset, sizes) if adapted else ([], None)
     per_method = preset.get("method_budgets", {})
     targets = preset.get("targets", ["query", "value"])
     out = []
@@ -79,31 +126,59 @@ def cells(preset: dict, methods, protocol: Protocol, model=None) -> list[Cell]:
         if cls.budget_knob is None:  # no size knob (IA3, BitFit: their size is set by the targets): one point, swept there
             out.append(Cell(m, fixed, "—"))
             continue
-        mine = sorted(int(b) for b in per_method.get(m, bs))
+        own = budget_entries({"budgets": per_method[m]}, f"method_budgets.{m}") if m in per_method else None
+        entries = budget_entries(preset) + (own or [])
+        mine = budgets({"budgets": per_method[m]}, sizes)[0] if own is not None else bs
         paper = m in protocol.paper_settings and cls.paper_hparams
         if mine and middle not in mine:
-            raise ValueError(f"method_budgets[{m!r}] = {mine} must include the middle budget {middle} "
-                             f"(the LR sweep runs there), or be [] to run only the paper setting")
+            shown = [sizes.entry_of(b, entries) or b for b in mine]
+            raise ValueError(f"method_budgets[{m!r}] = {shown} must include the middle budget "
+                             f"{sizes.entry_of(middle, entries) or middle} (the LR sweep runs there), or be [] to run "
+                             f"only the paper setting")
         if bs and not mine and not paper:
             raise ValueError(f"method_budgets[{m!r}] is empty and {m} has no paper setting: it would not run")
         if not bs:
             out.append(Cell(m, fixed, "—"))
         for b in mine:
-            if model is None:
-                model = _model(preset)
-            s = solve(model, m, b, targets=targets, **fixed)
+            s = solve(sizes.get_model(), m, b, targets=targets, **fixed)
             skip = None if s.ok else (f"budget {b} unreachable: nearest {s.kwargs} gives {s.achieved} "
                                       f"({s.rel_error:+.1%})")
-            out.append(Cell(m, {**fixed, **s.kwargs}, f"{b:,}", b, s.achieved, skip, b == middle))
+            out.append(Cell(m, {**fixed, **s.kwargs}, f"{b:,}", b, s.achieved, skip, b == middle,
+                            sizes.entry_of(b, entries)))
         if paper:
             hp = {**fixed, **cls.paper_hparams}
             if all(c.key != hkey(hp) for c in out if c.method == m):  # else it already is one of the budgets
-                if model is None:
-                    model = _model(preset)
                 from peftzoo.api import make_config
-                n = cls.budget_count(model, make_config(m, targets=targets, **hp))
+                n = cls.budget_count(sizes.get_model(), make_config(m, targets=targets, **hp))
                 out.append(Cell(m, hp, "paper", None, n, None, not mine))  # no matched budget: sweep here
     return out
+
+
+def runnable(all_cells: list[Cell]) -> tuple[list[Cell], list[tuple[Cell, str]]]:
+    """(the cells that can run, [(cell, why not)]): an unreachable budget, and every other cell of a method whose
+    LR sweep (its middle cell) cannot run, since their LR is the one that sweep selects."""
+    dead = {c.method: c for c in all_cells if c.middle and c.skip}
+    keep, dropped = [], []
+    for c in all_cells:
+        if c.skip:
+            dropped.append((c, c.skip))
+        elif c.method in dead:
+            dropped.append((c, f"its LR is selected by the sweep at {dead[c.method].name}, which cannot run"))
+        else:
+            keep.append(c)
+    return keep, dropped
+
+
+def unrunnable_message(preset: dict, n_cells: int, dropped, model=None) -> str:
+    targets = preset.get("targets", ["query", "value"])
+    lines = [f"{len(dropped)} of {n_cells} planned (method, budget) cells cannot run on model "
+             f"{model_name(preset, model)} "
+             f"(targets {targets if isinstance(targets, str) else ', '.join(targets)}):"]
+    lines += [f"  {c.name}: {why}" for c, why in dropped]
+    lines.append('Give the budgets relative to the model (e.g. "budgets": ["lora:r=1", "lora:r=8", "lora:r=64"], as '
+                 "the shipped presets do), give the method its own method_budgets, leave it out with --methods, or "
+                 "pass --skip-unreachable to run the other cells without these")
+    return "\n".join(lines)
 
 
 def _model(preset):
@@ -155,7 +230,9 @@ class Plan:
     protocol: Protocol
     tasks: list
     seeds: list
-    cells: list  # [Cell]
+    cells: list  # [Cell]: those that run
+    dropped: list = dataclasses.field(default_factory=list)  # [(Cell, why)]: cells that cannot run (see runnable)
+    sizes: dict = dataclasses.field(default_factory=dict)  # relative budget entry -> its count on the model
 
     def _spec(self, task: str, cell: Cell, lr: float, seed: int):
         from peftzoo.bench.runner import RunSpec
@@ -201,8 +278,12 @@ class Plan:
         return self.stage1() + self.stage2(fixed)
 
 
-def make_plan(preset, tasks=None, methods=None, seeds=None, model=None, skip_bad_rows: bool = False) -> Plan:
-    """The plan of a preset (a ``Preset`` or its dict, checked); ``tasks``/``methods``/``seeds`` narrow it."""
+def make_plan(preset, tasks=None, methods=None, seeds=None, model=None, skip_bad_rows: bool = False,
+              drop_unrunnable: bool = False) -> Plan:
+    """The plan of a preset (a ``Preset`` or its dict, checked); ``tasks``/``methods``/``seeds`` narrow it.
+
+    Relative budget entries are resolved on the model (``model``, else the preset's, loaded once). A cell that cannot
+    run is an ``UnrunnableCells`` error listing every such cell, unless ``drop_unrunnable`` (then ``plan.dropped``)."""
     from peftzoo.bench.preset import Preset, normalise_methods, normalise_tasks
     if not isinstance(preset, Preset):
         preset = Preset.from_dict(preset)
@@ -211,7 +292,12 @@ def make_plan(preset, tasks=None, methods=None, seeds=None, model=None, skip_bad
     tasks = list(normalise_tasks(tasks, "--tasks") if tasks else preset.tasks)
     methods = list(normalise_methods(methods, "--methods") if methods else preset.methods)
     seeds = list(dict.fromkeys(seeds if seeds else preset.seeds))
-    return Plan(d, prot, tasks, seeds, cells(d, methods, prot, model))
+    sizes = _Sizes(d, model)
+    all_cells = cells(d, methods, prot, sizes=sizes)
+    keep, dropped = runnable(all_cells)
+    if dropped and not drop_unrunnable:
+        raise UnrunnableCells(unrunnable_message(d, len(all_cells), dropped, model))
+    return Plan(d, prot, tasks, seeds, keep, dropped, dict(sizes.resolved))
 
 
 def middle_selection(plan: Plan, records: list[dict]) -> dict:

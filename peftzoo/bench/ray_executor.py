@@ -177,8 +177,8 @@ def run_on_ray(todo: list, root, out, data_dir=None, device=None, quiet=False, r
             out.written.append(path)
             counts[rec["status"]] = counts.get(rec["status"], 0) + 1
             bar.update(1)
-            if rec["status"] == "failed" or (rec["status"] != "ok" and not quiet):
-                _say(f"{spec.task} {spec.method} s{spec.seed}: {rec['status']}: "
+            if rec["status"] != "ok":  # failed or skipped: said with -q too
+                _say(f"{spec.label}: {rec['status']}: "
                      f"{rec.get('reason') or rec.get('error')}")
         show(0)
     finally:

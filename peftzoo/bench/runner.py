@@ -91,7 +91,7 @@ def fit_run(spec: RunSpec, run: Prepared, progress: bool):
     from tqdm.auto import tqdm
 
     from peftzoo.bench.train import fit
-    with tqdm(total=spec.epochs * run.n_batches, desc=f"{spec.task} {spec.method} s{spec.seed}", leave=False,
+    with tqdm(total=spec.epochs * run.n_batches, desc=spec.label, leave=False,
               disable=not progress) as bar:
         res = fit(run.adapter, run.epoch_batches, spec.epochs, spec.lr, run.evaluation, spec.warmup,
                   spec.weight_decay, progress=bar, precision=spec.precision)

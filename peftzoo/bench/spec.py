@@ -60,6 +60,12 @@ class RunSpec:
             object.__setattr__(self, "regression_targets", "raw")
 
     @property
+    def label(self) -> str:
+        """How progress bars and messages name the run: task, method, budget cell, LR and seed."""
+        cell = f" {self.cell}" if self.cell and self.cell != "—" else ""
+        return f"{self.task} {self.method}{cell} lr={self.lr:g} s{self.seed}"
+
+    @property
     def run_id(self) -> str:
         """Readable prefix + hash of every field but store.ID_EXCLUDE: a changed config is a new run."""
         return store.run_id(self.to_dict())

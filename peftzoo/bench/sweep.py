@@ -30,9 +30,15 @@ class Outcome:
     failed: list = field(default_factory=list)  # (spec, record) of every run of the plan recorded as failed
     busy: list = field(default_factory=list)  # (spec, claim info): being run by another sweep
     invalid: list = field(default_factory=list)  # (path, problem): invalid records that were re-run
+    not_run: list = field(default_factory=list)  # lines: planned runs that could not be run (no LR was selected)
+    dropped: list = field(default_factory=list)  # lines: cells left out by --skip-unreachable
 
     def summary(self, where) -> str:
         s = f"{len(self.written)} runs written under {where} ({self.total} in the plan, {self.done_before} done before)"
+        if self.dropped:
+            s += f"; {len(self.dropped)} (method, budget) cells left out (--skip-unreachable; listed above)"
+        if self.not_run:
+            s += f"; {len(self.not_run)} (task, method) pairs got no stage 2 (listed above)"
         if self.busy:
             s += f"; {len(self.busy)} left to another sweep that holds them ({claim.describe(self.busy[0][1], age=False)})"
         if self.failed:
@@ -75,7 +81,7 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
         todo = []
     bar = tqdm(todo, desc=f"sweep ({out.done_before} of {out.total} done before)", disable=quiet or not todo)
     for spec in bar:
-        bar.set_postfix_str(f"{spec.task} {spec.method} s{spec.seed}")
+        bar.set_postfix_str(spec.label)
         path = store.run_path(root, spec.suite, spec.task, spec.run_id)
         if not claim.for_run(spec, path, out.busy, retry_failed, None if quiet else _say):
             continue
@@ -85,8 +91,8 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
         finally:
             claim.release(path)
         out.written.append(path)
-        if rec["status"] == "failed" or (rec["status"] != "ok" and not quiet):
-            _say(f"{spec.task} {spec.method} s{spec.seed}: {rec['status']}: {rec.get('reason') or rec.get('error')}")
+        if rec["status"] != "ok":  # failed or skipped: said with -q too
+            _say(f"{spec.label}: {rec['status']}: {rec.get('reason') or rec.get('error')}")
     for s in bound.values():
         rec, _ = store.read_record(store.run_path(root, s.suite, s.task, s.run_id))
         if rec is not None and rec["status"] == "failed":
@@ -97,22 +103,27 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
 def failed_before(out: Outcome, root) -> list[str]:
     """One line per failed run that this sweep did not run (failed in an earlier sweep, not retried)."""
     now = {Path(p) for p in out.written}
-    return [f"{s.task} {s.method} s{s.seed}: failed earlier: {r.get('error')}" for s, r in out.failed
+    return [f"{s.label}: failed earlier: {r.get('error')}" for s, r in out.failed
             if store.run_path(root, s.suite, s.task, s.run_id) not in now]
 
 
 def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, retry_failed=False, executor=None,
-        ray=None):
-    """Stage 1, selection on validation, stage 2; every run JSON records the protocol and its stage.
+        ray=None, bench: dict | None = None):
+    """Stage 1, selection on validation, stage 2; every run JSON records the protocol and its stage, and ``bench``
+    (how the sweep was asked for: preset, --skip-unreachable; the table's Reproduce line reads it).
 
     A (task, method) whose sweep is not complete yet (runs held by another sweep) gets no stage 2 now: its LR
-    would be chosen on part of the grid. Returns the combined ``sweep.Outcome``."""
+    would be chosen on part of the grid; one whose every sweep run failed gets none either (said, also with -q).
+    Returns the combined ``sweep.Outcome``."""
     from peftzoo.bench.protocol import middle_selection
     def staged(stage):
         def ex(spec, *args, **kw):  # the Ray executor passes (spec, data_dir, device, progress) positionally
             rec = (executor or execute)(spec, *args, **kw)
-            return {**rec, "protocol": {**plan.protocol.to_dict(), "stage": stage}}
+            return {**rec, "protocol": {**plan.protocol.to_dict(), "stage": stage}, **({"bench": bench} if bench else {})}
         return ex
+    dropped = [f"{c.name}: {why}" for c, why in plan.dropped]
+    for line in dropped:
+        _say(f"left out (--skip-unreachable): {line}")
     s1 = plan.stage1()
     out1 = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=staged(1), ray=ray)
     recs, incomplete = [], set()
@@ -128,6 +139,12 @@ def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, 
             print(f"selected on validation: {t} {m} lr={lr:g}")
         for t, m in sorted(incomplete):
             print(f"{t} {m}: its LR sweep is not finished (held by another sweep?): no stage 2 for it this time")
+    waiting = {(s.task, s.method) for s in plan.stage2(None)}
+    not_run = [f"{t} {m}: every run of its LR sweep failed, so no LR was selected and its stage-2 runs (other "
+               f"seeds and budgets) were not run" for t, m in sorted(waiting - set(sel) - incomplete)]
+    for line in not_run:
+        _say(line)
     out2 = sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=staged(2), ray=ray)
     return Outcome(**{k: getattr(out1, k) + getattr(out2, k) for k in
-                      ("total", "done_before", "written", "failed", "busy", "invalid")})
+                      ("total", "done_before", "written", "failed", "busy", "invalid")}, not_run=not_run,
+                   dropped=dropped)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def write(root, suite: str, optimistic: bool = False) -> Path:
-    """The protocol's table (selection on validation); ``optimistic=True``: the flagged best-on-dev view."""
+def write(root, suite: str, optimistic: bool = False, written: list | None = None) -> Path:
+    """The protocol's table (selection on validation); ``optimistic=True``: the flagged best-on-dev view. Returns
+    the .md path; every file written is appended to ``written``."""
     from peftzoo.bench import leaderboard
-    return leaderboard.write(root, suite, optimistic=optimistic)
+    return leaderboard.write(root, suite, optimistic=optimistic, written=written)
