@@ -202,4 +202,4 @@ def test_search_refuses_a_file_without_settings(tmp_path):
     del old["config"]  # as written before peftzoo recorded the settings
     (tmp_path / "r.json").write_text(json.dumps(old))
     with pytest.raises(d90.CacheMismatch, match="records no settings.*--overwrite"):
-        d90.Search(lambda d, s: 0.0, 1.0, path=tmp_path / "r.json", config={"task": "mnist"})
+        d90.Search(lambda d, s: 0.0, 1.0, trivial=0.0, path=tmp_path / "r.json", config={"task": "mnist"})
