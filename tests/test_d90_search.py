@@ -153,3 +153,27 @@ def test_fill_puts_at_least_the_asked_points_per_decade():
     assert fill(None, 10, 4) == [] and fill(10, None, 4) == [] and fill(10, 11, 4) == []
     pts = [100, *fill(100, 100000, 4), 100000]
     assert max(b / a for a, b in zip(pts, pts[1:])) <= 10 ** 0.25 * 1.01
+
+
+def test_old_files_are_read_and_flagged(tmp_path):
+    """A JSON from before the trivial-score check: summary, table and plot read it beside a new one, marked."""
+    from peftzoo.intrinsic.report import OLD, plot
+    old = {"d90": 562, "bracket": [523, 562], "reached": True, "baseline": 0.927, "target": 0.834, "seeds": [0],
+           "curve": {"316": {"mean": 0.77, "std": 0.0, "scores": [0.77]}, "562": {"mean": 0.84, "std": 0.0,
+                                                                                  "scores": [0.84]}}}
+    assert summary("old", old).startswith(f"old: {OLD}; d90 = 562") and OLD in table({"old": old})
+    new = Search(lambda d, s: CURVE[d], baseline=0.80, seeds=[0], trivial=0.50).run(list(CURVE), 0, fine_per_decade=1)
+    plot({"old": old, "new": new}, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_the_lm_plan_measures_what_issue_22_asks():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import lm_d90
+    a = lm_d90.parse(lm_d90.d90_argv("MRPC", "did", Path("out")))
+    assert len(a.seeds) >= 3 and a.definition == ["gap", "relative"] and a.max_train is None and a.epochs >= 5
+    assert lm_d90.parse(lm_d90.d90_argv("SST-2", "said", Path("out"))).max_train >= 2000
+    low, high = lm_d90.planned_points(2.5), lm_d90.planned_points(4.5)
+    assert 3 * 4 <= low < high <= 3 * (7 + 8 + 2 * 8)  # grid, fill and bisection of 3 seeds, two targets

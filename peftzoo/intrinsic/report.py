@@ -38,9 +38,11 @@ def d90_text(b: dict) -> str:
         got, want = fmt2(best, b["target"]) if best is not None else ("-", f"{b['target']:.3f}")
         return f"d90 not reached: best {got} < target {want} ({len(short)} of {n} seeds short of it)"
     below = any(p["bracket"][0] is None for p in b["per_seed"].values())
-    ci = f" (95% CI {_d(b['d90_ci'][0])}..{_d(b['d90_ci'][1])} over {n} seeds)" if b.get("d90_ci") else \
-        f" ({n} seed{'s' * (n != 1)})"
-    return f"d90 {'<=' if below else '='} {_d(b['d90'])}{ci}"
+    ci = f"95% CI {_d(b['d90_ci'][0])}..{_d(b['d90_ci'][1])} over {n} seeds" if b.get("d90_ci") else \
+        f"{n} seed{'s' * (n != 1)}"
+    brackets = [p["bracket"] for p in b["per_seed"].values()]
+    width = "" if below else f", brackets <= {max(hi / lo for lo, hi in brackets):.2f}x"
+    return f"d90 {'<=' if below else '='} {_d(b['d90'])} ({ci}{width})"
 
 
 def baseline_text(r: dict) -> str:
@@ -51,15 +53,27 @@ def baseline_text(r: dict) -> str:
     return f"full FT {r['baseline']:.3f}{spread} ({n} seed{'s' * (n != 1)}{given})"
 
 
+def definitions(r: dict) -> list[dict]:
+    """Each definition's result, the headline one (``r["definition"]``) first (JSON files sort their keys)."""
+    by = r.get("by_definition", {})
+    first = r.get("definition", {}).get("name")
+    return [by[k] for k in sorted(by, key=lambda k: k != first)]
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def summary(name: str, r: dict) -> str:
     """A few lines: the three numbers that decide informativeness, then per definition its target, d_90 with its
     CI over seeds, and each seed's bracket (or why it has none)."""
     if is_old(r):
-        return f"{name}: {OLD}; d90 = {_d(r.get('d90'))} (bracket {r.get('bracket')}, full FT {r.get('baseline')})"
+        return (f"{name}: {OLD}; d90 = {_d(r.get('d90'))} (bracket {r.get('bracket')}, full FT "
+                f"{_num(r.get('baseline'))})")
     head = f"{name}: trivial {r['trivial']:.3f} ({r.get('trivial_note', 'the best constant prediction')}); " \
            f"{baseline_text(r)}"
     lines = [head] + ([f"  {NOT_INFORMATIVE}: {r['not_informative_because']}"] if not r["informative"] else [])
-    for b in r.get("by_definition", {}).values():
+    for b in definitions(r):
         per = "; ".join(_seed(s, p) for s, p in b["per_seed"].items())
         lines.append(f"  {b['definition']['name']} ({b['definition']['text']}): target {b['target']:.3f}; "
                      f"{d90_text(b)}; per seed: {per}")
@@ -71,14 +85,14 @@ def summary(name: str, r: dict) -> str:
 
 def table(results: dict[str, dict]) -> str:
     """One markdown row per (search, definition); not informative and old results are marked in the first cell."""
-    rows = ["| search | trivial | full FT | definition | target | d_90 | per-seed brackets |", "|---|---|---|---|---|---|---|"]
+    rows = ["| search | trivial | full FT | definition | target | d_90 | per-seed brackets |", "|---" * 7 + "|"]
     for name, r in results.items():
         if is_old(r):
-            rows.append(f"| {name} ({OLD}) | - | {r.get('baseline')} | - | {r.get('target')} | {_d(r.get('d90'))} "
-                        f"| {r.get('bracket')} |")
+            rows.append(f"| {name} ({OLD}) | - | {_num(r.get('baseline'))} | - | {_num(r.get('target'))} | "
+                        f"{_d(r.get('d90'))} | {r.get('bracket')} |")
             continue
         mark = "" if r["informative"] else f" **{NOT_INFORMATIVE}**"
-        for b in r.get("by_definition", {}).values():
+        for b in definitions(r):
             per = "; ".join(_seed(s, p) for s, p in b["per_seed"].items())
             rows.append(f"| {name}{mark} | {r['trivial']:.3f} | {baseline_text(r)} | {b['definition']['text']} | "
                         f"{b['target']:.3f} | {d90_text(b)} | {per} |")
@@ -100,12 +114,18 @@ def plot(results: dict[str, dict], path: str | Path, title: str = "") -> None:
         part = [(d, s) for d, v in pts if len(v["scores"]) < n for s in v["scores"]]
         mark = f" ({NOT_INFORMATIVE})" if not r.get("informative", True) else " (old: unchecked)" if is_old(r) else ""
         reached = r.get("reached") and r.get("d90") is not None
+        how = f" ({r['definition']['name']})" if "definition" in r else ""
         ax.errorbar([d for d, _ in full], [v["mean"] for _, v in full], yerr=[v["std"] for _, v in full], marker="o",
-                    ms=4, capsize=2, color=c, label=f"{label}: d90 {'= ' + _d(r['d90']) if reached else 'not reached'}"
-                                                    f"{mark}")
+                    ms=4, capsize=2, color=c,
+                    label=f"{label}: d90 {'= ' + _d(r['d90']) if reached else 'not reached'}{how}{mark}")
         if part:
             ax.scatter(*zip(*part), s=10, color=c, alpha=0.4)
         ax.axhline(r["target"], color=c, ls="--", lw=0.8)
+        for name, b in r.get("by_definition", {}).items():  # the other definitions' targets, named
+            if b["target"] != r["target"]:
+                ax.axhline(b["target"], color=c, ls="--", lw=0.5, alpha=0.5)
+                ax.annotate(name, (0.005, b["target"]), xycoords=("axes fraction", "data"), fontsize=7, color=c,
+                            va="bottom")
         ax.axhline(r["baseline"], color=c, ls=":", lw=0.8)
         if not is_old(r):
             ax.axhline(r["trivial"], color=c, ls="-", lw=0.6, alpha=0.6)
