@@ -57,6 +57,13 @@ BAD = [  # (arguments, how the mnist folder is broken or None, expected error te
     (["--epochs", "0"], None, "--epochs must be > 0"),
     (["--seeds"], None, "--seeds: expected at least one argument"),
     (["--grid"], None, "--grid: expected at least one argument"),
+    (["--definition", "absolute"], None, r"--definition absolute needs --absolute-target SCORE"),
+    (["--absolute-target", "0.9"], None, r"--absolute-target applies to --definition absolute only"),
+    (["--definition", "half"], None, r"--definition: invalid choice: 'half'"),
+    (["--threshold", "1.5"], None, r"--threshold must be in \(0, 1\] \(got 1.5\)"),
+    (["--max-ratio", "1"], None, r"--max-ratio must be > 1 \(got 1.0\)"),
+    (["--fine-per-decade", "0"], None, r"--fine-per-decade must be > 0"),
+    (["--baseline", "0.8", "nan"], None, r"--baseline must be > 0 \(got nan\)"),
     (["--task", "foo"], None, r"unknown task 'foo'; known tasks: digits, mnist, fashion-mnist \(images\), CoLA, SST-2"),
     (["--task", "mnist", "--grid", "10", "--baseline", "0.9"], "junk", r"t10k-images-idx3-ubyte.gz is not a valid "
      r"gzip-compressed IDX file \(BadGzipFile"),
@@ -202,4 +209,4 @@ def test_search_refuses_a_file_without_settings(tmp_path):
     del old["config"]  # as written before peftzoo recorded the settings
     (tmp_path / "r.json").write_text(json.dumps(old))
     with pytest.raises(d90.CacheMismatch, match="records no settings.*--overwrite"):
-        d90.Search(lambda d, s: 0.0, 1.0, path=tmp_path / "r.json", config={"task": "mnist"})
+        d90.Search(lambda d, s: 0.0, 1.0, trivial=0.0, path=tmp_path / "r.json", config={"task": "mnist"})

@@ -111,19 +111,24 @@ def test_d90_search_on_a_synthetic_curve(tmp_path):
     def score(d, seed):
         calls.append((d, seed))
         return 0.8 * (1 - math.exp(-d / 300)) + 0.001 * seed
-    s = Search(score, baseline=0.8, seeds=[0, 1], path=tmp_path / "r.json")
-    r = s.run(log_grid(10, 10000, 2), bisect_steps=6)
-    lo, hi = r["bracket"]
-    crossing = -300 * math.log(1 - (0.72 - 0.0005) / 0.8)  # the mean over seeds crosses here (≈ 688.9)
-    assert r["reached"] and lo < crossing < hi and r["d90"] == hi and hi / lo < 1.03
+    s = Search(score, baseline=0.8, seeds=[0, 1], trivial=0.1, path=tmp_path / "r.json")
+    r = s.run(log_grid(10, 10000, 2), bisect_steps=8, max_ratio=1.03)
+    for seed in (0, 1):
+        lo, hi = r["per_seed"][str(seed)]["bracket"]
+        crossing = -300 * math.log(1 - (0.72 - 0.001 * seed) / 0.8)  # this seed crosses here (≈ 690, ≈ 686)
+        assert lo < crossing < hi and hi / lo <= 1.03, (seed, lo, hi, crossing)
+    assert r["reached"] and r["d90"] == round(math.sqrt(r["per_seed"]["0"]["d90"] * r["per_seed"]["1"]["d90"]))
     n = len(calls)
-    r2 = Search(score, baseline=0.8, seeds=[0, 1], path=tmp_path / "r.json").run(log_grid(10, 10000, 2), 6)
+    r2 = Search(score, baseline=0.8, seeds=[0, 1], trivial=0.1, path=tmp_path / "r.json").run(
+        log_grid(10, 10000, 2), 8, max_ratio=1.03)
     assert r2["d90"] == r["d90"] and len(calls) == n  # resumed from the file: nothing re-evaluated
 
 
 def test_d90_not_reached_is_reported():
-    r = Search(lambda d, s: 0.1, baseline=1.0).run([10, 100])
+    r = Search(lambda d, s: 0.1, baseline=1.0, seeds=[0], trivial=0.0).run([10, 100])
     assert not r["reached"] and r["d90"] is None and r["bracket"] == [100, None]
+    assert r["per_seed"]["0"]["message"] == "not reached: best 0.100 < target 0.900 (at d = 10, the largest " \
+        "tried is 100: raise --dmax)"
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("PEFTZOO_DATA_DIR"), reason="PEFTZOO_DATA_DIR not set")

@@ -113,7 +113,7 @@ def c10(d):
         fc10) else "LeNet vs FC: CIs overlap, undecided"
     base = ", ".join(f"{k} full FT {np.mean(v['baseline']):.4f}" for k, v in c.items())
     ours = f"d_90 FC 10k: {fmt(fc10)}; FC 5k: {fmt(fc5)}; LeNet 10k: {fmt(le)} ({base})"
-    return ("10", "MNIST FC d_90 ≈ 750 (is our 562 the data size?); LeNet lower than FC",
+    return ("10", "MNIST FC d_90 ≈ 750 (is our 590 the data size?); LeNet lower than FC",
             "Li et al. 2018 (arXiv:1804.08838) §3: FC 784-200-200-10 d_90 ≈ 750, LeNet ≈ 290 (60k train images)",
             "DID (Fastfood), 5 epochs, one d_90 search per seed (3 seeds), grid 30..10,000 + 4 bisections",
             ours, f"{data}; {lenet}", "CIs of the per-seed d_90 separated", "c10_d90.png")

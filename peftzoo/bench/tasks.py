@@ -237,6 +237,31 @@ def compute_metrics(task: Task, preds: np.ndarray, labels: np.ndarray) -> dict[s
     return {"accuracy": acc, "score": acc}
 
 
+REGRESSION_TRIVIAL = ("a constant prediction has no correlation with the labels (Pearson and Spearman are undefined "
+                      "for zero variance); 0 is used")
+
+
+def trivial_score(task: Task, labels) -> dict:
+    """The best ``score`` a constant prediction gets: what a model that learnt nothing scores. ``labels``: one
+    evaluation split's labels, or {split: labels} (the same constant on every split, scores averaged as the bench
+    averages them). Classification tries every class as the constant answer: the majority class for accuracy,
+    0 for MCC, for F1+accuracy (MRPC, QQP) the better of the two answers. Regression: 0, see ``REGRESSION_TRIVIAL``.
+    Returns {"score", "answer" (the constant, or None), "metrics" (its metrics on each split), "note"}."""
+    import warnings
+    splits = labels if isinstance(labels, dict) else {"eval": labels}
+    if task.regression:
+        return {"score": 0.0, "answer": None, "metrics": {}, "note": REGRESSION_TRIVIAL}
+    best = None
+    for c in range(task.num_labels):
+        with warnings.catch_warnings():  # sklearn warns that F1 / MCC of a constant prediction are degenerate
+            warnings.simplefilter("ignore")
+            ms = {s: compute_metrics(task, np.full(len(y), c), np.asarray(y)) for s, y in splits.items()}
+        score = float(np.mean([m["score"] for m in ms.values()]))
+        if best is None or score > best["score"]:
+            best = {"score": score, "answer": task.labels[c] if task.labels else c, "metrics": ms}
+    return {**best, "note": f"always answering {best['answer']!r}, the best constant for {task.metric}"}
+
+
 def split_indices(n: int, max_train: int | None, fraction: float = 0.1, cap: int = 1000,
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(training subset, validation) indices into a train split of ``n`` examples; disjoint, fixed by ``seed``."""

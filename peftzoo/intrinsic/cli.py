@@ -10,7 +10,10 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from peftzoo.bench.tasks import ENV, TASKS, data_source, get_task
+from peftzoo.intrinsic.d90 import DEFINITIONS, Definition
 
 IMAGE_TASKS = ("digits", "mnist", "fashion-mnist")
 # defaults of the learning rates, per kind of task: (subspace lr, full fine-tuning lr)
@@ -29,10 +32,28 @@ def add_arguments(p):
     p.add_argument("--grid", type=int, nargs="+", help="coarse grid of d (default: log grid --dmin..--dmax)")
     p.add_argument("--dmin", type=int, default=10)
     p.add_argument("--dmax", type=int, default=10000)
-    p.add_argument("--per-decade", type=int, default=2)
-    p.add_argument("--bisect", type=int, default=3, help="bisection steps between the bracketing d's")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--baseline", type=float, default=None, help="full fine-tuning score (skips training it)")
+    p.add_argument("--per-decade", type=int, default=2, help="points per decade of the coarse grid")
+    p.add_argument("--fine-per-decade", type=int, default=4,
+                   help="points per decade inside the coarse interval that holds a seed's crossing")
+    p.add_argument("--max-ratio", type=float, default=1.3,
+                   help="bisect each seed's bracket until hi/lo is at most this")
+    p.add_argument("--bisect", type=int, default=8, help="at most this many bisection steps per seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--baseline", type=float, nargs="+", default=None, metavar="SCORE",
+                   help="full fine-tuning score(s), one per baseline seed (skips training it); several give the "
+                        "informative check its CI")
+    p.add_argument("--definition", nargs="+", choices=DEFINITIONS, default=["relative"],
+                   help="the target: relative (threshold x full FT), gap (trivial + threshold x (full FT - "
+                        "trivial)), absolute (--absolute-target); several are searched on the same points, the "
+                        "first is the headline")
+    p.add_argument("--threshold", type=float, default=0.9, help="the share of relative and gap (the 90 of d_90)")
+    p.add_argument("--absolute-target", type=float, default=None, metavar="SCORE",
+                   help="the fixed target score of --definition absolute (e.g. 0.9 accuracy, as Li et al.)")
+    p.add_argument("--allow-uninformative", action="store_true",
+                   help="search even when full FT does not clearly beat the trivial score; the result is then "
+                        "marked not informative")
+    p.add_argument("--baseline-only", action="store_true",
+                   help="score full FT and the trivial score, report whether a search would be informative, stop")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None, help="subspace learning rate")
@@ -67,11 +88,15 @@ def validate(args) -> None:
     if task_name(args.task) not in IMAGE_TASKS and args.init_from is not None:
         raise ValueError(f"--init-from applies to image tasks ({', '.join(IMAGE_TASKS)}); for GLUE pick --model")
     positive = {"--dmin": args.dmin, "--dmax": args.dmax, "--per-decade": args.per_decade, "--epochs": args.epochs,
-                "--batch-size": args.batch_size, "--max-train": args.max_train, "--max-eval": args.max_eval,
-                "--max-len": args.max_len, "--lr": args.lr, "--full-lr": args.full_lr, "--baseline": args.baseline}
+                "--fine-per-decade": args.fine_per_decade, "--batch-size": args.batch_size,
+                "--max-train": args.max_train, "--max-eval": args.max_eval, "--max-len": args.max_len, "--lr": args.lr,
+                "--full-lr": args.full_lr, **{"--baseline": b for b in args.baseline or []}}
     for flag, v in positive.items():
         if v is not None and not v > 0:  # `not >` also catches NaN
             raise ValueError(f"{flag} must be > 0 (got {v})")
+    if not args.max_ratio > 1:
+        raise ValueError(f"--max-ratio must be > 1 (got {args.max_ratio}): bisection stops at hi/lo <= it")
+    definitions(args)  # a bad --definition / --threshold / --absolute-target combination is an error here
     if args.dmin > args.dmax:
         raise ValueError(f"--dmin {args.dmin} is larger than --dmax {args.dmax}")
     if args.grid is not None and min(args.grid) < 1:
@@ -80,6 +105,14 @@ def validate(args) -> None:
         raise ValueError(f"--bisect must be >= 0 (got {args.bisect})")
     if not args.seeds:
         raise ValueError("--seeds needs at least one seed")
+
+
+def definitions(args) -> list[Definition]:
+    """The targets of the search, in the order given (``--definition``)."""
+    if args.absolute_target is not None and "absolute" not in args.definition:
+        raise ValueError("--absolute-target applies to --definition absolute only (add it: --definition absolute)")
+    return [Definition(n, args.threshold, args.absolute_target if n == "absolute" else None)
+            for n in dict.fromkeys(args.definition)]
 
 
 def config(args) -> dict:
@@ -121,21 +154,41 @@ def _point(cfg: dict, d) -> tuple[str, dict, float]:
     return (FULL, {}, cfg["full_lr"]) if d == FULL else (cfg["method"], {"d": d}, cfg["lr"])
 
 
+def point_spec(cfg: dict, d, seed: int):
+    """The bench ``RunSpec`` of a GLUE d90 point: full fine-tuning when ``d`` is ``FULL``, else the method at d."""
+    from peftzoo.bench.runner import RunSpec
+    method, hp, lr = _point(cfg, d)
+    return RunSpec(suite="d90", task=cfg["task"], method=method, seed=seed, hparams=hp, model=cfg["model"], lr=lr,
+                   epochs=cfg["epochs"], batch_size=cfg["batch_size"], max_len=cfg["max_len"],
+                   max_train=cfg["max_train"], max_eval=cfg["max_eval"], random_init=cfg["random_init"])
+
+
 def evaluate_point(cfg: dict, d, seed: int, data_dir=None, progress: bool = False, init_from=None) -> float:
     """The best dev score of one run: full fine-tuning when ``d`` is ``FULL``, else the subspace method at d.
     ``data_dir`` (default: $PEFTZOO_DATA_DIR) must hold the same data as ``cfg["data"]`` says; ``init_from``: the
     θ0 file whose hash ``cfg["init_from"]`` is (image tasks)."""
-    method, hp, lr = _point(cfg, d)
     if cfg["task"] in IMAGE_TASKS:
-        return _image_score(cfg, method, d, seed, data_dir, init_from=init_from)
-    from peftzoo.bench.runner import RunSpec, execute
-    spec = RunSpec(suite="d90", task=cfg["task"], method=method, seed=seed, hparams=hp, model=cfg["model"], lr=lr,
-                   epochs=cfg["epochs"], batch_size=cfg["batch_size"], max_len=cfg["max_len"],
-                   max_train=cfg["max_train"], max_eval=cfg["max_eval"], random_init=cfg["random_init"])
-    rec = execute(spec, data_dir=data_dir, progress=progress)
+        return _image_score(cfg, _point(cfg, d)[0], d, seed, data_dir, init_from=init_from)
+    from peftzoo.bench.runner import execute
+    rec = execute(point_spec(cfg, d, seed), data_dir=data_dir, progress=progress)
     if rec["status"] != "ok":
-        raise RuntimeError(f"{method} d={d} seed={seed} failed: {rec.get('error')}")
+        raise RuntimeError(f"{rec['method']} d={d} seed={seed} failed: {rec.get('error')}")
     return rec["metrics_best"]["score"]
+
+
+def trivial_for(cfg: dict, data_dir=None) -> dict:
+    """The trivial score (best constant prediction) of the split every point is scored on: the test images, or
+    the first ``max_eval`` rows of each GLUE dev split. {"score", "answer", "note", "rows", ...}."""
+    if cfg["task"] in IMAGE_TASKS:
+        yt = _images(cfg["task"], data_dir, cfg["max_train"])[3].numpy()
+        c = int(np.bincount(yt).argmax())
+        return {"score": float(np.mean(yt == c)), "answer": c, "rows": len(yt),
+                "note": f"always answering class {c}, the majority class of the {len(yt)} test images"}
+    from peftzoo.bench.tasks import load_task, trivial_score
+    task = get_task(cfg["task"])
+    data = load_task(task, data_dir)
+    labels = {s: data[s].labels[:cfg["max_eval"]] for s in task.dev}
+    return {**trivial_score(task, labels), "rows": {s: len(v) for s, v in labels.items()}}
 
 
 def _image_score(cfg: dict, method: str, d, seed: int, data_dir=None, init_from=None) -> float:
@@ -167,7 +220,8 @@ def run_d90(args):
     from tqdm.auto import tqdm
 
     from peftzoo.bench import ray_executor
-    from peftzoo.intrinsic.d90 import Search, log_grid, plot
+    from peftzoo.intrinsic.d90 import Search, log_grid
+    from peftzoo.intrinsic.report import plot, summary
     validate(args)
     ray = ray_executor.options(args)
     cfg = config(args)
@@ -177,23 +231,29 @@ def run_d90(args):
     out = Path(args.out)
     t0 = time.perf_counter()
     grid = args.grid or log_grid(args.dmin, args.dmax, args.per_decade)
+    trivial = trivial_for(cfg, args.data_dir)
     meta = {"task": args.task, "net_or_model": what, "method": args.method, "grid": grid,
+            "trivial_answer": trivial["answer"], "trivial_note": trivial["note"], "eval_rows": trivial["rows"],
             "args": {k: v for k, v in vars(args).items() if k not in ("fn", "cmd")},
             "command": "peftzoo d90 " + " ".join(_argv(args))}
     bar = tqdm(desc=f"d90 {name}", disable=args.quiet)
     search = Search(lambda d, s: evaluate_point(cfg, d, s, args.data_dir, progress=not args.quiet,
                                                 init_from=args.init_from), args.baseline,
-                    args.seeds, path=out / f"{name}.json", meta=meta, progress=bar, config=cfg,
-                    overwrite=args.overwrite,
+                    args.seeds, trivial=trivial["score"], definitions=definitions(args), path=out / f"{name}.json",
+                    meta=meta, progress=bar, config=cfg, overwrite=args.overwrite,
+                    allow_uninformative=args.allow_uninformative,
                     evaluate_many=ray and d90_points(cfg, args.data_dir, ray, bar, args.init_from))
-    result = search.run(grid, args.bisect, whole_grid=ray is not None)
-    bar.close()
+    try:
+        result = search.run(grid, args.bisect, whole_grid=ray is not None, fine_per_decade=args.fine_per_decade,
+                            max_ratio=args.max_ratio, baseline_only=args.baseline_only)
+    finally:
+        bar.close()
     result = {**meta, **result, "wall_s": time.perf_counter() - t0}
     search.save(result)
-    plot({name: result}, out / f"{name}.png", title=name)
-    lo, hi = result["bracket"]
-    print(f"{name}: full FT {result['baseline']:.4f}; d90 = {result['d90']} (bracket {lo}..{hi}); "
-          f"wall {result['wall_s']:.0f} s; wrote {out / (name + '.json')} and .png")
+    if not args.baseline_only:
+        plot({name: result}, out / f"{name}.png", title=name)
+    print(summary(name, result) + f"\nwall {result['wall_s']:.0f} s; wrote {out / (name + '.json')}"
+          + ("" if args.baseline_only else " and .png"))
     return result
 
 
