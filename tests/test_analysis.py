@@ -135,7 +135,8 @@ def test_clear_errors_for_bad_input(tmp_path):
         return BertForSequenceClassification(BertConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
                                                         intermediate_size=64, vocab_size=100, num_labels=3))
     with pytest.raises(ValueError, match="cannot be loaded onto the model analysed, BertForSequenceClassification; "
-                                         "the adapter does not record its base model: .*shape.*--model BASE"):
+                                         "the adapter does not record its base model's name or path with 3 labels: .*shape.*--model BASE, "
+                                         "and --num-labels 3"):
         analyze_adapter(other(), path, config=CFG)
     with pytest.raises(ValueError, match="shape .* in the base but .* different models"):
         analyze_checkpoints(tiny_bert(), other(), CFG)

@@ -37,19 +37,23 @@ def adapter_format(path) -> str:
                             "(adapter_config.json)")
 
 
-def recorded_base(path) -> str | None:
-    """The base model an adapter folder names, if it does (PEFT's ``base_model_name_or_path``; peftzoo.json's too,
-    where a version of peftzoo writes it)."""
+def recorded_base(path) -> tuple[str | None, int | None]:
+    """(name or path, num_labels) of the base model an adapter folder records, where it does: peftzoo.json's
+    ``base_model`` (``name_or_path``, ``num_labels``), PEFT's ``base_model_name_or_path``."""
     import json
-    for name in ("adapter_config.json", "peftzoo.json"):
+    for name in ("peftzoo.json", "adapter_config.json"):
         try:
             meta = json.loads((Path(path) / name).read_text())
         except (OSError, ValueError):
             continue
-        base = meta.get("base_model_name_or_path") or meta.get("base_model") if isinstance(meta, dict) else None
-        if base:
-            return str(base)
-    return None
+        if not isinstance(meta, dict):
+            continue
+        base = meta.get("base_model")
+        if isinstance(base, dict) and (base.get("name_or_path") or base.get("num_labels")):
+            return base.get("name_or_path"), base.get("num_labels")
+        if meta.get("base_model_name_or_path"):
+            return str(meta["base_model_name_or_path"]), None
+    return None, None
 
 
 def misfit(model: nn.Module, path, problem: Exception) -> ValueError:
@@ -57,12 +61,16 @@ def misfit(model: nn.Module, path, problem: Exception) -> ValueError:
     records (if any) and how to analyse it on the right one."""
     cfg = getattr(model, "config", None)
     name = getattr(cfg, "_name_or_path", "") or type(model).__name__
-    base = recorded_base(path)
+    base, saved_labels = recorded_base(path)
     labels = getattr(cfg, "num_labels", None)
-    recorded = f"; the adapter records base model {base!r}" if base else "; the adapter does not record its base model"
+    recorded = (f"; the adapter records base model {base!r}" if base else
+                "; the adapter does not record its base model's name or path")
+    if saved_labels:
+        recorded += f" with {saved_labels} labels"
     head = f" (this model's head has {labels} labels)" if labels else ""
+    n = saved_labels if saved_labels else "N"
     return ValueError(f"adapter {path} cannot be loaded onto the model analysed, {name}{recorded}: {problem}. Analyse "
-                      f"it on the model it was trained from: --model {base or 'BASE'}, and --num-labels N if its "
+                      f"it on the model it was trained from: --model {base or 'BASE'}, and --num-labels {n} if its "
                       f"classification head had another size{head}")
 
 
