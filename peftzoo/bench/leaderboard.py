@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from peftzoo import adapters
-from peftzoo.bench import plots, stats, store
+from peftzoo.bench import learned, plots, stats, store
 from peftzoo.bench.configs import check_configs, config_line
 from peftzoo.bench.protocol import Protocol, selection
 from peftzoo.bench.tasks import get_task
@@ -150,8 +150,9 @@ def markdown(suite: str, b: dict, use: str) -> str:
     p = Protocol(**{k: (tuple(x) if k == "paper_settings" else x) for k, x in prot.items() if k != "stage"}) \
         if prot else None
     lines = [title, "", b.get("reproduce") or "Reproduce: not known (no runs were read from a results folder).", "",
-             (p.describe() if p else "Protocol: not recorded in these runs.")
+             (p.describe(learned.swept(b)) if p else "Protocol: not recorded in these runs.")
              + (" THIS VIEW IGNORES IT: selection used the dev scores." if use == "dev" else ""), "",
+             *([s, ""] if (s := learned.preset_sentence(b)) else []),
              f"Device: {', '.join(dev)}. Versions: {', '.join(f'{k} {x}' for k, x in v.items())}. "
              f"Model: `{spec.get('model') or 'all-MiniLM-L6-v2 (embedded)'}`. Config: {config_line(ok)} "
              "Examples (train / validation / dev): "
@@ -181,6 +182,8 @@ def markdown(suite: str, b: dict, use: str) -> str:
                      + f" | {_num(r['avg'] and 100 * r['avg'], '{:.1f}')} | {_lrs(r, tasks)} | {r['achieved']:,}{tgt} "
                      f"| {r['trainable']:,} | {_num(r['step_vs_head'])} | {_num(r['step_vs_full'])} "
                      f"| {r['peak_mem_mb']:.0f} | {_num(r.get('step_mb'), '{:.0f}')} | {r['file_kb']:.0f} | {r['seeds']} |")
+    if (s := learned.not_learning(b)) is not None:
+        lines += ["", s]
     sep = separation(b)
     if sep:
         lines += ["", "Separation (a task is in a preset only if full FT beats head-only by more than 3× the larger 95% "
@@ -266,7 +269,8 @@ def write(root, suite: str, optimistic: bool = False, n_boot: int = 2000, writte
     check_configs(ok)
     use = "dev" if optimistic else "val"
     b = {**build(runs, use, n_boot), "invalid": invalid,
-         "reproduce": reproduce.line(runs, root, suite, optimistic=use == "dev")}
+         "reproduce": reproduce.line(runs, root, suite, optimistic=use == "dev"),
+         "description": reproduce.description(runs, suite)}
     add_step_memory(b, out / "step_memory.json")
     stem = "leaderboard" if use == "val" else "leaderboard-optimistic"
     paths = [out / f"{stem}{x}" for x in (".md", ".csv", ".png", "-lr.png")]

@@ -306,14 +306,19 @@ class Protocol:
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "paper_settings": list(self.paper_settings)}
 
-    def describe(self) -> str:
+    def describe(self, swept: bool = True) -> str:
+        """The protocol in words; ``swept=False``: a suite whose every row ran at one LR fixed by its preset."""
         ep = "the LR and the epoch" if self.select_epoch else "the LR (final epoch)"
+        split = (f"a validation split carved from train ({self.val_fraction:.0%} of it, at most {self.val_cap:,} "
+                 f"examples, split seed {self.val_seed}, the same for every run, disjoint from the training subset)")
+        tail = "Reported scores are the GLUE dev set, never used for any choice."
+        if not swept:
+            ep = "the epoch" if self.select_epoch else "nothing (the final epoch)"
+            return (f"Protocol: NO LR sweep in this suite: every row trained at the one LR its preset gives (`lr`), "
+                    f"shown in `LR / epoch`; {ep} is selected on {split} by the mean over seeds. {tail}")
         return (f"Protocol: every method sweeps its LR grid at the middle budget on the first {self.sweep_seeds} "
-                f"seed(s); {ep} are selected on a validation split carved from train ({self.val_fraction:.0%} of it, "
-                f"at most {self.val_cap:,} examples, split seed {self.val_seed}, the same for every run, disjoint "
-                f"from the training subset) by the mean over seeds; the selected LR then runs on the other seeds "
-                f"and budgets (assumed: with α/r scaling the best LR does not depend on the rank). Reported scores "
-                f"are the GLUE dev set, never used for any choice.")
+                f"seed(s); {ep} are selected on {split} by the mean over seeds; the selected LR then runs on the "
+                f"other seeds and budgets (assumed: with α/r scaling the best LR does not depend on the rank). {tail}")
 
 
 def budget_entries(preset: dict, where: str = "budgets") -> list:

@@ -23,6 +23,11 @@ def _preset(runs: list[dict], suite: str):
     return (name, p) if named or p.suite == suite else (None, None)
 
 
+def description(runs: list[dict], suite: str) -> str | None:
+    """The description of the preset the runs were made with (as ``_preset`` finds it), if it has one."""
+    return getattr(_preset(runs, suite)[1], "description", None) or None
+
+
 def _seeds(runs: list[dict]) -> list[int]:
     """The seeds in plan order: the LR sweep's seeds (stage 1) first, as the plan takes the first ones for it."""
     sweep = sorted({r["seed"] for r in runs if (r.get("protocol") or {}).get("stage") == 1})
