@@ -160,9 +160,10 @@ def main(argv=None) -> int:
             for m in METHODS:
                 print("peftzoo d90 " + " ".join(d90_argv(t, m, args.out)) + ("  --baseline <SAID's>" * (m == "did")))
         return 0
-    for task in args.tasks:
-        if check_task(task, args.out, args.allow_uninformative) or args.allow_uninformative:
-            search(task, args.out, args.allow_uninformative)
+    # every task's full-FT check first (minutes each), so an uninformative task is known before hours of search
+    keep = [t for t in args.tasks if check_task(t, args.out, args.allow_uninformative) or args.allow_uninformative]
+    for task in keep:
+        search(task, args.out, args.allow_uninformative)
     report(args.out)
     return 0
 
