@@ -36,7 +36,7 @@ def _demo(args):
     batch = tok(["a gripping, beautiful film", "dull and far too long"] * 4, return_tensors="pt", padding=True)
     batch["labels"] = torch.tensor([1, 0] * 4)
     ad.set_total_steps(args.steps)
-    opt = torch.optim.AdamW(ad.param_groups(lr=type(ad).default_lr))
+    opt = ad.make_optimizer(type(ad).default_lr)
     ad.model.train()
     for step in range(1, args.steps + 1):  # the adapter's hooks, as README's loop calls them
         loss = ad.model(**batch).loss

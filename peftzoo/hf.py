@@ -6,9 +6,10 @@
 
 What differs from a plain ``Trainer``:
 
-* the optimizer Trainer creates is built from ``ad.param_groups(args.learning_rate, args.weight_decay)`` (LoRA+
-  puts B at lr x ratio, by role) with the class and settings ``args.optim`` names (AdamW's betas and eps); the
-  optimizers in ``SUPPORTED_OPTIM`` take such groups, any other is refused when the trainer is made. Weight decay
+* the optimizer Trainer creates is ``ad.make_optimizer(args.learning_rate, args.weight_decay, cls, **kwargs)``:
+  ``ad.param_groups`` (LoRA+ puts B at lr x ratio, by role) with the class and settings ``args.optim`` names
+  (AdamW's betas and eps); GaLore builds its projected Adam with those betas and eps. The optimizers in
+  ``SUPPORTED_OPTIM`` take such groups, any other is refused when the trainer is made. Weight decay
   applies to every trainable tensor, as in peftzoo's own loop (Trainer's default exempts biases and norms by name);
 * ``AdapterCallback`` sets the schedule length when training begins and calls ``on_step`` after each optimizer step
   (gradients still there); ``extra_loss()`` joins the training loss, once per optimizer step whatever the gradient
@@ -66,8 +67,8 @@ class AdapterTrainer(Trainer):
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             cls, kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, model or self.model)
-            groups = self.adapter.param_groups(self.args.learning_rate, self.args.weight_decay)
-            self.optimizer = cls(groups, **kwargs)
+            self.optimizer = self.adapter.make_optimizer(self.args.learning_rate, self.args.weight_decay, cls,
+                                                         **kwargs)
         return self.optimizer
 
     # ---- the loss: + extra_loss, once per optimizer step -------------------------------------------------------

@@ -116,7 +116,7 @@ def test_one_step_changes_only_adapter_and_train_tensors(model, ids, method):
     model = ad.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     ad.set_total_steps(10)
-    opt = torch.optim.AdamW(ad.param_groups(lr=1e-2))
+    opt = ad.make_optimizer(1e-2)  # the method's own optimizer (AdamW over param_groups for most)
     model.train()
     train_step(ad, opt, {"input_ids": ids, "labels": torch.tensor([0, 1, 2])}, step=1)
     own = {id(p) for p in ad.trainable_parameters()}

@@ -67,7 +67,7 @@ def test_loraplus_puts_b_at_lr_times_ratio_and_trains_unlike_lora(tmp_path):
     assert any(not torch.allclose(finals["lora"][n], finals["loraplus"][n]) for n in finals["lora"])
 
 
-@pytest.mark.parametrize("method", ["loraplus", "adalora"])
+@pytest.mark.parametrize("method", ["loraplus", "adalora", "galore"])  # galore: its own optimizer, make_optimizer
 def test_adapter_trainer_equals_peftzoos_own_loop(tmp_path, method):
     rows = data()
     ours = attach(method)

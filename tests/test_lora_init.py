@@ -76,7 +76,7 @@ def test_our_init_files_load_in_peft_and_in_ours_exactly(tmp_path, ids, method, 
     torch.testing.assert_close(fresh(ids).logits, out, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("init", ["pissa", "olora"])
+@pytest.mark.parametrize("init", ["pissa", "olora", "loram"])
 def test_merge_and_unmerge_keep_the_residual(ids, init):
     model, ad = ours("lora", init)
     randomize(ad, std=0.1)

@@ -130,7 +130,7 @@ def test_merge_and_unload_equals_pefts_on_other_layer_types(tmp_path, arch, targ
         torch.testing.assert_close(v, base.state_dict()[k], atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("init", ["pissa", "olora"])
+@pytest.mark.parametrize("init", ["pissa", "olora", "loram"])
 @pytest.mark.parametrize("method", ["lora", "dora"])
 def test_an_init_that_rewrote_the_weights_is_undone(ids, method, init):
     """PiSSA/OLoRA leave a residual in W: unload() and disable_adapter() give back W itself, not the residual."""

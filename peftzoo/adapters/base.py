@@ -11,7 +11,8 @@ Hooks the training loop calls explicitly (nothing hidden in ``forward``):
 
 * ``set_total_steps(n)`` once before training (schedules, e.g. AdaLoRA's budget);
 * ``extra_loss()`` added to the task loss (``None`` when the method has none);
-* ``on_step(step)`` after ``optimizer.step()`` and before ``zero_grad()`` (gradients are still there).
+* ``on_step(step)`` after ``optimizer.step()`` and before ``zero_grad()`` (gradients are still there);
+* ``make_optimizer(lr, weight_decay)`` builds the optimizer (AdamW over ``param_groups``; GaLore: its own).
 
 Its life on the model (lifecycle.py): ``merge``/``unmerge``, ``disable_adapter()`` (the base model inside a
 ``with`` block), ``unload(merge=...)`` (the plain model back; the adapter is then spent). One adapter per model.
@@ -265,6 +266,17 @@ class Adapter(ABC):
         groups.setdefault(1.0, []).extend(head)
         return [{"params": ps, "lr": lr * s, "weight_decay": weight_decay, "lr_scale": s}
                 for s, ps in sorted(groups.items()) if ps]
+
+    def make_optimizer(self, lr: float, /, weight_decay: float = 0.0, optimizer_cls=None, **kwargs):
+        """The optimizer every training loop steps (peftzoo's ``fit`` and demo, ``hf.AdapterTrainer``):
+        ``optimizer_cls`` (default ``torch.optim.AdamW``) over ``param_groups``, ``kwargs`` its settings (betas,
+        eps). A method whose optimizer is part of the method (GaLore's projected Adam) overrides it."""
+        return (optimizer_cls or torch.optim.AdamW)(self.param_groups(lr, weight_decay), **kwargs)
+
+    def optimizer_state_count(self) -> int:
+        """Elements of ``make_optimizer()``'s state once it has stepped: AdamW's exp_avg and exp_avg_sq (and its
+        1-element step counter) per trainable tensor. Methods with their own optimizer override it."""
+        return sum(2 * p.numel() + 1 for p in self.trainable_parameters())
 
     def save(self, path) -> None:
         io.save(self, path)

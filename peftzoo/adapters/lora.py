@@ -8,7 +8,7 @@ r and α may differ per layer (``rank_pattern`` / ``alpha_pattern``, PEFT's opti
 built with its own ``config.at(name)``.
 
 Trainable elements per adapted layer: r · (d_in + d_out). Other initialisations (``init_lora_weights``:
-"gaussian", "pissa", "olora") are in lora_init.py; the layer types other than ``nn.Linear`` (``nn.Embedding``,
+"gaussian", "pissa", "olora", "loram") are in lora_init.py; the layer types other than ``nn.Linear`` (``nn.Embedding``,
 ``nn.Conv1d/2d/3d``) in embedding.py and conv.py, chosen by ``Lora.layer_classes``.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from peftzoo.adapters.conv import LoraConv
 from peftzoo.adapters.embedding import LoraEmbedding
 from peftzoo.adapters.fused import lowrank_linear
 from peftzoo.adapters.layered import LayerAdapter
-from peftzoo.adapters.lora_init import PEFT_PLAIN, RESIDUAL, check_init, init_factors
+from peftzoo.adapters.lora_init import PEFT_PLAIN, RESIDUAL, check_init, check_rank, init_factors, peft_init
 from peftzoo.inject import LINEAR_TYPES
 from peftzoo.registry import register
 
@@ -39,7 +39,7 @@ class LoraConfig(AdapterConfig):
     alpha: float = 16.0  # scale numerator: the update is multiplied by alpha / r (rsLoRA: alpha / sqrt(r))
     dropout: float = 0.0  # dropout on the adapter's input only; 0 enables the fused fast path
     # PEFT's init option: True (Kaiming A, B = 0), "gaussian", or "pissa" / "olora" (start from W's top-r part,
-    # which leaves the residual in the frozen weight); see lora_init.py
+    # which leaves the residual in the frozen weight), or "loram" (DST bases scaled by W's magnitude); lora_init.py
     init_lora_weights: bool | str = True
     # per-layer r and alpha (PEFT's rank_pattern / alpha_pattern): {regex: value}; a layer takes the first key
     # (in the dict's order) that matches the end of its name at a dot, as PEFT; layers no key matches use r, alpha
@@ -122,9 +122,7 @@ class LoraLayer(AdapterLayer):
     @classmethod
     def check(cls, name, base, config):
         r = config.r
-        if config.init_lora_weights in RESIDUAL and isinstance(r, int) and r > min(cls.dims(base)):
-            raise ValueError(f"init_lora_weights={config.init_lora_weights!r} needs r <= min(d_in, d_out) = "
-                             f"{min(cls.dims(base))} at layer {name!r}, got r={r}")  # the SVD/QR has only that many parts
+        check_rank(config.init_lora_weights, name, r, cls.dims(base))
         if config.init_lora_weights == "olora" and isinstance(base, Conv1D):
             raise ValueError(f"init_lora_weights='olora' on {name!r}, a transformers Conv1D: PEFT 0.21.2 decomposes "
                              "its stored (d_in, d_out) weight and then fails in forward, so no PEFT file could be "
@@ -196,7 +194,7 @@ class Lora(LayerAdapter):
     def peft_config(cls, config: LoraConfig) -> dict:
         return {"r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
                 "use_rslora": config.rank_stabilised(), "use_dora": False,
-                "init_lora_weights": config.init_lora_weights,
+                "init_lora_weights": peft_init(config.init_lora_weights),
                 "rank_pattern": dict(config.rank_pattern), "alpha_pattern": dict(config.alpha_pattern)}
 
     @classmethod
@@ -209,6 +207,7 @@ class Lora(LayerAdapter):
         init = peft.get("init_lora_weights", True)
         if not any(init is i or (isinstance(init, str) and init == i) for i in PEFT_PLAIN + RESIDUAL):
             check_init(init)  # raises, naming the option
+        peft_init(init)  # ours only (loram): no PEFT file made by PEFT holds it
         return {"r": int(peft["r"]), "alpha": float(peft.get("lora_alpha", 8)),
                 "dropout": float(peft.get("lora_dropout", 0.0)),
                 "init_lora_weights": init if init in RESIDUAL else True,  # the file's A, B replace any other init

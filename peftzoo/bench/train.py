@@ -3,7 +3,8 @@
 The adapter's hooks are called explicitly, in this order, every step:
     loss = task loss (+ ad.extra_loss() if any);  backward;  clip;  optimizer.step();  ad.on_step(step);
     scheduler.step();  zero_grad.
-AdamW with linear warm-up then linear decay; bf16 autocast on CUDA, and on CPU when ``precision="bf16"``.
+The adapter's optimizer (``ad.make_optimizer``: AdamW for most methods) with linear warm-up then linear decay;
+bf16 autocast on CUDA, and on CPU when ``precision="bf16"``.
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def fit(ad, batches_per_epoch, epochs: int, lr: float, evaluate=None, warmup: fl
     ad.set_total_steps(total)
     for cb in callbacks:
         cb.on_train_begin(ad, total)
-    opt = torch.optim.AdamW(ad.param_groups(lr=lr, weight_decay=weight_decay))
+    opt = ad.make_optimizer(lr, weight_decay)  # AdamW over ad.param_groups (GaLore: its projected Adam)
     sched = linear_schedule(opt, total, warmup)
     res, step, t0 = TrainResult(), 0, time.perf_counter()
     dev = next(ad.model.parameters()).device
