@@ -14,7 +14,7 @@ from peftzoo.adapters.layered import LayerAdapter
 METHODS = peftzoo.methods()
 LAYER_METHODS = [m for m in METHODS if issubclass(adapters.get(m), LayerAdapter)]
 # methods whose trained tensors are the model's own (BitFit's biases) have nothing to merge: test_bitfit.py
-MERGING = [m for m in METHODS if not getattr(adapters.get(m), "trains_model_tensors", False)]
+MERGING = [m for m in METHODS if not adapters.get(m).trains_model_tensors]
 
 
 def attach(model, method, **kw):

@@ -9,7 +9,7 @@ import peftzoo
 from peftzoo import adapters
 
 peft = pytest.importorskip("peft")
-PEFT_METHODS = [m for m in peftzoo.methods() if hasattr(adapters.get(m), "peft_config")]
+PEFT_METHODS = [m for m in peftzoo.methods() if adapters.get(m).peft is not None]
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 

@@ -122,7 +122,7 @@ def save_pretrained(ad, *args, **kwargs):
 
 
 def unmerged_save_message(ad) -> str:
-    own = "ad.save(dir) / ad.save_peft(dir)" if hasattr(type(ad), "peft_config") else "ad.save(dir)"
+    own = "ad.save(dir) / ad.save_peft(dir)" if type(ad).peft is not None else "ad.save(dir)"
     return (f"model.save_pretrained(): this model carries a {ad.name} adapter that is not merged, so its weights are "
             "not the adapted model's (from_pretrained would not load the update, and would initialise any wrapped "
             "layer's weights at random). Either ad.unload(merge=True) and save the model it returns (plain weights "
