@@ -70,6 +70,12 @@ class PeftCodec:
     peft_type: str = ""  # PEFT's peft_type for this method's files ("LORA")
     absent: tuple[str, ...] = ()  # fields of fields() that the method's PEFT config class lacks (PEFT warns on them)
     options: tuple[str, ...] = ()  # PEFT_UNSUPPORTED options the method implements (LoRA: alpha_pattern)
+    prefix: str = PEFT_PREFIX  # where the file keeps the model's modules (the train modules): PEFT's tuners'
+    # base_model.model.<module>; its prompt-learning methods' base_model.<module>
+
+    def task(self, ad: Adapter) -> str | None:
+        """The task_type to write (default: the model's, where PEFT's class for it loads the file exactly)."""
+        return peft_task(ad)
 
     def accepts(self, cfg: dict) -> bool:
         """Whether this method reads the file whose adapter_config.json is ``cfg``."""
@@ -235,14 +241,14 @@ def _base_hint(saved: dict | None, model) -> str:
     return f" [the adapter was saved on a base model with {what}{fix}]"
 
 
-def _peft_task(ad: Adapter) -> str | None:
+def peft_task(ad: Adapter) -> str | None:
     """The task_type to write: the model's, where PEFT's model class for it loads the file exactly. That class wraps
     every module named like its heads (``classifier``, ``score``; ``qa_outputs``) as modules_to_save, needs their
     tensors in the file and adapts nothing inside them; so a head that is not a ``train`` module, or one holding an
     adapted layer (RoBERTa's ``classifier.dense`` under all-linear), means no task type (PEFT's plain PeftModel)."""
-    task = task_type(ad.model)
+    task, hf = task_type(ad.model), _hf_model(ad.model)  # the transformers model (a whole-model method wraps it)
     heads = TASKS[task][1] if task else ()
-    named = [n for n, _ in ad.model.named_modules() if n and n.endswith(heads)] if heads else []
+    named = [n for n, _ in hf.named_modules() if n and n.endswith(heads)] if heads else []
     if any(n not in ad.train_modules or _under_any(ad.layers, n) for n in named):
         return None
     return task
@@ -254,14 +260,14 @@ def _under_any(names, prefix: str) -> bool:
 
 def save_peft(ad: Adapter, path) -> None:
     c = codec(ad)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    cfg = {"peft_type": c.peft_type, "task_type": _peft_task(ad), "inference_mode": True,
+    cfg = {"peft_type": c.peft_type, "task_type": c.task(ad), "inference_mode": True,
            "modules_to_save": list(ad.config.train) or None,
            "base_model_name_or_path": base_model_info(ad.model)["name_or_path"], **c.fields(ad)}
     for key in c.absent:
         cfg.pop(key, None)
-    tensors = {**c.state(ad), **_train_tensors(ad, PEFT_PREFIX)}
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)  # after the codec, which may refuse: no empty folder left
+    tensors = {**c.state(ad), **_train_tensors(ad, c.prefix)}
     save_file(_contiguous(tensors), str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
     _write_json(path / "adapter_config.json", cfg)
 
@@ -369,7 +375,7 @@ def load_peft(model, path) -> Adapter:
             ad = _attach(model, cls.name, train=train, **cls.peft.read(cfg))
             embedded = _load_embeddings(ad, embeddings, tensors, path)  # before the layers: DoRA caches W's norms
             used = embedded | cls.peft.load_state(ad, tensors)
-            _check_all_used(tensors, used | _load_train(ad, tensors, PEFT_PREFIX), path)
+            _check_all_used(tensors, used | _load_train(ad, tensors, cls.peft.prefix), path)
     except ValueError as e:
         raise ValueError(f"{e}{_base_hint({'name_or_path': cfg.get('base_model_name_or_path')}, model)}") from e
     ad.load_notes = _notes(cfg, ignored, embedded)
