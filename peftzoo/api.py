@@ -13,7 +13,7 @@ from peftzoo.registry import make_config
 
 def methods() -> list[str]:
     """Sorted names of the registered PEFT methods (the baselines ``full`` and ``head`` are registered too)."""
-    return sorted(n for n, cls in registry.REGISTRY.items() if not cls.baseline)
+    return sorted(n for n, cls in registry.REGISTRY.items() if not cls.info.baseline)
 
 
 def attach(model: nn.Module, method: str, **kwargs) -> Adapter:

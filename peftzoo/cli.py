@@ -27,8 +27,8 @@ def _demo(args):
     # the method's own defaults (rank, subspace dimension, ...); per-layer methods adapt query and value
     ad = peftzoo.attach(model, args.method, targets=["query", "value"], train=["classifier"])
     s, cls = ad.summary(), type(ad)
-    if cls.baseline:  # full, head: no adapter tensors, the model's own parameters train
-        print(f"model: {path}\n{total:,} parameters; {args.method} is a baseline, no adapter: {cls.equation}; "
+    if cls.info.baseline:  # full, head: no adapter tensors, the model's own parameters train
+        print(f"model: {path}\n{total:,} parameters; {args.method} is a baseline, no adapter: {cls.info.equation}; "
               f"it trains {ad.num_trainable():,} of the model's own parameters")
     else:
         print(f"model: {path}\n{total:,} parameters; {args.method} trains {ad.num_trainable():,} "
@@ -36,7 +36,7 @@ def _demo(args):
     batch = tok(["a gripping, beautiful film", "dull and far too long"] * 4, return_tensors="pt", padding=True)
     batch["labels"] = torch.tensor([1, 0] * 4)
     ad.set_total_steps(args.steps)
-    opt = ad.make_optimizer(type(ad).default_lr)
+    opt = ad.make_optimizer(cls.info.default_lr)
     ad.model.train()
     for step in range(1, args.steps + 1):  # the adapter's hooks, as README's loop calls them
         loss = ad.model(**batch).loss
@@ -48,8 +48,9 @@ def _demo(args):
         print(f"step {step}: loss {loss.item():.4f}")
     ad.model.eval()
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if cls.baseline:
-        print("nothing to merge: a baseline has no adapter")
+    if cls.info.baseline or not cls.merges:
+        why = "a baseline has no adapter" if cls.info.baseline else f"{args.method}'s update is no weight change"
+        print(f"nothing to merge: {why}")
         return
     with torch.no_grad():
         before = ad.model(**inputs).logits
@@ -58,13 +59,26 @@ def _demo(args):
     print(f"merged: max |logits change| = {(before - after).abs().max().item():.2e}")
 
 
+def method_lines(name: str, cls) -> list[str]:
+    """What ``peftzoo methods`` says of one method: its equation, count, paper, then its benchmark policy and
+    files (all from ``cls.info`` and ``cls.peft``)."""
+    i = cls.info
+    head = f"{name:10s} {'(baseline) ' if i.baseline else ''}{i.equation}   [{i.formula}]  {i.paper}".rstrip()
+    knob = (f"budget knob {i.budget_knob}" if i.budget_knob else "a reference of every table" if i.baseline
+            else "no budget knob (one point per target set)")
+    grid = "LR grid " + ", ".join(f"{x:g}" for x in cls.lr_grid())
+    paper = ["paper setting " + ", ".join(f"{k}={v}" for k, v in i.paper_hparams.items())] if i.paper_hparams else []
+    peft = f"PEFT file {cls.peft.peft_type}" if cls.peft is not None else "no PEFT file (ad.save only)"
+    return [head, " " * 11 + " · ".join([knob, grid, *paper, peft])]
+
+
 def _methods(args):
     import dataclasses
 
     from peftzoo import adapters
     for name in sorted(adapters.REGISTRY):
         cls = adapters.REGISTRY[name]
-        print(f"{name:10s} {getattr(cls, 'equation', '')}   [{getattr(cls, 'formula', '')}]  {getattr(cls, 'paper', '')}")
+        print("\n".join(method_lines(name, cls)))
         if args.verbose:
             for f in dataclasses.fields(cls.config_cls):
                 print(f"    {f.name} = {f.default!r}")

@@ -15,6 +15,10 @@ as PEFT 0.21.2 does:
   default when an embedding layer is a target) are copied into the model, as PEFT's load does;
 * every other tensor must fit an adapter layer or a ``train`` module, and every option we do not implement is an
   error that names it.
+
+What is method-specific in that format is the method's :class:`PeftCodec` (``Adapter.peft``; None for a method
+without a PEFT equivalent): this module writes and reads the fields every PEFT file shares and asks the codec for
+the rest.
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ TRAIN = "train."
 PEFT_PREFIX = "base_model.model."  # PEFT's key prefix: base_model.model.<module>.<tensor>
 # PEFT features we do not implement: loading them silently would give different outputs.
 # (fan_in_fan_out is not among them: PEFT sets it per layer from the layer's type, and so do we.)
-# A method class implements more of them when it lists them in ``peft_options`` (LoRA: alpha_pattern).
+# A method implements more of them when its codec lists them in ``options`` (LoRA: alpha_pattern).
 PEFT_UNSUPPORTED = {"layers_to_transform": None, "layer_replication": None,
                     "target_parameters": None, "trainable_token_indices": None, "alpha_pattern": {},
                     "exclude_modules": None, "lora_bias": False, "use_qalora": False, "use_bdlora": None,
@@ -52,6 +56,62 @@ TASKS = {"SEQ_CLS": ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", ("classi
          "CAUSAL_LM": ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", ()),
          "SEQ_2_SEQ_LM": ("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", ())}
 log = logging.getLogger(__name__)
+
+
+class PeftCodec:
+    """How one method's adapters are written in Hugging Face PEFT's format, both directions (``Adapter.peft``).
+
+    ``save_peft`` writes the fields every PEFT file has (peft_type, task_type, inference_mode, modules_to_save,
+    base_model_name_or_path), then ``fields(ad)`` (minus ``absent``), and ``state(ad)`` as the tensors;
+    ``load_peft`` attaches the one method whose codec ``accepts`` the file with ``read(cfg)`` as its config, then
+    ``load_state``. A per-layer method's codec is a ``peftzoo.adapters.layered.LayerCodec``.
+    """
+
+    peft_type: str = ""  # PEFT's peft_type for this method's files ("LORA")
+    absent: tuple[str, ...] = ()  # fields of fields() that the method's PEFT config class lacks (PEFT warns on them)
+    options: tuple[str, ...] = ()  # PEFT_UNSUPPORTED options the method implements (LoRA: alpha_pattern)
+    prefix: str = PEFT_PREFIX  # where the file keeps the model's modules (the train modules): PEFT's tuners'
+    # base_model.model.<module>; its prompt-learning methods' base_model.<module>
+
+    def task(self, ad: Adapter) -> str | None:
+        """The task_type to write (default: the model's, where PEFT's class for it loads the file exactly)."""
+        return peft_task(ad)
+
+    def accepts(self, cfg: dict) -> bool:
+        """Whether this method reads the file whose adapter_config.json is ``cfg``."""
+        return cfg.get("peft_type") == self.peft_type
+
+    def to_peft(self, config) -> dict:
+        """The method's hyperparameters (its config dataclass) as PEFT's config fields."""
+        raise NotImplementedError
+
+    def from_peft(self, cfg: dict) -> dict:
+        """The inverse of ``to_peft``: our config fields from a PEFT config; an option we cannot honour raises,
+        naming it."""
+        raise NotImplementedError
+
+    def fields(self, ad: Adapter) -> dict:
+        """Every method-specific field of the adapter_config.json of ``ad`` (default: ``to_peft(ad.config)``)."""
+        return self.to_peft(ad.config)
+
+    def read(self, cfg: dict) -> dict:
+        """The config to attach with (``train`` aside): ``from_peft(cfg)`` and whatever else the file decides."""
+        return self.from_peft(cfg)
+
+    def state(self, ad: Adapter) -> dict[str, torch.Tensor]:
+        """The adapter's tensors under PEFT's keys (``base_model.model.<module>.<tensor>``)."""
+        raise NotImplementedError
+
+    def load_state(self, ad: Adapter, tensors: dict[str, torch.Tensor]) -> set[str]:
+        """Copy the file's tensors into ``ad``; returns the keys used (the caller refuses any left over)."""
+        raise NotImplementedError
+
+
+def codec(ad: Adapter) -> PeftCodec:
+    """The PEFT codec of ``ad``'s method, or an error saying it has none."""
+    if type(ad).peft is None:
+        raise NotImplementedError(f"{ad.name} has no Hugging Face PEFT equivalent; use ad.save() instead")
+    return type(ad).peft
 
 
 def copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
@@ -181,20 +241,14 @@ def _base_hint(saved: dict | None, model) -> str:
     return f" [the adapter was saved on a base model with {what}{fix}]"
 
 
-def _peft_class(ad: Adapter):
-    if not hasattr(type(ad), "peft_config"):
-        raise NotImplementedError(f"{ad.name} has no Hugging Face PEFT equivalent; use ad.save() instead")
-    return type(ad)
-
-
-def _peft_task(ad: Adapter) -> str | None:
+def peft_task(ad: Adapter) -> str | None:
     """The task_type to write: the model's, where PEFT's model class for it loads the file exactly. That class wraps
     every module named like its heads (``classifier``, ``score``; ``qa_outputs``) as modules_to_save, needs their
     tensors in the file and adapts nothing inside them; so a head that is not a ``train`` module, or one holding an
     adapted layer (RoBERTa's ``classifier.dense`` under all-linear), means no task type (PEFT's plain PeftModel)."""
-    task = task_type(ad.model)
+    task, hf = task_type(ad.model), _hf_model(ad.model)  # the transformers model (a whole-model method wraps it)
     heads = TASKS[task][1] if task else ()
-    named = [n for n, _ in ad.model.named_modules() if n and n.endswith(heads)] if heads else []
+    named = [n for n, _ in hf.named_modules() if n and n.endswith(heads)] if heads else []
     if any(n not in ad.train_modules or _under_any(ad.layers, n) for n in named):
         return None
     return task
@@ -205,30 +259,25 @@ def _under_any(names, prefix: str) -> bool:
 
 
 def save_peft(ad: Adapter, path) -> None:
-    cls = _peft_class(ad)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    targets = ad.config.targets
-    if not isinstance(targets, (list, tuple)):  # regex or all-linear: write the exact modules adapted
-        targets = "^(" + "|".join(n.replace(".", r"\.") for n in ad.layers) + ")$"
-    conv1d = any(getattr(layer, "fan_in_fan_out", False) for layer in ad.layers.values())
-    cfg = {"peft_type": cls.peft_type, "task_type": _peft_task(ad), "bias": "none", "inference_mode": True,
-           "fan_in_fan_out": conv1d, "target_modules": list(targets) if isinstance(targets, (list, tuple)) else targets,
+    c = codec(ad)
+    cfg = {"peft_type": c.peft_type, "task_type": c.task(ad), "inference_mode": True,
            "modules_to_save": list(ad.config.train) or None,
-           "base_model_name_or_path": base_model_info(ad.model)["name_or_path"], **cls.peft_config(ad.config)}
-    cfg.update(ad.peft_extra_config() if hasattr(ad, "peft_extra_config") else {})
-    for key in getattr(cls, "peft_absent", ()):  # fields the method's PEFT config class lacks (PEFT warns on them)
+           "base_model_name_or_path": base_model_info(ad.model)["name_or_path"], **c.fields(ad)}
+    for key in c.absent:
         cfg.pop(key, None)
-    tensors = {**ad.peft_state(), **_train_tensors(ad, PEFT_PREFIX)}
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)  # after the codec, which may refuse: no empty folder left
+    tensors = {**c.state(ad), **_train_tensors(ad, c.prefix)}
     save_file(_contiguous(tensors), str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
     _write_json(path / "adapter_config.json", cfg)
 
 
 def _peft_method(cfg: dict, path: Path) -> type:
     """The one method class that reads this PEFT config, or an error naming the type and the options given."""
-    matches = [c for c in registry.REGISTRY.values() if hasattr(c, "accepts_peft") and c.accepts_peft(cfg)]
+    codecs = [c for c in registry.REGISTRY.values() if c.peft is not None]
+    matches = [c for c in codecs if c.peft.accepts(cfg)]
     if not matches:
-        known = sorted({c.peft_type for c in registry.REGISTRY.values() if getattr(c, "peft_type", "")})
+        known = sorted({c.peft.peft_type for c in codecs})
         raise ValueError(f"{path}: PEFT adapter type {_peft_kind(cfg)} is not supported by peftzoo; supported PEFT "
                          f"types: {', '.join(known)}")
     return matches[0]
@@ -243,7 +292,7 @@ def _peft_kind(cfg: dict) -> str:
 def _check_supported(cfg: dict, cls: type, path: Path) -> None:
     """Refuse, by name, every option of the file that the method would have to ignore (outputs would differ)."""
     for key, default in PEFT_UNSUPPORTED.items():
-        if key not in getattr(cls, "peft_options", ()) and cfg.get(key, default) not in (default, None, {}, [], False):
+        if key not in cls.peft.options and cfg.get(key, default) not in (default, None, {}, [], False):
             raise ValueError(f"{path}: PEFT adapter {_peft_kind(cfg)} uses {key}={cfg[key]!r}, which peftzoo does "
                              f"not support (loading it without would give different outputs)")
     if cfg.get("bias", "none") != "none":
@@ -286,7 +335,7 @@ def _load_embeddings(ad: Adapter, embeddings: dict, tensors: dict, path: Path) -
     """Copy the embedding weights the file holds into the model, as PEFT's load does; returns the keys used."""
     used = set()
     for name, mod in embeddings.items():
-        for key, t in _embedding_keys(name, mod, name in getattr(ad, "layers", {})).items():
+        for key, t in _embedding_keys(name, mod, name in ad.layers).items():
             if key not in tensors:
                 continue
             src = tensors[key]
@@ -315,7 +364,6 @@ def load_peft(model, path) -> Adapter:
     cfg = json.loads((path / "adapter_config.json").read_text())
     cls = _peft_method(cfg, path)
     _check_supported(cfg, cls, path)
-    targets = cfg["target_modules"]
     train, ignored = _modules_to_save(model, cfg)
     tensors = load_file(str(path / "adapter_model.safetensors"))
     tensors = {k.replace(".default.", ".").removesuffix(".default"): v for k, v in tensors.items()}
@@ -324,11 +372,10 @@ def load_peft(model, path) -> Adapter:
                if any(k in tensors for adapted in (False, True) for k in _embedding_keys(n, m, adapted))]
     try:
         with transaction(model, keep=_kept_modules(model, train) + written):
-            ad = _attach(model, cls.name, targets=targets if isinstance(targets, str) else sorted(targets),
-                         train=train, **cls.from_peft_config(cfg))
+            ad = _attach(model, cls.name, train=train, **cls.peft.read(cfg))
             embedded = _load_embeddings(ad, embeddings, tensors, path)  # before the layers: DoRA caches W's norms
-            used = embedded | ad.load_peft_state(tensors)
-            _check_all_used(tensors, used | _load_train(ad, tensors, PEFT_PREFIX), path)
+            used = embedded | cls.peft.load_state(ad, tensors)
+            _check_all_used(tensors, used | _load_train(ad, tensors, cls.peft.prefix), path)
     except ValueError as e:
         raise ValueError(f"{e}{_base_hint({'name_or_path': cfg.get('base_model_name_or_path')}, model)}") from e
     ad.load_notes = _notes(cfg, ignored, embedded)

@@ -77,7 +77,7 @@ def test_derived_schedule_matches_peft_budget_step_by_step():
     """PEFT is given the resolved numbers; its RankAllocator's budget then equals ours at every step."""
     total = 125
     ad = peftzoo.attach(tiny_bert(), "adalora", targets=TARGETS, init_r=6, target_r=2, total_steps=total)
-    cfg = peft.AdaLoraConfig(target_modules=TARGETS, **ad.peft_config(ad.config))
+    cfg = peft.AdaLoraConfig(target_modules=TARGETS, **ad.peft.to_peft(ad.config))
     assert (cfg.tinit, cfg.tfinal, cfg.deltaT, cfg.total_step) == (18, 56, 1, total)
     pm = peft.get_peft_model(tiny_bert(), cfg)
     alloc = pm.base_model.rankallocator
@@ -108,7 +108,7 @@ def test_training_with_the_project_hooks_matches_peft_step_by_step():
                         total_steps=total)
     pm = peft.get_peft_model(ref_model, peft.AdaLoraConfig(task_type="SEQ_CLS", target_modules=TARGETS,  # adds orth reg
                                                             modules_to_save=["classifier"],
-                                                            **ad.peft_config(ad.config)))
+                                                            **ad.peft.to_peft(ad.config)))
     for n, p in pm.named_parameters():  # PEFT leaves its rank counter trainable on a float64 model: hold it
         if "ranknum" in n:
             p.requires_grad_(False)

@@ -30,6 +30,9 @@ def test_demo_trains_and_merges_every_method(method, tiny_model_dir, capsys):
     assert main(["demo", "--method", method, "--steps", "2", "--model", tiny_model_dir]) == 0
     out = capsys.readouterr().out
     assert f"{method} trains" in out and "step 2: loss" in out
+    if not peftzoo.adapters.get(method).merges:  # prompt tuning: no weight change to fold
+        assert f"nothing to merge: {method}'s update is no weight change" in out and "merged:" not in out
+        return
     change = float(re.search(r"max \|logits change\| = (\S+)", out).group(1))
     assert change < 1e-4  # merging keeps the outputs
 

@@ -86,7 +86,7 @@ def test_loading_adapter_with_wrong_shapes(tmp_path):
 
 def test_unsupported_peft_type(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "FOURIERFT", "target_modules": ["query"]}))
-    with pytest.raises(ValueError, match=r"PEFT adapter type 'FOURIERFT'.*not supported.*ADALORA, IA3, LOHA, LOKR, LORA, OFT, VERA"):
+    with pytest.raises(ValueError, match=r"PEFT adapter type 'FOURIERFT'.*not supported.*ADALORA, IA3, LOHA, LOKR, LORA, OFT, PROMPT_TUNING, VERA"):
         peftzoo.load_peft(tiny_bert(), tmp_path)
 
 

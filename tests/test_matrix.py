@@ -21,7 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")  # PEFT's and transformers' no
 
 # per-layer methods with a PEFT counterpart (delta-lora has none: its moved W is no PEFT file's)
 METHODS = [m for m in peftzoo.methods() if issubclass(adapters.get(m), LayerAdapter) and
-           hasattr(adapters.get(m), "peft_config")]
+           adapters.get(m).peft is not None]
 KW = {"lora": dict(r=4), "rslora": dict(r=4), "loraplus": dict(r=4), "dora": dict(r=4), "vera": dict(r=8),
       "adalora": dict(init_r=4, target_r=2, total_steps=10), "ia3": {}, "loha": dict(r=4), "lokr": dict(r=2)}
 KW["oft"] = dict(oft_block_size=8)  # the MLP's 20-wide input gets PEFT's nearest divisor, 10
@@ -103,8 +103,8 @@ def test_cell(tmp_path, arch, method, spec):
         with pytest.raises(TypeError, match=REFUSED[arch, method]):
             peftzoo.attach(fresh(arch), method, **kw)
         cls = adapters.get(method)
-        cfg = peft.get_peft_config({"peft_type": cls.peft_type, "target_modules": targets,
-                                    **cls.peft_config(peftzoo.make_config(method, **kw))})
+        cfg = peft.get_peft_config({"peft_type": cls.peft.peft_type, "target_modules": targets,
+                                    **cls.peft.to_peft(peftzoo.make_config(method, **kw))})
         with pytest.raises(TypeError, match="not supported"):
             peft.get_peft_model(fresh(arch), cfg)
         return

@@ -310,5 +310,5 @@ def test_refused_peft_options_name_the_type_flags_and_option(tmp_path):
         peftzoo.load_peft(tiny_bert(), tmp_path)
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "FOURIERFT", "target_modules": ["query"]}))
     with pytest.raises(ValueError, match=r"PEFT adapter type 'FOURIERFT' is not supported by peftzoo; supported PEFT "
-                                         r"types: ADALORA, IA3, LOHA, LOKR, LORA, OFT, VERA"):
+                                         r"types: ADALORA, IA3, LOHA, LOKR, LORA, OFT, PROMPT_TUNING, VERA"):
         peftzoo.load_peft(tiny_bert(), tmp_path)

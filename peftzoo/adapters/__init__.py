@@ -16,6 +16,7 @@ from peftzoo.adapters import bitfit  # noqa: F401
 from peftzoo.adapters import delta_lora  # noqa: F401  deltalora
 from peftzoo.adapters import galore  # noqa: F401
 from peftzoo.adapters import subspace  # noqa: F401  did, said
+from peftzoo.adapters import prompt  # noqa: F401
 from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer
 from peftzoo.registry import REGISTRY, get, register
 

@@ -33,7 +33,8 @@ from torch import nn
 
 from peftzoo.adapters.base import AdapterConfig, AdapterLayer
 from peftzoo.adapters.fused import lowrank_linear
-from peftzoo.adapters.layered import LayerAdapter
+from peftzoo.adapters.info import MethodInfo
+from peftzoo.adapters.layered import LayerAdapter, LayerCodec
 from peftzoo.inject import LINEAR_TYPES
 from peftzoo.io import PEFT_PREFIX
 from peftzoo.registry import register
@@ -125,18 +126,51 @@ class AdaLoraLayer(AdapterLayer):
         return {"lora_A": self.A[idx].detach(), "lora_B": self.B[:, idx].detach(), "lora_E": self.lam()[idx].detach()}
 
 
+class AdaLoraCodec(LayerCodec):
+    """PEFT's ADALORA files: the schedule resolved to numbers, and the ranks kept as ``rank_pattern``."""
+
+    peft_type = "ADALORA"
+
+    def to_peft(self, c):
+        s = schedule_for(c, c.total_steps)  # PEFT needs the resolved numbers
+        total = c.total_steps or s["tinit"] + s["tfinal"] + 1
+        return {"init_r": c.init_r, "target_r": c.target_r, "lora_alpha": c.alpha, "tinit": s["tinit"],
+                "tfinal": s["tfinal"], "deltaT": s["deltaT"], "beta1": c.beta1, "beta2": c.beta2,
+                "orth_reg_weight": c.orth_reg_weight, "total_step": total, "lora_dropout": c.dropout}
+
+    def fields(self, ad):
+        """The config, and the ranks training kept (None: every rank kept)."""
+        if all(bool(layer.keep.all()) for layer in ad.layers.values()):
+            return {**super().fields(ad), "rank_pattern": None}
+        return {**super().fields(ad), "rank_pattern": {f"{n}.lora_E": [bool(v) for v in layer.keep.view(-1).tolist()]
+                                                       for n, layer in ad.layers.items()}}
+
+    def from_peft(self, p):
+        pattern = p.get("rank_pattern")
+        if pattern:
+            pattern = {k.removeprefix(PEFT_PREFIX).removesuffix(".lora_E").replace(".default", ""): v
+                       for k, v in pattern.items()}
+        return {"init_r": int(p.get("init_r", 12)), "target_r": int(p.get("target_r", 8)),
+                "alpha": float(p.get("lora_alpha", 8)), "tinit": int(p.get("tinit", 0)),
+                "tfinal": int(p.get("tfinal", 0)), "deltaT": int(p.get("deltaT", 1)),
+                "beta1": float(p.get("beta1", 0.85)), "beta2": float(p.get("beta2", 0.85)),
+                "orth_reg_weight": float(p.get("orth_reg_weight", 0.5)), "total_steps": p.get("total_step"),
+                "dropout": float(p.get("lora_dropout", 0.0)), "rank_pattern": pattern or None}
+
+
 @register
 class AdaLora(LayerAdapter):
     name = "adalora"
     config_cls = AdaLoraConfig
     layer_classes = dict.fromkeys(LINEAR_TYPES, AdaLoraLayer)  # PEFT adapts only linear layers with AdaLoRA
-    peft_type = "ADALORA"
-    default_lr = 1e-2  # see default_lr_grid
-    # measured (results/adalora): with Λ = 0 and P, Q ~ N(0, 0.02) ΔW grows ~100x slower than LoRA's, so short runs
-    # need 10-30x LoRA's LR (PEFT's AdaLoRA alike); the paper's long GLUE runs used 5e-4..1.2e-3
-    default_lr_grid = (3e-3, 1e-2, 3e-2, 1e-1)
-    paper_hparams = {"init_r": 12, "target_r": 8}  # b(0) = 1.5 b(T), the paper's ratio (PEFT's defaults)
-    budget_knob = "target_r"
+    peft = AdaLoraCodec()
+    # LR: measured (results/adalora): with Λ = 0 and P, Q ~ N(0, 0.02) ΔW grows ~100x slower than LoRA's, so short
+    # runs need 10-30x LoRA's LR (PEFT's AdaLoRA alike); the paper's long GLUE runs used 5e-4..1.2e-3.
+    # paper setting: b(0) = 1.5 b(T), the paper's ratio (PEFT's defaults)
+    info = MethodInfo(paper="Zhang et al. 2023, arXiv:2303.10512",
+                      equation="W x + (α/r)·P diag(Λ) Q x, ranks pruned by importance",
+                      formula="r_init·(d_in + d_out + 1)", default_lr=1e-2, lr_grid=(3e-3, 1e-2, 3e-2, 1e-1),
+                      budget_knob="target_r", paper_hparams={"init_r": 12, "target_r": 8})
 
     @classmethod
     def budget_kwargs(cls, value):
@@ -146,9 +180,6 @@ class AdaLora(LayerAdapter):
     def budget_count(cls, model, config):
         """AdaLoRA is matched on its final budget (target_r per layer), the count it ends training with."""
         return cls.count(model, dataclasses.replace(config, init_r=config.target_r))
-    paper = "Zhang et al. 2023, arXiv:2303.10512"
-    equation = "W x + (α/r)·P diag(Λ) Q x, ranks pruned by importance"
-    formula = "r_init·(d_in + d_out + 1)"
 
     def __init__(self, model, config):
         super().__init__(model, config)
@@ -307,34 +338,3 @@ class AdaLora(LayerAdapter):
     def load_extra_state(self, extra):
         for n, flag in extra.get("enforce", {}).items():
             self.layers[n].enforce = flag
-
-    @classmethod
-    def peft_config(cls, c):
-        s = schedule_for(c, c.total_steps)  # PEFT needs the resolved numbers
-        total = c.total_steps or s["tinit"] + s["tfinal"] + 1
-        return {"init_r": c.init_r, "target_r": c.target_r, "lora_alpha": c.alpha, "tinit": s["tinit"],
-                "tfinal": s["tfinal"], "deltaT": s["deltaT"], "beta1": c.beta1, "beta2": c.beta2,
-                "orth_reg_weight": c.orth_reg_weight, "total_step": total, "lora_dropout": c.dropout}
-
-    def peft_extra_config(self):
-        if all(bool(l.keep.all()) for l in self.layers.values()):
-            return {"rank_pattern": None}
-        return {"rank_pattern": {f"{n}.lora_E": [bool(v) for v in l.keep.view(-1).tolist()]
-                                 for n, l in self.layers.items()}}
-
-    @classmethod
-    def accepts_peft(cls, peft):
-        return peft.get("peft_type") == "ADALORA"
-
-    @classmethod
-    def from_peft_config(cls, p):
-        pattern = p.get("rank_pattern")
-        if pattern:
-            pattern = {k.removeprefix(PEFT_PREFIX).removesuffix(".lora_E").replace(".default", ""): v
-                       for k, v in pattern.items()}
-        return {"init_r": int(p.get("init_r", 12)), "target_r": int(p.get("target_r", 8)),
-                "alpha": float(p.get("lora_alpha", 8)), "tinit": int(p.get("tinit", 0)),
-                "tfinal": int(p.get("tfinal", 0)), "deltaT": int(p.get("deltaT", 1)),
-                "beta1": float(p.get("beta1", 0.85)), "beta2": float(p.get("beta2", 0.85)),
-                "orth_reg_weight": float(p.get("orth_reg_weight", 0.5)), "total_steps": p.get("total_step"),
-                "dropout": float(p.get("lora_dropout", 0.0)), "rank_pattern": pattern or None}

@@ -16,6 +16,9 @@ Hooks the training loop calls explicitly (nothing hidden in ``forward``):
 
 Its life on the model (lifecycle.py): ``merge``/``unmerge``, ``disable_adapter()`` (the base model inside a
 ``with`` block), ``unload(merge=...)`` (the plain model back; the adapter is then spent). One adapter per model.
+
+Beside the contract a method declares ``info`` (a :class:`~peftzoo.adapters.info.MethodInfo`: paper, equation,
+count formula, LR grid, budget knob, paper setting) and ``peft`` (its :class:`peftzoo.io.PeftCodec`, or None).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -33,6 +37,7 @@ from transformers.pytorch_utils import Conv1D
 
 from peftzoo import io
 from peftzoo.adapters import lifecycle
+from peftzoo.adapters.info import ALIASES, InfoAlias, MethodInfo, refuse_old_style
 from peftzoo.adapters.lifecycle import AdapterModule, LayerLifecycle, hold, refuse_second_adapter
 from peftzoo.inject import find_modules, freeze, layer_dims
 from peftzoo.io import copy_checked
@@ -69,12 +74,14 @@ class Adapter(ABC):
 
     name: ClassVar[str] = ""
     config_cls: ClassVar[type[AdapterConfig]] = AdapterConfig
-    default_lr: ClassVar[float] = 1e-3  # a sensible AdamW learning rate for this method (bench presets read it)
-    # the LR sweep's default grid (log-spaced, centred where the literature puts the method); () = around default_lr
-    default_lr_grid: ClassVar[tuple[float, ...]] = ()
-    paper_hparams: ClassVar[dict | None] = None  # the method's own paper setting, run beside the matched budgets
-    budget_knob: ClassVar[str | None] = None  # the integer hyperparameter a parameter budget solves for
-    baseline: ClassVar[bool] = False  # a reference of every table (full, head), not a PEFT method: not in methods()
+    info: ClassVar[MethodInfo] = MethodInfo()  # paper, equation, count formula, LR grid, budget knob (info.py)
+    peft: ClassVar[io.PeftCodec | None] = None  # its Hugging Face PEFT file format; None: it has none
+    # read-only aliases of info's fields, for the benchmark code that reads them on the class (cls.budget_knob)
+    default_lr, default_lr_grid, budget_knob, paper_hparams, baseline = (InfoAlias(f) for f in ALIASES.values())
+    # the layers this adapter wrapped, by name (a per-layer method's; empty for a whole-model method)
+    layers: dict[str, AdapterLayer] = MappingProxyType({})
+    merges: ClassVar[bool] = True  # False: the update is no weight change (prompt tuning); merge() refuses, saying so
+    trains_model_tensors: ClassVar[bool] = False  # True: it trains the model's own tensors (BitFit): nothing to fold
     # what load_peft did beyond loading adapter tensors, as PEFT does (modules_to_save names that match nothing,
     # embedding weights saved beside the adapter); () for an adapter not loaded from a PEFT file
     load_notes: tuple[str, ...] = ()
@@ -82,27 +89,32 @@ class Adapter(ABC):
     _off: bool = False  # True inside ``disable_adapter()``
 
     def __init_subclass__(cls, **kwargs):
-        """A method's ``count`` classmethod also answers ``ad.count()`` on an adapter (``lifecycle.CountMethod``)."""
+        """A method's ``count`` classmethod also answers ``ad.count()`` on an adapter (``lifecycle.CountMethod``);
+        ``info``'s fields set as class attributes (the style before ``info``) are an error naming the fix."""
         super().__init_subclass__(**kwargs)
+        refuse_old_style(cls)
         if isinstance(cls.__dict__.get("count"), classmethod):
             cls.count = lifecycle.CountMethod(cls.__dict__["count"].__func__)
 
     @classmethod
     def budget_kwargs(cls, value: int) -> dict:
         """Config fields that set the budget knob to ``value``."""
-        return {cls.budget_knob: value}
+        return {cls.info.budget_knob: value}
 
     @classmethod
     def lr_grid(cls) -> tuple[float, ...]:
-        """The default LR sweep: ``default_lr_grid``, else 4 half-decade steps around ``default_lr``."""
-        if cls.default_lr_grid:
-            return tuple(cls.default_lr_grid)
-        return tuple(float(f"{cls.default_lr * 10 ** (k / 2):.3g}") for k in (-1, 0, 1, 2))
+        """The default LR sweep (``info.lr_sweep()``)."""
+        return cls.info.lr_sweep()
 
     @classmethod
     def budget_count(cls, model: nn.Module, config: "AdapterConfig") -> int:
         """The count a parameter budget is matched against (default: the trainable count)."""
         return cls.count(model, config)
+
+    @classmethod
+    def rank_fits(cls, model: nn.Module, config: "AdapterConfig") -> bool:
+        """False when ``config``'s size knob gains nothing on ``model`` (a rank above a layer's): a budget skips it."""
+        return True
 
     def __init__(self, model: nn.Module, config: AdapterConfig):
         refuse_second_adapter(model)
@@ -282,6 +294,7 @@ class Adapter(ABC):
         io.save(self, path)
 
     def save_peft(self, path) -> None:
+        """The adapter in Hugging Face PEFT's format (``peft.PeftModel.from_pretrained`` loads it): ``self.peft``."""
         io.save_peft(self, path)
 
     def __repr__(self) -> str:

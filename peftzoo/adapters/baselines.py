@@ -1,7 +1,7 @@
 """The two baselines of every table, answering the Adapter contract so the one training loop trains them too.
 
 ``full``: every parameter trained.  ``head``: only the ``train`` modules (the classification head) trained.
-They are registered (``baseline = True``), so they are attached, trained and listed by name like any method, but
+They are registered (``info.baseline``), so they are attached, trained and listed by name like any method, but
 ``peftzoo.methods()`` leaves them out: they add no tensors and have nothing to merge or save in PEFT's format.
 They train the model's own tensors in place, so the model is always plain: ``unload()`` gives it back as trained
 (``full`` has no base model apart from it to disable or unload to).
@@ -12,11 +12,11 @@ import os
 import tempfile
 
 from peftzoo.adapters.base import Adapter, AdapterConfig, find_train
+from peftzoo.adapters.info import MethodInfo
 from peftzoo.registry import register
 
 
 class _Baseline(Adapter):
-    baseline = True
     guards_save_pretrained = False  # the model is always plain: its save_pretrained writes the trained model
     def __init__(self, model, config: AdapterConfig):
         super().__init__(model, config)
@@ -60,10 +60,9 @@ _NO_BASE = ("{what}: full fine-tuning trains the model's own weights in place, s
 @register
 class FullFinetune(_Baseline):
     name = "full"
-    equation = "every parameter trained"
-    formula = "all"
-    default_lr = 5e-5
-    default_lr_grid = (1e-5, 3e-5, 1e-4, 3e-4)  # the literature's 1e-5..1e-4, one step up for a small model
+    # LR grid: the literature's 1e-5..1e-4, one step up for a small model
+    info = MethodInfo(equation="every parameter trained", formula="all", default_lr=5e-5,
+                      lr_grid=(1e-5, 3e-5, 1e-4, 3e-4), baseline=True)
 
     def __init__(self, model, config):
         super().__init__(model, config)
@@ -93,10 +92,8 @@ class FullFinetune(_Baseline):
 @register
 class HeadOnly(_Baseline):
     name = "head"
-    equation = "only the train modules (the classification head) trained"
-    formula = "0"
-    default_lr = 1e-3
-    default_lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
+    info = MethodInfo(equation="only the train modules (the classification head) trained", formula="0",
+                      default_lr=1e-3, lr_grid=(3e-4, 1e-3, 3e-3, 1e-2), baseline=True)
 
     def roles(self):
         return {}

@@ -25,6 +25,7 @@ from torch import nn
 
 from peftzoo.adapters import lifecycle
 from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer, count_train, find_train
+from peftzoo.adapters.info import MethodInfo
 from peftzoo.inject import LINEAR_TYPES, find_targets
 from peftzoo.io import copy_checked
 from peftzoo.registry import register
@@ -70,13 +71,10 @@ class BitFit(Adapter):
     name = "bitfit"
     config_cls = BitFitConfig
     trains_model_tensors = True  # the trained tensors are the model's own: merge/unmerge have nothing to fold
-    default_lr = 1e-3
-    # the authors' repository runs BitFit at 1e-3 (full fine-tuning at 1e-5): a grid around it
-    default_lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
-    budget_knob = None  # one point per model and target set
-    paper = "Ben Zaken et al. 2022, arXiv:2106.10199"
-    equation = "W x + b, only the biases b trained"
-    formula = "d_out"
+    # LR grid: the authors' repository runs BitFit at 1e-3 (full fine-tuning at 1e-5); no budget knob: one point per
+    # model and target set
+    info = MethodInfo(paper="Ben Zaken et al. 2022, arXiv:2106.10199", equation="W x + b, only the biases b trained",
+                      formula="d_out", default_lr=1e-3, lr_grid=(3e-4, 1e-3, 3e-3, 1e-2))
     guards_save_pretrained = False  # the trained biases are the model's own: save_pretrained writes the trained model
 
     def __init__(self, model: nn.Module, config: BitFitConfig):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from peftzoo.adapters.layered import LayerAdapter
-from peftzoo.adapters.lora import LoraConfig, LoraLayer
+from peftzoo.adapters.lora import Lora, LoraConfig, LoraLayer
 from peftzoo.adapters.lora_init import check_init
 from peftzoo.inject import LINEAR_TYPES
 from peftzoo.registry import register
@@ -81,13 +81,9 @@ class DeltaLora(LayerAdapter):
     name = "deltalora"
     config_cls = DeltaLoraConfig
     layer_classes = dict.fromkeys(LINEAR_TYPES, DeltaLoraLayer)  # the paper's (and peftzoo's) linear layers
-    default_lr = 5e-4
-    # the paper's GLUE learning rates were not in the sources reachable offline: LoRA's grid (the update is LoRA's)
-    default_lr_grid = (1e-4, 3e-4, 1e-3, 3e-3)
-    budget_knob = "r"
-    paper = "Zi et al. 2023, arXiv:2309.02411"
-    equation = "W x + (α/r)·B A x; after step t > K: W += λ(α/r)·Δ(B A)"
-    formula = "r·(d_in + d_out)"
+    # LR grid: the paper's GLUE learning rates were not in the sources reachable offline: LoRA's (the update is LoRA's)
+    info = Lora.info.replace(paper="Zi et al. 2023, arXiv:2309.02411",
+                             equation="W x + (α/r)·B A x; after step t > K: W += λ(α/r)·Δ(B A)")
 
     def __init__(self, model, config):
         super().__init__(model, config)

@@ -26,7 +26,7 @@ from torch import nn
 from peftzoo.adapters.conv import LoraConv
 from peftzoo.adapters.embedding import LoraEmbedding
 from peftzoo.adapters.fused import FusedDora, _dora_scale, fusable, many_rows
-from peftzoo.adapters.lora import Lora, LoraConfig, LoraLayer
+from peftzoo.adapters.lora import Lora, LoraCodec, LoraConfig, LoraLayer
 from peftzoo.inject import LINEAR_TYPES
 from peftzoo.registry import register
 
@@ -170,24 +170,25 @@ class DoraEmbedding(DoraMixin, LoraEmbedding):
         return out * self.scale().to(out.dtype)
 
 
+class DoraCodec(LoraCodec):
+    """PEFT's LORA files with ``use_dora`` (rsLoRA's scale too, with ``use_rslora``)."""
+
+    def accepts(self, cfg):
+        return cfg.get("peft_type") == "LORA" and bool(cfg.get("use_dora"))
+
+    def to_peft(self, config):
+        return {**super().to_peft(config), "use_dora": True}
+
+    def from_peft(self, cfg):
+        return {**super().from_peft(cfg), "use_rslora": bool(cfg.get("use_rslora"))}
+
+
 @register
 class Dora(Lora):
     name = "dora"
     config_cls = DoraConfig
     layer_classes = {**dict.fromkeys(LINEAR_TYPES, DoraLayer), nn.Embedding: DoraEmbedding,
                      **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), DoraConv)}
-    paper = "Liu et al. 2024, arXiv:2402.09353"
-    equation = "m ⊙ (W + (α/r)·BA) / ‖W + (α/r)·BA‖_row"
-    formula = "r·(d_in + d_out) + d_out"
-
-    @classmethod
-    def peft_config(cls, config):
-        return {**super().peft_config(config), "use_dora": True}
-
-    @classmethod
-    def accepts_peft(cls, peft):
-        return peft.get("peft_type") == "LORA" and bool(peft.get("use_dora"))
-
-    @classmethod
-    def from_peft_config(cls, peft):
-        return {**super().from_peft_config(peft), "use_rslora": bool(peft.get("use_rslora"))}
+    peft = DoraCodec()
+    info = Lora.info.replace(paper="Liu et al. 2024, arXiv:2402.09353",
+                             equation="m ⊙ (W + (α/r)·BA) / ‖W + (α/r)·BA‖_row", formula="r·(d_in + d_out) + d_out")

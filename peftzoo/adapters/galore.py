@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from peftzoo.adapters import lifecycle
+from peftzoo.adapters.info import MethodInfo
 from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer, count_train, find_train
 from peftzoo.adapters.galore_adam import GaloreAdamW, state_elements
 from peftzoo.inject import LINEAR_TYPES, find_targets, resolve_targets
@@ -71,12 +72,12 @@ class Galore(Adapter):
     config_cls = GaloreConfig
     trains_model_tensors = True  # the trained tensors are the model's own: merge/unmerge have nothing to fold
     guards_save_pretrained = False  # save_pretrained writes the trained model as it is
-    default_lr = 3e-5  # the paper's GLUE README (RoBERTa-base, r = 4, α = 4)
-    default_lr_grid = (1e-5, 3e-5, 1e-4, 3e-4)  # its scripts sweep 1e-5..3e-5; full fine-tuning's grid, as its update
-    budget_knob = None  # r sets the optimizer state, not the trainable count: one point per target set
-    paper = "Zhao et al. 2024, arXiv:2403.03507"
-    equation = "W x + b, W trained by Adam on its gradient projected to rank r (refreshed every T steps, × α)"
-    formula = "d_out·d_in"
+    # default_lr: the paper's GLUE README (RoBERTa-base, r = 4, α = 4); lr_grid: its scripts sweep 1e-5..3e-5 (full
+    # fine-tuning's grid, as its update is full-rank); no budget knob: r sets the optimizer state, not the trainable
+    # count, so one point per target set
+    info = MethodInfo(paper="Zhao et al. 2024, arXiv:2403.03507",
+                      equation="W x + b, W trained by Adam on its gradient projected to rank r (refreshed every T steps, × α)",
+                      formula="d_out·d_in", default_lr=3e-5, lr_grid=(1e-5, 3e-5, 1e-4, 3e-4))
 
     def __init__(self, model: nn.Module, config: GaloreConfig):
         super().__init__(model, config)

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from peftzoo.adapters.base import AdapterConfig, AdapterLayer
-from peftzoo.adapters.layered import LayerAdapter
+from peftzoo.adapters.info import MethodInfo
+from peftzoo.adapters.layered import LayerAdapter, LayerCodec
 from peftzoo.inject import LINEAR_TYPES
 from peftzoo.registry import register
 
@@ -135,19 +136,34 @@ class Ia3Layer(AdapterLayer):
         return self.base_weight() / self.weight_factor(), b
 
 
+class Ia3Codec(LayerCodec):
+    peft_type = "IA3"
+    absent = ("bias",)  # a shared field IA3Config lacks (PEFT warns on it)
+
+    def to_peft(self, config):
+        ff = config.feedforward
+        return {"feedforward_modules": ff if isinstance(ff, str) else list(ff), "init_ia3_weights": True}
+
+    def from_peft(self, cfg):
+        ff = cfg.get("feedforward_modules")
+        if ff is None:
+            raise ValueError("PEFT IA3 adapter without feedforward_modules: PEFT fills it from a per-architecture "
+                             "table when it builds the model; set feedforward_modules in adapter_config.json "
+                             "(e.g. [] for none)")
+        return {"feedforward": ff if isinstance(ff, str) else sorted(ff)}
+
+
 @register
 class Ia3(LayerAdapter):
     name = "ia3"
     config_cls = Ia3Config
     layer_classes = {**dict.fromkeys(LINEAR_TYPES, Ia3Layer), nn.Conv2d: Ia3Layer, nn.Conv3d: Ia3Layer}  # PEFT's
-    peft_type = "IA3"
-    peft_absent = ("bias",)  # a shared field IA3Config lacks (PEFT warns on it)
-    default_lr = 3e-3
-    default_lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)  # T-Few (the paper's recipe) trains l at 3e-3; vectors take large LRs
-    budget_knob = None  # no size knob: one point per choice of targets
-    paper = "Liu et al. 2022, arXiv:2205.05638"
-    equation = "l ⊙ (W x + b), or W (l ⊙ x) + b on feedforward layers"
-    formula = "d_out (d_in on feedforward layers)"
+    peft = Ia3Codec()
+    # LR grid: T-Few (the paper's recipe) trains l at 3e-3; vectors take large LRs. No size knob: one point per
+    # choice of targets
+    info = MethodInfo(paper="Liu et al. 2022, arXiv:2205.05638",
+                      equation="l ⊙ (W x + b), or W (l ⊙ x) + b on feedforward layers",
+                      formula="d_out (d_in on feedforward layers)", default_lr=3e-3, lr_grid=(1e-3, 3e-3, 1e-2, 3e-2))
 
     @classmethod
     def validate(cls, config: Ia3Config) -> None:
@@ -171,21 +187,3 @@ class Ia3(LayerAdapter):
                                  f"{next(iter(found))!r}), so it would scale nothing: a list entry is a plain suffix "
                                  "of a layer name, a string is a regex matching the whole name")
         return found
-
-    @classmethod
-    def peft_config(cls, config):
-        ff = config.feedforward
-        return {"feedforward_modules": ff if isinstance(ff, str) else list(ff), "init_ia3_weights": True}
-
-    @classmethod
-    def accepts_peft(cls, peft):
-        return peft.get("peft_type") == cls.peft_type
-
-    @classmethod
-    def from_peft_config(cls, peft):
-        ff = peft.get("feedforward_modules")
-        if ff is None:
-            raise ValueError("PEFT IA3 adapter without feedforward_modules: PEFT fills it from a per-architecture "
-                             "table when it builds the model; set feedforward_modules in adapter_config.json "
-                             "(e.g. [] for none)")
-        return {"feedforward": ff if isinstance(ff, str) else sorted(ff)}

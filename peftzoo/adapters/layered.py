@@ -3,7 +3,8 @@
 A method supplies ``layer_classes``, a map from the layer types it adapts to its AdapterLayer class for each
 (``{nn.Linear: LoraLayer, nn.Embedding: LoraEmbedding, ...}``: a new layer type is one new class and one entry),
 and, for state shared across layers such as VeRA's projections, ``make_shared``; everything else (injection,
-counting, state, merge, PEFT tensors) is answered here once.
+counting, state, merge) is answered here once, and PEFT's file format by :class:`LayerCodec` (a method's codec
+adds its hyperparameters: ``to_peft`` / ``from_peft``).
 """
 from __future__ import annotations
 
@@ -17,16 +18,15 @@ from torch import nn
 from peftzoo.adapters import lifecycle
 from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer, count_train, find_train
 from peftzoo.inject import find_targets, replace_module, resolve_targets
-from peftzoo.io import PEFT_PREFIX, copy_checked
+from peftzoo.io import PEFT_PREFIX, PeftCodec, copy_checked
 
 
 class LayerAdapter(Adapter):
     layer_classes: ClassVar[dict[type, type[AdapterLayer]]]  # layer type adapted -> its AdapterLayer class
-    peft_type: ClassVar[str] = ""  # PEFT's peft_type for this method's saved adapters
 
     def __init__(self, model: nn.Module, config: AdapterConfig):
         super().__init__(model, config)
-        config.targets = resolve_targets(model, config.targets, self.peft_type)  # None: the model's default, recorded
+        config.targets = resolve_targets(model, config.targets, self.defaults_key())  # None: the model's default
         self.validate(config)
         train = find_train(model, config)
         targets = self.find(model, config, train)
@@ -52,9 +52,14 @@ class LayerAdapter(Adapter):
         return next(cls.layer_classes[t] for t in type(module).__mro__ if t in cls.layer_classes)
 
     @classmethod
+    def defaults_key(cls) -> str:
+        """The PEFT type whose default targets per architecture this method takes (defaults.py; "": LoRA's)."""
+        return cls.peft.peft_type if cls.peft is not None else ""
+
+    @classmethod
     def find(cls, model: nn.Module, config: AdapterConfig, train: dict) -> dict[str, nn.Module]:
         return find_targets(model, config.targets, skip=train, layer_types=(AdapterLayer,),
-                            base_types=tuple(cls.layer_classes), method=cls.name, peft_type=cls.peft_type)
+                            base_types=tuple(cls.layer_classes), method=cls.name, peft_type=cls.defaults_key())
 
     @torch.no_grad()
     def initialize(self) -> None:
@@ -164,14 +169,36 @@ class LayerAdapter(Adapter):
             for name, layer in self.layers.items():
                 replace_module(self.model, name, layer)
 
-    # ---- PEFT tensors -----------------------------------------------------------------------------------------
-    def peft_state(self) -> dict[str, torch.Tensor]:
-        return {f"{PEFT_PREFIX}{n}.{k}": v for n, layer in self.layers.items() for k, v in layer.peft_state().items()}
 
-    def load_peft_state(self, tensors: dict[str, torch.Tensor]) -> set[str]:
-        """Load the layers' tensors from a PEFT file; returns the keys used (the caller fails on any left over)."""
+
+class LayerCodec(PeftCodec):
+    """PEFT's format of a per-layer method: ``target_modules`` (the exact modules adapted when the targets are a
+    regex or "all-linear"), ``fan_in_fan_out`` and ``bias``, and each wrapped layer's tensors
+    (``AdapterLayer.peft_state``) under ``base_model.model.<layer>.``. A method's subclass adds its own fields."""
+
+    def fields(self, ad) -> dict:
+        targets = ad.config.targets
+        if not isinstance(targets, (list, tuple)):  # regex or all-linear: write the exact modules adapted
+            targets = "^(" + "|".join(n.replace(".", r"\.") for n in ad.layers) + ")$"
+        conv1d = any(layer.fan_in_fan_out for layer in ad.layers.values())
+        return {"bias": "none", "fan_in_fan_out": conv1d,
+                "target_modules": list(targets) if isinstance(targets, (list, tuple)) else targets,
+                **self.to_peft(ad.config)}
+
+    def read(self, cfg: dict) -> dict:
+        if "target_modules" not in cfg:
+            raise ValueError(f"PEFT {cfg.get('peft_type')} adapter has no target_modules: PEFT fills them from a "
+                             "per-architecture table when it builds the model; set target_modules in "
+                             "adapter_config.json")
+        targets = cfg["target_modules"]
+        return {"targets": targets if isinstance(targets, str) else sorted(targets), **self.from_peft(cfg)}
+
+    def state(self, ad) -> dict[str, torch.Tensor]:
+        return {f"{PEFT_PREFIX}{n}.{k}": v for n, layer in ad.layers.items() for k, v in layer.peft_state().items()}
+
+    def load_state(self, ad, tensors: dict[str, torch.Tensor]) -> set[str]:
         used = set()
-        for n, layer in self.layers.items():
+        for n, layer in ad.layers.items():
             p = f"{PEFT_PREFIX}{n}."
             try:
                 layer.load_peft_state({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from peftzoo.adapters.info import MethodInfo
 from peftzoo.adapters.layered import LayerAdapter
-from peftzoo.adapters.lycoris import (LAYER_TYPES, DeltaLayer, LycorisConfig, check_layer, from_peft_config,
-                                      peft_config, validate)
+from peftzoo.adapters.lycoris import LAYER_TYPES, DeltaLayer, LycorisCodec, LycorisConfig, check_layer, validate
 from peftzoo.registry import register
 
 
@@ -61,30 +61,13 @@ class Loha(LayerAdapter):
     name = "loha"
     config_cls = LohaConfig
     layer_classes = dict.fromkeys(LAYER_TYPES, LohaLayer)  # PEFT's LoHa layer types
-    peft_type = "LOHA"
-    peft_absent = ("bias", "fan_in_fan_out")  # shared fields LoHaConfig lacks (PEFT warns on them)
-    default_lr = 1e-3
-    # no GLUE setting in the papers; ΔW's gradient to one pair is scaled by the other (small) product, so the grid
-    # sits a half-decade above LoRA's
-    default_lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
-    budget_knob = "r"
-    paper = "Hyeon-Woo et al. 2022, arXiv:2108.06098"
-    equation = "W x + (α/r)·((W1a W1b) ⊙ (W2a W2b)) x"
-    formula = "2r·(d_in + d_out)"
+    peft = LycorisCodec("LOHA")
+    # LR grid: no GLUE setting in the papers; ΔW's gradient to one pair is scaled by the other (small) product, so
+    # the grid sits a half-decade above LoRA's
+    info = MethodInfo(paper="Hyeon-Woo et al. 2022, arXiv:2108.06098",
+                      equation="W x + (α/r)·((W1a W1b) ⊙ (W2a W2b)) x", formula="2r·(d_in + d_out)",
+                      default_lr=1e-3, lr_grid=(3e-4, 1e-3, 3e-3, 1e-2), budget_knob="r")
 
     @classmethod
     def validate(cls, config):
         validate(config, cls.name)
-
-    @classmethod
-    def peft_config(cls, config):
-        return peft_config(config)
-
-    @classmethod
-    def accepts_peft(cls, peft):
-        return peft.get("peft_type") == cls.peft_type
-
-    @classmethod
-    def from_peft_config(cls, peft):
-        return from_peft_config(peft)
-

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from peftzoo.adapters.base import find_train
+from peftzoo.adapters.info import MethodInfo
 from peftzoo.adapters.layered import LayerAdapter
-from peftzoo.adapters.lycoris import DeltaLayer, LycorisConfig, check_layer, from_peft_config, peft_config, validate
+from peftzoo.adapters.lycoris import DeltaLayer, LycorisCodec, LycorisConfig, check_layer, validate
 from peftzoo.registry import register
 
 INITS = (True, "lycoris")
@@ -112,19 +113,30 @@ class LokrLayer(DeltaLayer):
         return torch.kron(w1, w2.contiguous())
 
 
+class LokrCodec(LycorisCodec):
+    def __init__(self):
+        super().__init__("LOKR")
+
+    def to_peft(self, config):
+        return {**super().to_peft(config), "decompose_factor": config.decompose_factor,
+                "decompose_both": config.decompose_both, "rank_dropout_scale": False,
+                "init_weights": config.init_weights}
+
+    def from_peft(self, cfg):
+        return {**super().from_peft(cfg), "decompose_factor": int(cfg.get("decompose_factor", -1)),
+                "decompose_both": bool(cfg.get("decompose_both", False))}
+
+
 @register
 class Lokr(LayerAdapter):
     name = "lokr"
     config_cls = LokrConfig
     layer_classes = {nn.Linear: LokrLayer, nn.Conv2d: LokrLayer}
-    peft_type = "LOKR"
-    peft_absent = ("bias", "fan_in_fan_out")  # shared fields LoKrConfig lacks (PEFT warns on them)
-    default_lr = 1e-3
-    default_lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)  # no GLUE setting in the papers; as LoHa's, above LoRA's
-    budget_knob = "r"
-    paper = "Edalati et al. 2022, arXiv:2212.10650"
-    equation = "W x + (α/r)·(W1 ⊗ W2a W2b) x"
-    formula = "a·c + r·(b + d), d_out = a·b, d_in = c·d"
+    peft = LokrCodec()
+    # LR grid: no GLUE setting in the papers; as LoHa's, above LoRA's
+    info = MethodInfo(paper="Edalati et al. 2022, arXiv:2212.10650", equation="W x + (α/r)·(W1 ⊗ W2a W2b) x",
+                      formula="a·c + r·(b + d), d_out = a·b, d_in = c·d", default_lr=1e-3,
+                      lr_grid=(3e-4, 1e-3, 3e-3, 1e-2), budget_knob="r")
 
     @classmethod
     def validate(cls, config):
@@ -144,18 +156,3 @@ class Lokr(LayerAdapter):
         one = dataclasses.replace(config, r=1)
         layers = cls.find(model, config, find_train(model, config)).values()
         return all(_whole(m, config) == _whole(m, one) for m in layers)
-
-    @classmethod
-    def peft_config(cls, config):
-        return {**peft_config(config), "decompose_factor": config.decompose_factor,
-                "decompose_both": config.decompose_both, "rank_dropout_scale": False,
-                "init_weights": config.init_weights}
-
-    @classmethod
-    def accepts_peft(cls, peft):
-        return peft.get("peft_type") == cls.peft_type
-
-    @classmethod
-    def from_peft_config(cls, peft):
-        return {**from_peft_config(peft), "decompose_factor": int(peft.get("decompose_factor", -1)),
-                "decompose_both": bool(peft.get("decompose_both", False))}

@@ -27,7 +27,8 @@ from peftzoo.adapters.base import AdapterConfig, AdapterLayer
 from peftzoo.adapters.conv import LoraConv
 from peftzoo.adapters.embedding import LoraEmbedding
 from peftzoo.adapters.fused import lowrank_linear
-from peftzoo.adapters.layered import LayerAdapter
+from peftzoo.adapters.info import MethodInfo
+from peftzoo.adapters.layered import LayerAdapter, LayerCodec
 from peftzoo.adapters.lora_init import PEFT_PLAIN, RESIDUAL, check_init, check_rank, init_factors, peft_init
 from peftzoo.inject import LINEAR_TYPES
 from peftzoo.registry import register
@@ -156,21 +157,48 @@ class LoraLayer(AdapterLayer):
         return self.base(x) + (self.dropout(x) @ self.A.t() @ self.B.t()) * self.scaling
 
 
+class LoraCodec(LayerCodec):
+    """PEFT's LORA files: rsLoRA is ``use_rslora``, DoRA ``use_dora`` (dora.py); LoRA+ writes plain LoRA files."""
+
+    peft_type = "LORA"
+    options = ("rank_pattern", "alpha_pattern")  # PEFT options beyond the basic ones LoRA implements
+
+    def __init__(self, rank_stabilised: bool = False, loads: bool = True):
+        self.rank_stabilised = rank_stabilised  # which LORA files it reads: use_rslora as this
+        self.loads = loads  # False: it writes LORA files but reads none (LoRA+: a LoRA file loads as "lora")
+
+    def accepts(self, cfg: dict) -> bool:
+        return (self.loads and cfg.get("peft_type") == "LORA" and not cfg.get("use_dora")
+                and bool(cfg.get("use_rslora")) == self.rank_stabilised)
+
+    def to_peft(self, config: LoraConfig) -> dict:
+        return {"r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
+                "use_rslora": config.rank_stabilised(), "use_dora": False,
+                "init_lora_weights": peft_init(config.init_lora_weights),
+                "rank_pattern": dict(config.rank_pattern), "alpha_pattern": dict(config.alpha_pattern)}
+
+    def from_peft(self, cfg: dict) -> dict:
+        init = cfg.get("init_lora_weights", True)
+        if not any(init is i or (isinstance(init, str) and init == i) for i in PEFT_PLAIN + RESIDUAL):
+            check_init(init)  # raises, naming the option
+        peft_init(init)  # ours only (loram): no PEFT file made by PEFT holds it
+        return {"r": int(cfg["r"]), "alpha": float(cfg.get("lora_alpha", 8)),
+                "dropout": float(cfg.get("lora_dropout", 0.0)),
+                "init_lora_weights": init if init in RESIDUAL else True,  # the file's A, B replace any other init
+                "rank_pattern": {k: int(v) for k, v in (cfg.get("rank_pattern") or {}).items()},
+                "alpha_pattern": {k: float(v) for k, v in (cfg.get("alpha_pattern") or {}).items()}}
+
+
 @register
 class Lora(LayerAdapter):
     name = "lora"
     config_cls = LoraConfig
     layer_classes = {**dict.fromkeys(LINEAR_TYPES, LoraLayer), nn.Embedding: LoraEmbedding,
                      **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), LoraConv)}  # PEFT's LoRA layer types
-    peft_type = "LORA"
-    default_lr = 5e-4
-    default_lr_grid = (1e-4, 3e-4, 1e-3, 3e-3)  # ~10x full fine-tuning's (LoRA paper: 4e-4..5e-4 on RoBERTa-base)
-    budget_knob = "r"
-    paper = "Hu et al. 2021, arXiv:2106.09685"
-    equation = "W x + (α/r)·B A x"
-    formula = "r·(d_in + d_out)"
-
-    peft_options = ("rank_pattern", "alpha_pattern")  # PEFT options beyond the basic ones this class implements
+    peft = LoraCodec()
+    # LR grid ~10x full fine-tuning's (LoRA paper: 4e-4..5e-4 on RoBERTa-base)
+    info = MethodInfo(paper="Hu et al. 2021, arXiv:2106.09685", equation="W x + (α/r)·B A x",
+                      formula="r·(d_in + d_out)", default_lr=5e-4, lr_grid=(1e-4, 3e-4, 1e-3, 3e-3), budget_knob="r")
 
     @classmethod
     def validate(cls, config: LoraConfig) -> None:
@@ -190,46 +218,23 @@ class Lora(LayerAdapter):
             warnings.warn(note, stacklevel=4)
         return found
 
-    @classmethod
-    def peft_config(cls, config: LoraConfig) -> dict:
-        return {"r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
-                "use_rslora": config.rank_stabilised(), "use_dora": False,
-                "init_lora_weights": peft_init(config.init_lora_weights),
-                "rank_pattern": dict(config.rank_pattern), "alpha_pattern": dict(config.alpha_pattern)}
-
-    @classmethod
-    def accepts_peft(cls, peft: dict) -> bool:
-        return (peft.get("peft_type") == "LORA" and not peft.get("use_dora")
-                and bool(peft.get("use_rslora")) == issubclass(cls.config_cls, RsLoraConfig))
-
-    @classmethod
-    def from_peft_config(cls, peft: dict) -> dict:
-        init = peft.get("init_lora_weights", True)
-        if not any(init is i or (isinstance(init, str) and init == i) for i in PEFT_PLAIN + RESIDUAL):
-            check_init(init)  # raises, naming the option
-        peft_init(init)  # ours only (loram): no PEFT file made by PEFT holds it
-        return {"r": int(peft["r"]), "alpha": float(peft.get("lora_alpha", 8)),
-                "dropout": float(peft.get("lora_dropout", 0.0)),
-                "init_lora_weights": init if init in RESIDUAL else True,  # the file's A, B replace any other init
-                "rank_pattern": {k: int(v) for k, v in (peft.get("rank_pattern") or {}).items()},
-                "alpha_pattern": {k: float(v) for k, v in (peft.get("alpha_pattern") or {}).items()}}
-
 
 @register
 class RsLora(Lora):
     name = "rslora"
     config_cls = RsLoraConfig
-    paper = "Kalajdzievski 2023, arXiv:2312.03732"
-    equation = "W x + (α/√r)·B A x"
+    peft = LoraCodec(rank_stabilised=True)
+    info = Lora.info.replace(paper="Kalajdzievski 2023, arXiv:2312.03732", equation="W x + (α/√r)·B A x")
 
 
 @register
 class LoraPlus(Lora):
     name = "loraplus"
     config_cls = LoraPlusConfig
-    paper = "Hayou et al. 2024, arXiv:2402.12354"
-    equation = "LoRA; lr(B) = ratio·lr(A)"
-    default_lr_grid = (3e-5, 1e-4, 3e-4, 1e-3)  # the base LR is A's; B trains at ratio (16) x it
+    peft = LoraCodec(loads=False)  # a PEFT LoRA file loads as "lora": LoRA+ changes training, not the saved adapter
+    # the base LR is A's; B trains at ratio (16) x it
+    info = Lora.info.replace(paper="Hayou et al. 2024, arXiv:2402.12354", equation="LoRA; lr(B) = ratio·lr(A)",
+                             lr_grid=(3e-5, 1e-4, 3e-4, 1e-3))
 
     @classmethod
     def validate(cls, config):
@@ -239,7 +244,3 @@ class LoraPlus(Lora):
 
     def lr_scales(self):
         return {"B": self.config.lr_ratio}
-
-    @classmethod
-    def accepts_peft(cls, peft: dict) -> bool:
-        return False  # a PEFT LoRA file loads as "lora": LoRA+ changes training, not the saved adapter

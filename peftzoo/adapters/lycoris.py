@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftzoo.adapters.base import AdapterConfig, AdapterLayer
+from peftzoo.adapters.layered import LayerCodec
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -49,24 +50,30 @@ def validate(config: LycorisConfig, method: str) -> None:
                              f"from the global RNG in training); set {opt}=0")
 
 
-def peft_config(config: LycorisConfig) -> dict:
+class LycorisCodec(LayerCodec):
     """The fields LoHa and LoKr share in PEFT's adapter_config.json."""
-    return {"r": config.r, "alpha": config.alpha, "rank_dropout": config.rank_dropout,
-            "module_dropout": config.module_dropout, "use_effective_conv2d": config.use_effective_conv2d,
-            "init_weights": True, "rank_pattern": {}, "alpha_pattern": {}}
 
+    absent = ("bias", "fan_in_fan_out")  # shared fields LoHaConfig and LoKrConfig lack (PEFT warns on them)
 
-def from_peft_config(peft: dict) -> dict:
-    """Our config fields from a PEFT LoHa/LoKr config; the per-layer patterns peftzoo does not implement are refused
-    (its init option is not read: the file's tensors replace any init)."""
-    for key in ("rank_pattern", "alpha_pattern"):
-        if peft.get(key):
-            raise ValueError(f"PEFT {peft.get('peft_type')} adapter uses {key}={peft[key]!r} (per-layer values), "
-                             "which peftzoo does not implement")
-    return {"r": int(peft.get("r", 8)), "alpha": float(peft.get("alpha", 8)),
-            "rank_dropout": float(peft.get("rank_dropout", 0.0)),
-            "module_dropout": float(peft.get("module_dropout", 0.0)),
-            "use_effective_conv2d": bool(peft.get("use_effective_conv2d", False))}
+    def __init__(self, peft_type: str):
+        self.peft_type = peft_type  # "LOHA" or "LOKR"
+
+    def to_peft(self, config: LycorisConfig) -> dict:
+        return {"r": config.r, "alpha": config.alpha, "rank_dropout": config.rank_dropout,
+                "module_dropout": config.module_dropout, "use_effective_conv2d": config.use_effective_conv2d,
+                "init_weights": True, "rank_pattern": {}, "alpha_pattern": {}}
+
+    def from_peft(self, cfg: dict) -> dict:
+        """Our config fields from a PEFT LoHa/LoKr config; the per-layer patterns peftzoo does not implement are
+        refused (its init option is not read: the file's tensors replace any init)."""
+        for key in ("rank_pattern", "alpha_pattern"):
+            if cfg.get(key):
+                raise ValueError(f"PEFT {cfg.get('peft_type')} adapter uses {key}={cfg[key]!r} (per-layer values), "
+                                 "which peftzoo does not implement")
+        return {"r": int(cfg.get("r", 8)), "alpha": float(cfg.get("alpha", 8)),
+                "rank_dropout": float(cfg.get("rank_dropout", 0.0)),
+                "module_dropout": float(cfg.get("module_dropout", 0.0)),
+                "use_effective_conv2d": bool(cfg.get("use_effective_conv2d", False))}
 
 
 def check_layer(name: str, base: nn.Module, config: LycorisConfig, method: str) -> None:

@@ -33,7 +33,8 @@ from packaging.version import Version
 from torch import nn
 
 from peftzoo.adapters.base import AdapterConfig, AdapterLayer, find_train
-from peftzoo.adapters.layered import LayerAdapter
+from peftzoo.adapters.info import MethodInfo
+from peftzoo.adapters.layered import LayerAdapter, LayerCodec
 from peftzoo.registry import register
 
 # The PEFT release whose file format and Cayley-Neumann series (changed in PEFT 0.18.0) the saved files hold;
@@ -164,20 +165,46 @@ class OftLayer(AdapterLayer):
             self.merged = False
 
 
+class OftCodec(LayerCodec):
+    peft_type = "OFT"
+
+    def to_peft(self, config):
+        return {"r": config.r, "oft_block_size": config.oft_block_size, "module_dropout": 0.0, "coft": False,
+                "eps": 6e-5, "block_share": config.block_share, "use_cayley_neumann": config.use_cayley_neumann,
+                "num_cayley_neumann_terms": config.num_cayley_neumann_terms, "init_weights": True,
+                "peft_version": PEFT_VERSION}
+
+    def from_peft(self, peft):
+        if peft.get("coft"):
+            raise ValueError("PEFT OFT adapter uses coft=True (constrained OFT), which peftzoo does not implement")
+        if "oft_block_size" not in peft:
+            raise ValueError("PEFT OFT adapter has no oft_block_size: it is from PEFT < 0.14, whose OFT weights "
+                             "PEFT itself no longer loads; retrain it with a current PEFT")
+        neumann = bool(peft.get("use_cayley_neumann", True))  # PEFT's default
+        version = str(peft.get("peft_version") or "0.0.0").partition("@")[0]
+        if neumann and Version(version) < Version("0.18.0"):
+            raise ValueError(f"PEFT OFT adapter uses the Cayley-Neumann series from PEFT {version} (< 0.18.0), "
+                             "before PEFT changed it; peftzoo implements the 0.18+ series: retrain it")
+        if peft.get("module_dropout"):
+            warnings.warn(f"PEFT OFT adapter has module_dropout={peft['module_dropout']}, which PEFT 0.21.2 never "
+                          "applies: loaded with module_dropout=0 (the same model)", stacklevel=4)
+        return {"r": int(peft.get("r", 0)), "oft_block_size": int(peft["oft_block_size"]),
+                "use_cayley_neumann": neumann, "num_cayley_neumann_terms": int(peft.get("num_cayley_neumann_terms", 5)),
+                "block_share": bool(peft.get("block_share", False))}
+
+
 @register
 class Oft(LayerAdapter):
     name = "oft"
     config_cls = OftConfig
     layer_classes = {nn.Linear: OftLayer}
-    peft_type = "OFT"
-    default_lr = 1e-3
-    # the OFT paper's experiments are text-to-image diffusion (no GLUE setting); Q starts at 0 like LoRA's B, and
-    # its gradients are of the same order: LoRA's grid
-    default_lr_grid = (1e-4, 3e-4, 1e-3, 3e-3)
-    budget_knob = "oft_block_size"
-    paper = "Qiu et al. 2023, arXiv:2306.07280"
-    equation = "W R x, R block-diagonal, Cayley(-Neumann) of skew-symmetric blocks"
-    formula = "d_in·(b−1)/2"
+    peft = OftCodec()
+    # LR grid: the OFT paper's experiments are text-to-image diffusion (no GLUE setting); Q starts at 0 like LoRA's
+    # B, and its gradients are of the same order: LoRA's grid
+    info = MethodInfo(paper="Qiu et al. 2023, arXiv:2306.07280",
+                      equation="W R x, R block-diagonal, Cayley(-Neumann) of skew-symmetric blocks",
+                      formula="d_in·(b−1)/2", default_lr=1e-3, lr_grid=(1e-4, 3e-4, 1e-3, 3e-3),
+                      budget_knob="oft_block_size")
 
     def __init__(self, model, config):
         super().__init__(model, config)
@@ -224,33 +251,3 @@ class Oft(LayerAdapter):
             raise TypeError(f"target {n!r} is a {t}: OFT adapts nn.Linear only (PEFT 0.21.2's OFT refuses "
                             f"{t} too); name nn.Linear targets instead of {config.targets!r}")
         return found
-
-    @classmethod
-    def peft_config(cls, config):
-        return {"r": config.r, "oft_block_size": config.oft_block_size, "module_dropout": 0.0, "coft": False,
-                "eps": 6e-5, "block_share": config.block_share, "use_cayley_neumann": config.use_cayley_neumann,
-                "num_cayley_neumann_terms": config.num_cayley_neumann_terms, "init_weights": True,
-                "peft_version": PEFT_VERSION}
-
-    @classmethod
-    def accepts_peft(cls, peft):
-        return peft.get("peft_type") == "OFT"
-
-    @classmethod
-    def from_peft_config(cls, peft):
-        if peft.get("coft"):
-            raise ValueError("PEFT OFT adapter uses coft=True (constrained OFT), which peftzoo does not implement")
-        if "oft_block_size" not in peft:
-            raise ValueError("PEFT OFT adapter has no oft_block_size: it is from PEFT < 0.14, whose OFT weights "
-                             "PEFT itself no longer loads; retrain it with a current PEFT")
-        neumann = bool(peft.get("use_cayley_neumann", True))  # PEFT's default
-        version = str(peft.get("peft_version") or "0.0.0").partition("@")[0]
-        if neumann and Version(version) < Version("0.18.0"):
-            raise ValueError(f"PEFT OFT adapter uses the Cayley-Neumann series from PEFT {version} (< 0.18.0), "
-                             "before PEFT changed it; peftzoo implements the 0.18+ series: retrain it")
-        if peft.get("module_dropout"):
-            warnings.warn(f"PEFT OFT adapter has module_dropout={peft['module_dropout']}, which PEFT 0.21.2 never "
-                          "applies: loaded with module_dropout=0 (the same model)", stacklevel=3)
-        return {"r": int(peft.get("r", 0)), "oft_block_size": int(peft["oft_block_size"]),
-                "use_cayley_neumann": neumann, "num_cayley_neumann_terms": int(peft.get("num_cayley_neumann_terms", 5)),
-                "block_share": bool(peft.get("block_share", False))}

@@ -21,6 +21,7 @@ from torch.func import functional_call
 from peftzoo.adapters import lifecycle
 from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterModule, count_train, find_train
 from peftzoo.adapters.fastfood import DenseProjection, Fastfood
+from peftzoo.adapters.info import MethodInfo
 from peftzoo.io import copy_checked
 from peftzoo.registry import register
 
@@ -127,12 +128,9 @@ class Did(Adapter):
     name = "did"
     config_cls = SubspaceConfig
     said = False
-    default_lr = 1e-2
-    default_lr_grid = (3e-3, 1e-2, 3e-2, 1e-1)  # a few coordinates move the whole model: far above LoRA's
-    budget_knob = "d"
-    paper = "Li et al. 2018, arXiv:1804.08838"
-    equation = "θ = θ0 + P z (Fastfood P)"
-    formula = "d"
+    # LR grid: a few coordinates move the whole model: far above LoRA's
+    info = MethodInfo(paper="Li et al. 2018, arXiv:1804.08838", equation="θ = θ0 + P z (Fastfood P)", formula="d",
+                      default_lr=1e-2, lr_grid=(3e-3, 1e-2, 3e-2, 1e-1), budget_knob="d")
 
     def __init__(self, model: nn.Module, config: SubspaceConfig):
         super().__init__(model, config)
@@ -228,6 +226,5 @@ class Did(Adapter):
 class Said(Did):
     name = "said"
     said = True
-    paper = "Aghajanyan et al. 2020, arXiv:2012.13255"
-    equation = "θ_i = θ0,i + λ_i (P z)_i (Fastfood P)"
-    formula = "d (incl. one λ per tensor)"
+    info = Did.info.replace(paper="Aghajanyan et al. 2020, arXiv:2012.13255",
+                            equation="θ_i = θ0,i + λ_i (P z)_i (Fastfood P)", formula="d (incl. one λ per tensor)")

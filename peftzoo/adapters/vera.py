@@ -20,7 +20,8 @@ from torch import nn
 
 from peftzoo.adapters.base import AdapterConfig, AdapterLayer
 from peftzoo.adapters.fused import many_rows
-from peftzoo.adapters.layered import LayerAdapter
+from peftzoo.adapters.info import MethodInfo
+from peftzoo.adapters.layered import LayerAdapter, LayerCodec
 from peftzoo.inject import LINEAR_TYPES, layer_dims
 from peftzoo.io import copy_checked
 from peftzoo.registry import register
@@ -88,19 +89,39 @@ class VeraLayer(AdapterLayer):
         return self.base(x) + self.lambda_b * ((self.lambda_d * (self.drop(x) @ A.t())) @ B.t())
 
 
+class VeraCodec(LayerCodec):
+    peft_type = "VERA"
+
+    def to_peft(self, config):
+        return {"r": config.r, "d_initial": config.d_initial, "projection_prng_key": config.projection_seed,
+                "save_projection": False, "vera_dropout": config.dropout, "init_weights": True}
+
+    def from_peft(self, cfg):
+        return {"r": int(cfg["r"]), "d_initial": float(cfg.get("d_initial", 0.1)),
+                "projection_seed": int(cfg.get("projection_prng_key", 0)),
+                "dropout": float(cfg.get("vera_dropout", 0.0))}
+
+    def load_state(self, ad, tensors):
+        """PEFT saves the shared projections too (save_projection=True, its default): load them, exactly."""
+        used = super().load_state(ad, tensors)
+        for k in ("A", "B"):
+            key = f"base_model.vera_{k}"
+            if key in tensors:
+                copy_checked(getattr(ad.shared, k), tensors[key], key)
+                used.add(key)
+        return used
+
+
 @register
 class Vera(LayerAdapter):
     name = "vera"
     config_cls = VeraConfig
     layer_classes = dict.fromkeys(LINEAR_TYPES, VeraLayer)  # PEFT adapts only linear layers with VeRA
-    peft_type = "VERA"
-    default_lr = 1e-2
-    default_lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)  # the paper's RoBERTa-base GLUE LRs are 4e-3..1e-2
-    paper_hparams = {"r": 1024}  # the paper's GLUE setting (query, value; RoBERTa-base)
-    budget_knob = "r"
-    paper = "Kopiczko et al. 2024, arXiv:2310.11454"
-    equation = "W x + λ_b ⊙ B(λ_d ⊙ A x), A, B shared, frozen"
-    formula = "r + d_out"
+    peft = VeraCodec()
+    # LR grid: the paper's RoBERTa-base GLUE LRs are 4e-3..1e-2; its GLUE setting r = 1024 (query, value)
+    info = MethodInfo(paper="Kopiczko et al. 2024, arXiv:2310.11454",
+                      equation="W x + λ_b ⊙ B(λ_d ⊙ A x), A, B shared, frozen", formula="r + d_out",
+                      default_lr=1e-2, lr_grid=(1e-3, 3e-3, 1e-2, 3e-2), budget_knob="r", paper_hparams={"r": 1024})
 
     @classmethod
     def make_shared(cls, targets, config):
@@ -111,28 +132,3 @@ class Vera(LayerAdapter):
 
     def extra_state(self):
         return {"projection_seed": self.config.projection_seed}
-
-    def load_peft_state(self, tensors):
-        """PEFT saves the shared projections too (save_projection=True, its default): load them, exactly."""
-        used = super().load_peft_state(tensors)
-        for k in ("A", "B"):
-            key = f"base_model.vera_{k}"
-            if key in tensors:
-                copy_checked(getattr(self.shared, k), tensors[key], key)
-                used.add(key)
-        return used
-
-    @classmethod
-    def peft_config(cls, config):
-        return {"r": config.r, "d_initial": config.d_initial, "projection_prng_key": config.projection_seed,
-                "save_projection": False, "vera_dropout": config.dropout, "init_weights": True}
-
-    @classmethod
-    def accepts_peft(cls, peft):
-        return peft.get("peft_type") == "VERA"
-
-    @classmethod
-    def from_peft_config(cls, peft):
-        return {"r": int(peft["r"]), "d_initial": float(peft.get("d_initial", 0.1)),
-                "projection_seed": int(peft.get("projection_prng_key", 0)),
-                "dropout": float(peft.get("vera_dropout", 0.0))}
