@@ -97,7 +97,11 @@ def speed_cmd(ctx: Ctx, methods: list[str], out: str) -> list[str]:
 
 
 def peft_here(ctx: Ctx) -> bool:
-    return bool(ctx.results.get("env", {}).get("info", {}).get("peft"))
+    info = ctx.results.get("env", {}).get("info")
+    if info is None:  # the env part was not run (--parts) or failed
+        import importlib.util
+        return importlib.util.find_spec("peft") is not None
+    return bool(info.get("peft"))
 
 
 def memory_cmds(ctx: Ctx) -> list[list[str]]:
@@ -205,11 +209,12 @@ def run_part(ctx: Ctx, part: Part) -> dict:
         failed = [c["check"] for c in res["checks"] if not c["ok"]]
         if failed:
             res["failed_checks"] = failed
-    if part.judge and status in ("ok", "fail"):
+    if part.judge:  # also after an error or a timeout: what did get written is read
         try:
             part.judge(ctx, res)
         except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
-            res.update(status="error", reason=f"reading its output: {type(e).__name__}: {e}")
+            if status in ("ok", "fail"):
+                res.update(status="error", reason=f"reading its output: {type(e).__name__}: {e}")
     return res
 
 
@@ -222,7 +227,8 @@ def decide_cuda(ctx: Ctx) -> None:
     info = ctx.results.get("env", {}).get("info")
     if info is None:  # the env part failed: ask torch here
         import torch
-        info = {"cuda_available": torch.cuda.is_available(), "torch": torch.__version__, "torch_cuda": torch.version.cuda}
+        info = {"cuda_available": torch.cuda.is_available(), "torch": torch.__version__,
+                "torch_cuda": torch.version.cuda}
     ctx.cuda = bool(info["cuda_available"]) and ctx.args.device.startswith("cuda")
     if not ctx.cuda and not ctx.dry:
         ctx.no_cuda_reason = (f"no CUDA here (torch {info['torch']}, built for CUDA {info['torch_cuda'] or 'none'}, "
@@ -239,7 +245,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=450, help="the whole check's time budget (8 min = 480 s)")
     ap.add_argument("--min-part-s", type=float, default=10, help="a part needs this much of the budget to start")
     ap.add_argument("--parts", nargs="*", default=[p.name for p in PARTS], help="run only these parts")
-    ap.add_argument("--copy-to", default=None, help="also copy the report and a tar.gz of --out here (the device's $OUT)")
+    ap.add_argument("--copy-to", default=None,
+                    help="also copy the report and a tar.gz of --out here (the device's $OUT)")
     a = ap.parse_args(argv)
     unknown = set(a.parts) - {p.name for p in PARTS}
     if unknown:
@@ -247,7 +254,8 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     ctx = Ctx(a, Path(a.out), t0 + a.budget_s)
     gpu_report.fresh_out(ctx.out)
-    ctx.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    ctx.env = {**os.environ, "PYTHONPATH": path,
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "PYTHONUNBUFFERED": "1"}
     for part in PARTS:

@@ -9,7 +9,6 @@ its name says otherwise. Only the public API is used (peftzoo.attach / save / lo
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -86,7 +85,8 @@ def part_env(a, checks: Checks) -> dict:
             "cpu_bf16_matmul": _cpu_bf16()}
     if cuda:
         p = torch.cuda.get_device_properties(0)
-        info.update(gpu=torch.cuda.get_device_name(0), capability=".".join(map(str, torch.cuda.get_device_capability(0))),
+        info.update(gpu=torch.cuda.get_device_name(0),
+                    capability=".".join(map(str, torch.cuda.get_device_capability(0))),
                     gpu_memory_gib=round(p.total_memory / 2**30, 1), bf16_supported=torch.cuda.is_bf16_supported(),
                     tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
         x = torch.randn(256, 256, device="cuda")

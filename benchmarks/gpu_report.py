@@ -60,7 +60,8 @@ def judge_memory(ctx, res: dict) -> None:
     for prec, mine in got["peftzoo"].items():
         theirs = got.get("peft", {}).get(prec)
         if theirs is None:
-            target(ctx, f"DoRA step memory / PEFT's ({prec})", None, MEMORY_TARGET, "PEFT is not installed")
+            target(ctx, f"DoRA step memory / PEFT's ({prec})", None, MEMORY_TARGET,
+                   "no PEFT number: PEFT is not installed, or its run failed (logs/memory.log)")
             continue
         note = (f"{mine[key]:.1f} vs {theirs[key]:.1f} MB; saved for backward "
                 f"{mine['saved_for_backward_mb']:.1f} vs {theirs['saved_for_backward_mb']:.1f} MB")
@@ -121,10 +122,10 @@ def target_lines(ctx) -> list[str]:
 def write(ctx, total_s: float) -> str:
     r, a = ctx.results, ctx.args
     env = r.get("env", {}).get("info", {})
+    cmd = " ".join(["bash benchmarks/gpu_check.sh", *sys.argv[1:]])
+    dry = " (DRY RUN at tiny sizes: its numbers mean nothing)" if ctx.dry else ""
     lines = [f"# GPU check: {env.get('gpu') or 'no GPU'}, {datetime.date.today()}", "",
-             f"`bash benchmarks/gpu_check.sh {' '.join(sys.argv[1:])}`".replace("  ", " ") + f": {total_s:.0f} s of the "
-             f"{a.budget_s:.0f} s budget, device {ctx.dev}" + (" (DRY RUN at tiny sizes: numbers mean nothing)"
-                                                               if ctx.dry else ""), ""]
+             f"`{cmd}`: {total_s:.0f} s of the {a.budget_s:.0f} s budget, device {ctx.dev}{dry}", ""]
     if ctx.no_cuda_reason:
         lines += [f"CUDA parts skipped: {ctx.no_cuda_reason}.", ""]
     lines += ["## Targets", "", *target_lines(ctx), "", "## Parts", "", *part_rows(ctx), "",
