@@ -20,14 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
-from peftzoo.adapters import lifecycle
-from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer, count_train, find_train
+from peftzoo.adapters.own import OwnTensors
+from peftzoo.adapters.base import AdapterConfig, AdapterLayer, count_train, find_train
 from peftzoo.adapters.info import MethodInfo
 from peftzoo.inject import LINEAR_TYPES, find_targets
-from peftzoo.io import copy_checked
 from peftzoo.registry import register
 
 LAYER_TYPES = (*LINEAR_TYPES, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # layers whose bias BitFit trains
@@ -67,24 +65,21 @@ def biases(model: nn.Module, config: BitFitConfig, train: dict) -> dict[str, nn.
 
 
 @register
-class BitFit(Adapter):
+class BitFit(OwnTensors):
     name = "bitfit"
     config_cls = BitFitConfig
-    trains_model_tensors = True  # the trained tensors are the model's own: merge/unmerge have nothing to fold
     # LR grid: the authors' repository runs BitFit at 1e-3 (full fine-tuning at 1e-5); no budget knob: one point per
     # model and target set
     info = MethodInfo(paper="Ben Zaken et al. 2022, arXiv:2106.10199", equation="W x + b, only the biases b trained",
                       formula="d_out", default_lr=1e-3, lr_grid=(3e-4, 1e-3, 3e-3, 1e-2))
-    guards_save_pretrained = False  # the trained biases are the model's own: save_pretrained writes the trained model
 
     def __init__(self, model: nn.Module, config: BitFitConfig):
         super().__init__(model, config)
         train = find_train(model, config)
         self.biases = biases(model, config, train)
         self.freeze_base(train)
-        # the biases as attached (Σ d_out elements): what disable_adapter() and unload(merge=False) give back
-        self._initial = {k: b.detach().clone() for k, b in self.biases.items()}
-        self._trained: dict[str, torch.Tensor] | None = None  # the trained biases while the update is off
+        self.tensors = self.biases
+        self.keep()  # the biases as attached (Σ d_out elements): what disable_adapter() and unload(merge=False) give
         for b in self.biases.values():
             b.requires_grad_(True)
 
@@ -95,54 +90,6 @@ class BitFit(Adapter):
 
     def roles(self):
         return {"bias": list(self.biases.values())}
-
-    def state(self):
-        return {k: b.detach() for k, b in self.biases.items()}
-
-    def load_state(self, tensors):
-        missing, extra = sorted(set(self.biases) - set(tensors)), sorted(set(tensors) - set(self.biases))
-        if missing or extra:
-            raise ValueError(f"BitFit file does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
-        for k, b in self.biases.items():
-            copy_checked(b, tensors[k], k)
-
-    def initialize(self):
-        """Nothing to do: the trained biases are the model's own and come with its weights."""
-
-    def merge(self):
-        """A no-op: the trained biases already are the model's (twice is a no-op too)."""
-        lifecycle.refuse_while_off(self, "merge")
-        self._merged = True
-
-    def unmerge(self):
-        """A no-op: there is no separate update to take out of the model."""
-        lifecycle.refuse_while_off(self, "unmerge")
-        self._merged = False
-
-    @property
-    def merged(self) -> bool:
-        """Whether merge() was called last; the outputs are the same either way (nothing is folded)."""
-        return getattr(self, "_merged", False)
-
-    @torch.no_grad()
-    def enable_update(self, on: bool) -> None:
-        """Off: the biases as attached (the trained ones kept aside); on: the trained biases back."""
-        if not on and self._trained is None:
-            self._trained = {k: b.detach().clone() for k, b in self.biases.items()}
-            for k, b in self.biases.items():
-                b.copy_(self._initial[k])
-        elif on and self._trained is not None:
-            for k, b in self.biases.items():
-                b.copy_(self._trained[k])
-            self._trained = None
-
-    @torch.no_grad()
-    def unload_model(self, merge: bool) -> nn.Module:
-        """The model itself: with its trained biases (``merge``), or with the biases it had when attached."""
-        if not merge:
-            for k, b in self.biases.items():
-                b.copy_(self._initial[k])
-        return self.model
 
     def save_peft(self, path):
         raise NotImplementedError("bitfit has no Hugging Face PEFT equivalent (PEFT trains biases only beside "

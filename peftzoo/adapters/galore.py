@@ -27,12 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peftzoo.adapters import lifecycle
+from peftzoo.adapters.own import OwnTensors
 from peftzoo.adapters.info import MethodInfo
-from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer, count_train, find_train
+from peftzoo.adapters.base import AdapterConfig, AdapterLayer, count_train, find_train
 from peftzoo.adapters.galore_adam import GaloreAdamW, state_elements
 from peftzoo.inject import LINEAR_TYPES, find_targets, resolve_targets
-from peftzoo.io import copy_checked
 from peftzoo.registry import register
 
 
@@ -67,11 +66,9 @@ def trained_tensors(model: nn.Module, config: GaloreConfig, train: dict) -> tupl
 
 
 @register
-class Galore(Adapter):
+class Galore(OwnTensors):
     name = "galore"
     config_cls = GaloreConfig
-    trains_model_tensors = True  # the trained tensors are the model's own: merge/unmerge have nothing to fold
-    guards_save_pretrained = False  # save_pretrained writes the trained model as it is
     # default_lr: the paper's GLUE README (RoBERTa-base, r = 4, α = 4); lr_grid: its scripts sweep 1e-5..3e-5 (full
     # fine-tuning's grid, as its update is full-rank); no budget knob: r sets the optimizer state, not the trainable
     # count, so one point per target set
@@ -87,9 +84,7 @@ class Galore(Adapter):
         self.weights, self.rest = trained_tensors(model, config, train)
         self.freeze_base(train)
         self.tensors = {**self.weights, **self.rest}
-        self._initial = ({k: t.detach().to("cpu", copy=True) for k, t in self.tensors.items()}
-                         if config.keep_initial else None)
-        self._trained: dict[str, torch.Tensor] | None = None  # the trained tensors while the update is off
+        self.keep(config.keep_initial)
         for t in self.tensors.values():
             t.requires_grad_(True)
 
@@ -143,70 +138,9 @@ class Galore(Adapter):
     def report(self) -> dict:
         return {"optimizer_state": self.optimizer_state_count()}
 
-    # ---- state: the trained tensors themselves -----------------------------------------------------------------
-    def state(self):
-        return {k: t.detach() for k, t in self.tensors.items()}
-
-    def load_state(self, tensors):
-        missing, extra = sorted(set(self.tensors) - set(tensors)), sorted(set(tensors) - set(self.tensors))
-        if missing or extra:
-            raise ValueError(f"galore file does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
-        for k, t in self.tensors.items():
-            copy_checked(t, tensors[k], k)
-
-    def initialize(self):
-        """The trained tensors are the model's own and come with its weights: only the copy as attached is taken
-        again (after ``to_empty`` on ``meta`` and loading the weights)."""
-        if self._initial is not None:
-            self._initial = {k: t.detach().to("cpu", copy=True) for k, t in self.tensors.items()}
-
-    # ---- life on the model: nothing to fold ----------------------------------------------------------------------
-    def merge(self):
-        """A no-op: the trained weights already are the model's (twice is a no-op too)."""
-        lifecycle.refuse_while_off(self, "merge")
-        self._merged = True
-
-    def unmerge(self):
-        lifecycle.refuse_while_off(self, "unmerge")
-        self._merged = False
-
-    @property
-    def merged(self) -> bool:
-        """Whether merge() was called last; the outputs are the same either way (nothing is folded)."""
-        return getattr(self, "_merged", False)
-
-    def _need_initial(self, what: str) -> dict[str, torch.Tensor]:
-        if self._initial is None:
-            raise ValueError(f"galore: {what} needs the weights as attached, and this adapter was attached with "
-                             "keep_initial=False (no copy kept); attach with keep_initial=True, or keep a copy of "
-                             "the model (copy.deepcopy(model)) to compare with")
-        return self._initial
-
-    @torch.no_grad()
-    def enable_update(self, on: bool) -> None:
-        """Off: the tensors as attached (the trained ones kept aside on the CPU); on: the trained ones back."""
-        if not on and self._trained is None:
-            initial = self._need_initial("ad.disable_adapter()")
-            self._trained = {k: t.detach().to("cpu", copy=True) for k, t in self.tensors.items()}
-            _copy_into(self.tensors, initial)
-        elif on and self._trained is not None:
-            _copy_into(self.tensors, self._trained)
-            self._trained = None
-
-    @torch.no_grad()
-    def unload_model(self, merge: bool) -> nn.Module:
-        """The model itself: with its trained weights (``merge``), or with the weights it had when attached."""
-        if not merge:
-            _copy_into(self.tensors, self._need_initial("ad.unload(merge=False)"))
-        return self.model
-
     def save_peft(self, path):
         raise NotImplementedError("galore has no Hugging Face PEFT equivalent: it trains the target layers' full "
                                   "weights, which no PEFT adapter file holds. Save it with ad.save(path) (peftzoo's "
                                   "format: the trained weights) and load it with peftzoo.load(model, path), or "
                                   "ad.unload(merge=True).save_pretrained(path) for a plain checkpoint")
 
-
-def _copy_into(dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor]) -> None:
-    for k, t in dst.items():
-        t.copy_(src[k])
