@@ -73,7 +73,8 @@ def _methods(args):
 def _bench(args):
     from dataclasses import replace
 
-    from peftzoo.bench import protocol, ray_executor
+    from peftzoo.bench import plan as planner
+    from peftzoo.bench import ray_executor
     from peftzoo.bench.preflight import preflight, preset_precisions
     from peftzoo.bench.preset import check_seeds, load_preset, normalise_tasks
     from peftzoo.bench.sweep import EXIT_SOME_FAILED, failed_before, run_protocol
@@ -92,12 +93,13 @@ def _bench(args):
     if not args.dry_run:
         preflight(preset.model, tasks, args.data_dir, args.results, preset.suite, args.device, args.skip_bad_rows,
                   precisions=preset_precisions(preset))
-    plan = protocol.make_plan(preset, tasks=tasks, methods=args.methods, seeds=args.seeds,
-                              skip_bad_rows=args.skip_bad_rows, drop_unrunnable=args.skip_unreachable)
+    request = {"preset": _preset_ref(args.preset), "skip_unreachable": args.skip_unreachable}
+    plan = planner.make_plan(preset, tasks=tasks, methods=args.methods, seeds=args.seeds,
+                             skip_bad_rows=args.skip_bad_rows, drop_unrunnable=args.skip_unreachable, request=request)
     s1, s2 = plan.stage1(), plan.stage2(None)
     if args.dry_run:
         if plan.sizes:
-            print(f"budgets on model {protocol.model_name(plan.preset)}: "
+            print(f"budgets on model {planner.model_name(plan.preset)}: "
                   + ", ".join(f"{e} = {n:,}" for e, n in plan.sizes.items()))
         for stage, specs in (("stage 1", s1), ("stage 2", s2)):
             for s in specs:
@@ -114,8 +116,7 @@ def _bench(args):
               + (f" ({len(plan.dropped)} left out)" if plan.dropped else "") + f", {len(plan.seeds)} seeds")
         return 0
     out = run_protocol(plan, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
-                       retry_failed=args.retry_failed, ray=ray,
-                       bench={"preset": _preset_ref(args.preset), "skip_unreachable": args.skip_unreachable})
+                       retry_failed=args.retry_failed, ray=ray)
     for line in failed_before(out, args.results):
         print(line, file=sys.stderr)
     print(out.summary(f"{args.results}/{preset.suite}/runs"))
@@ -135,11 +136,6 @@ def _table(args):
     path = write(args.results, args.suite, optimistic=args.optimistic, written=written)
     print(path.read_text())
     print("wrote " + ", ".join(str(p) for p in written))
-
-
-def _d90(args):
-    from peftzoo.intrinsic.cli import run_d90
-    run_d90(args)
 
 
 def _with_defaults(p: argparse.ArgumentParser) -> None:
@@ -194,11 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimistic", action="store_true", help="OPTIMISTIC view: LR and epoch picked on the dev set "
                    "it reports (biased upward; written to leaderboard-optimistic.*)")
     t.set_defaults(fn=_table)
-    i = sub.add_parser("d90", help="measure the intrinsic dimension d_90 of a task")
-    from peftzoo.intrinsic.cli import add_arguments
-    add_arguments(i)
-    i.set_defaults(fn=_d90)
     from peftzoo.analysis.cli import register as register_analyze
+    from peftzoo.intrinsic.cli import register as register_d90
+    register_d90(sub)
     register_analyze(sub)
     _with_defaults(p)
     return p

@@ -10,7 +10,7 @@ from benchkit import config_only_model, fake_execute, preset, run_files, write_p
 from peftzoo.bench import store
 from peftzoo.bench import sweep as sweep_mod
 from peftzoo.bench.preset import load_preset
-from peftzoo.bench.runner import RunSpec
+from peftzoo.bench.spec import RunSpec, not_identity
 from peftzoo.bench.sweep import plan, sweep
 from peftzoo.bench.table import write as write_table
 from peftzoo.cli import main
@@ -149,14 +149,14 @@ def test_every_field_but_the_excluded_ones_changes_the_run_id():
     valid = {"regression_targets": "standardize"}  # a field with a closed set of values
     for f in dataclasses.fields(RunSpec):
         changed = dataclasses.replace(base, **{f.name: valid.get(f.name) or _other(getattr(base, f.name))})
-        if f.name in store.ID_EXCLUDE:
+        if f.name in not_identity():
             assert changed.run_id == base.run_id, f.name
         else:
             assert changed.run_id not in ids, f"changing {f.name} keeps the id"
             ids.add(changed.run_id)
     # readable prefix; stable through a JSON round trip (how records are checked on read)
     assert base.run_id.startswith("lora--r8--s0--")
-    assert store.run_id(json.loads(json.dumps(base.to_dict()))) == base.run_id
+    assert RunSpec.from_dict(json.loads(json.dumps(base.to_dict()))).run_id == base.run_id
 
 
 def test_a_changed_config_is_new_runs_and_the_table_refuses_to_mix_them(setup, capsys):
@@ -197,6 +197,6 @@ def test_skip_bad_rows_counts_and_records_them(setup, capsys, monkeypatch):
                "--data-dir", str(data), "--skip-bad-rows", "-q"])
     assert rc == 0 and "SST-2 train: 2 bad rows skipped" in capsys.readouterr().err
     assert all(s.skip_bad_rows for s in seen) and len(seen) == 2
-    from peftzoo.bench.runner import _data
+    from peftzoo.bench.runner import load_splits as _data
     assert _data("SST-2", str(data), True)["train"].skipped == 2
     assert len(_data("SST-2", str(data), True)["train"].labels) == 40

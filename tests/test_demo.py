@@ -14,7 +14,7 @@ def tiny_model_dir(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from peftzoo.bench.runner import default_model
+    from peftzoo.bench.models import default_model
     d = tmp_path_factory.mktemp("tiny")
     tok = AutoTokenizer.from_pretrained(default_model())
     tok.save_pretrained(d)

@@ -29,7 +29,7 @@ def digest(ids: list) -> dict:
 def planned_ids(name: str) -> dict:
     """{"stage1": [...], "stage2": [...]}: the sorted run ids of the preset's plan, bound to $PEFTZOO_DATA_DIR."""
     from peftzoo.bench.preset import load_preset
-    from peftzoo.bench.protocol import make_plan
+    from peftzoo.bench.plan import make_plan
     plan = make_plan(load_preset(name))
     return {f"stage{i}": sorted(s.bind_data(GLUE).run_id for s in specs)
             for i, specs in ((1, plan.stage1()), (2, plan.stage2(None)))}

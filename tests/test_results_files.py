@@ -41,8 +41,13 @@ def test_a_committed_run_record_loads_and_keeps_its_run_id(path):
     raw = strict_json(path)
     rec, problem = store.read_record(path)
     assert problem is None, problem
-    assert rec["run_id"] == raw["run_id"] == path.stem
-    assert rec["task"] == path.parent.name  # (its spec's suite need not be the folder's: runs were moved)
+    assert rec.run_id == raw["run_id"] == path.stem
+    assert rec.task == path.parent.name  # (its spec's suite need not be the folder's: runs were moved)
+    # written again it is the same JSON, but for a spec field added since (spec.added), filled in at its old value
+    again = rec.to_json()
+    backfilled = {k: v for k, v in again["spec"].items() if k not in raw["spec"]}
+    assert backfilled in ({}, {"regression_targets": "raw"})
+    assert {**again, "spec": raw["spec"]} == raw
 
 
 @pytest.mark.parametrize("path", [p for p in FILES if not is_run(p)], ids=lambda p: str(p.relative_to(ROOT)))
