@@ -129,6 +129,24 @@ def test_shipped_presets_are_valid():
         assert p.suite == name and p.tasks and p.methods
 
 
+def test_presets_are_package_data_found_from_any_folder(tmp_path, monkeypatch):
+    """An installed peftzoo has its presets: they are package data (importlib.resources), not the source tree's."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from pathlib import Path
+
+    from peftzoo.bench.preset import shipped
+    root = Path(__file__).resolve().parents[1]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["peftzoo"]
+    on_disk = {p.stem for p in (root / "peftzoo" / "presets").glob("*.json")}
+    assert declared == ["presets/*.json"] and set(shipped()) == on_disk >= {"quick", "cpu", "glue", "smoke"}
+    monkeypatch.chdir(tmp_path)
+    assert load_preset("cpu").suite == "cpu"
+    (tmp_path / "quick").mkdir()  # a folder named like a preset is not a preset file
+    assert load_preset("quick").suite == "quick"
+    with pytest.raises(FileNotFoundError, match=r"no preset 'qiuck': not a file, and the shipped presets are .*quick"):
+        load_preset("qiuck")
+
+
 def _other(v):
     if isinstance(v, bool):
         return not v

@@ -14,14 +14,12 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from peftzoo.bench.protocol import Protocol, budget_entries, budget_grid
-from peftzoo.bench.spec import REGRESSION_TARGETS
+from peftzoo.bench.spec import REGRESSION_TARGETS, TARGETS, TRAIN_MODULES
 from peftzoo.bench.train import PRECISIONS
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 class PresetError(ValueError):
     pass
@@ -49,9 +47,9 @@ class Preset:
     seeds: tuple[int, ...] = (0,)  # one run per seed
     budget: int | str | None = None  # adapter elements every method is matched to (a budget entry, as in budgets)
     # adapted modules (suffixes, a regex or "all-linear")
-    targets: tuple[str, ...] | str = setting(("query", "value"), per_task=False)
+    targets: tuple[str, ...] | str = setting(TARGETS, per_task=False)
     # modules trained in full by every method (the head)
-    train_modules: tuple[str, ...] = setting(("classifier",), per_task=False)
+    train_modules: tuple[str, ...] = setting(TRAIN_MODULES, per_task=False)
     epochs: int = setting(1, 1)  # passes over the (capped) training set
     batch_size: int = setting(16, 1)  # training examples per step
     max_len: int = setting(128, 1)  # tokens per example after truncation
@@ -313,23 +311,33 @@ def _method_options(method: str, hp: dict, source: str, key: str) -> None:
             _check(v, hints[k], source, f"{key}.{k}")
 
 
+def shipped() -> dict:
+    """{name: resource} of the presets shipped with peftzoo (package data: ``peftzoo/presets/<name>.json``)."""
+    folder = resources.files("peftzoo") / "presets"
+    return {x.name[:-5]: x for x in folder.iterdir() if x.name.endswith(".json")} if folder.is_dir() else {}
+
+
 def load_preset(name_or_path: str) -> Preset:
-    """A preset by name (benchmarks/<name>.json) or path, fully checked."""
-    p = Path(name_or_path)
-    for cand in (p, Path("benchmarks") / f"{name_or_path}.json", REPO / "benchmarks" / f"{name_or_path}.json"):
-        if cand.is_file():
-            return parse_file(cand)
-    known = sorted(x.stem for x in (REPO / "benchmarks").glob("*.json"))
-    raise FileNotFoundError(f"no preset {name_or_path!r}; presets: {', '.join(known)} (or a path to a JSON file)")
+    """A preset by path, else a shipped one by name, fully checked."""
+    if Path(name_or_path).is_file():
+        return parse_file(Path(name_or_path))
+    found = shipped().get(name_or_path)
+    if found is None:
+        raise FileNotFoundError(f"no preset {name_or_path!r}: not a file, and the shipped presets are "
+                                f"{', '.join(sorted(shipped()))} (peftzoo/presets)")
+    with resources.as_file(found) as path:
+        return parse_file(path, f"preset {name_or_path!r} ({found})")
 
 
-def parse_file(path: Path) -> Preset:
+def parse_file(path: Path, source: str | None = None) -> Preset:
+    """The preset in ``path``; errors name it as ``source`` (default: the path)."""
+    source = source or str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise PresetError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        raise PresetError(f"{source}: not UTF-8 text (byte {e.start})") from None
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:
-        raise PresetError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    return Preset.from_dict(d, str(path))
+        raise PresetError(f"{source}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    return Preset.from_dict(d, source)

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from peftzoo.bench.protocol import Protocol
 
 REGRESSION_TARGETS = ("raw", "standardize")
+TARGETS = ("query", "value")  # the default adapted modules of a run (and of a preset)
+TRAIN_MODULES = ("classifier",)  # the default modules trained in full: the classification head
 
 
 def label(default=dataclasses.MISSING):
@@ -45,9 +47,9 @@ class RunSpec:
     seed: int  # seeds torch, numpy and random, the adapter's init and the batch order
     hparams: dict = field(default_factory=dict)  # method kwargs (e.g. {"r": 8}); the budget solver fills them
     model: str | None = None  # transformers id or path; None = embedded all-MiniLM-L6-v2
-    targets: object = ("query", "value")  # adapted modules: suffixes, a regex or "all-linear"
+    targets: object = TARGETS  # adapted modules: suffixes, a regex or "all-linear"
     # modules every method trains in full (the classification head); recorded under the key "train"
-    train_modules: tuple = field(default=("classifier",), metadata={"key": "train"})
+    train_modules: tuple = field(default=TRAIN_MODULES, metadata={"key": "train"})
     lr: float = 1e-3  # peak learning rate (AdamW, linear warm-up and decay)
     epochs: int = 1  # passes over the (capped) training subset
     batch_size: int = 16  # training examples per step
