@@ -7,7 +7,6 @@ import pytest
 import torch
 from benchkit import config_only_model, fake_execute, preset, run_files, write_preset, write_sst2
 
-from peftzoo.bench import store
 from peftzoo.bench import sweep as sweep_mod
 from peftzoo.bench.preset import load_preset
 from peftzoo.bench.spec import RunSpec, not_identity

@@ -21,6 +21,7 @@ from peftzoo.bench.protocol import Protocol, budget_entries, budget_grid
 from peftzoo.bench.spec import REGRESSION_TARGETS, TARGETS, TRAIN_MODULES
 from peftzoo.bench.train import PRECISIONS
 
+
 class PresetError(ValueError):
     pass
 
