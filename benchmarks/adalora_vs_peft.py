@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from peftzoo.bench import runner
-from peftzoo.bench.runner import RunSpec
+from peftzoo.bench.models import make_adapter
+from peftzoo.bench.runner import execute
+from peftzoo.bench.spec import RunSpec
 
 
 class PeftAdaLora:
@@ -97,28 +98,22 @@ def delta_norm(ad) -> float:
 def run(spec, data_dir, impl):
     """One run through runner.execute; ``impl`` 'peft' swaps in PEFT's AdaLoRA for the adapter."""
     made = {}
-    orig = runner.make_adapter
 
-    def make(model, s):
-        ad = PeftAdaLora(model, s) if impl == "peft" else orig(model, s)
-        made["ad"] = ad
-        return ad
-    runner.make_adapter = make
-    try:
-        rec = runner.execute(spec, data_dir, progress=False)
-    finally:
-        runner.make_adapter = orig
+    def attach(model, s):
+        made["ad"] = PeftAdaLora(model, s) if impl == "peft" else make_adapter(model, s)
+        return made["ad"]
+    rec = execute(spec, data_dir, progress=False, attach=attach)
     ad = made.get("ad")
-    out = {"impl": impl, "method": spec.method, "lr": spec.lr, "seed": spec.seed, "status": rec["status"],
-           "wall_s": round(rec.get("wall_s", 0.0), 1)}
-    if rec["status"] != "ok":
-        return {**out, "error": rec.get("error")}
-    out.update({"dev_acc": [h["metrics"]["score"] for h in rec["history"]],
-                "train_loss": [round(h["loss"], 4) for h in rec["history"]], "steps": rec["steps"],
+    out = {"impl": impl, "method": spec.method, "lr": spec.lr, "seed": spec.seed, "status": rec.status,
+           "wall_s": round(rec.wall_s or 0.0, 1)}
+    if not rec.ok:
+        return {**out, "error": rec.error}
+    out.update({"dev_acc": [h.score for h in rec.history],
+                "train_loss": [round(h.loss, 4) for h in rec.history], "steps": rec.steps,
                 "delta_rel_norm": delta_norm(ad) if spec.method != "head" else None,
                 "ranks": sorted(ad.ranks().values()) if spec.method == "adalora" else None,
                 "schedule": ad.schedule if impl == "peft" else (
-                    {**ad.schedule(), "total_steps": rec["steps"]} if spec.method == "adalora" else None)})
+                    {**ad.schedule(), "total_steps": rec.steps} if spec.method == "adalora" else None)})
     return out
 
 

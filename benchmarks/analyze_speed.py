@@ -25,7 +25,8 @@ def main(argv=None):
 
     import peftzoo
     from peftzoo.analysis import AnalysisConfig, analyze_adapter
-    from peftzoo.analysis.report import atomic_write_text, write
+    from peftzoo.analysis.report import write
+    from peftzoo.bench.store import write_text
     cfg = BertConfig()  # bert-base: hidden 768, 12 layers, FFN 3072
     torch.manual_seed(0)
     model = BertModel(cfg)
@@ -52,7 +53,7 @@ def main(argv=None):
            "load_average_1min_before_after": [load0, os.getloadavg()[0]], "cpu_count": os.cpu_count(),
            "note": "a CPU shared with other jobs gives an upper bound (see the load average)",
            "command": "python benchmarks/analyze_speed.py --threads %d" % args.threads}
-    atomic_write_text(args.out, json.dumps(rec, indent=1))
+    write_text(args.out, json.dumps(rec, indent=1))
     print(json.dumps(rec, indent=1))
 
 

@@ -10,7 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from peftzoo.bench.runner import RunSpec, execute
+from peftzoo.bench.runner import execute
+from peftzoo.bench.spec import RunSpec
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "speed" / "bf16_scores.json"
 LR = {"full": 5e-5, "lora": 2e-3}
@@ -30,10 +31,10 @@ def main(argv=None):
             spec = RunSpec(suite="speed", task="SST-2", method=method, seed=int(seed), hparams=HP[method],
                            lr=LR[method], epochs=1, batch_size=16, max_len=64, max_train=2000, precision=prec)
             rec = execute(spec, data_dir=args.data_dir, progress=False)
-            row = {"method": method, "seed": int(seed), "precision": prec, "status": rec["status"],
-                   "accuracy": rec.get("metrics_final", {}).get("accuracy"), "median_step_s": rec.get("median_step_s"),
-                   "throughput_ex_s": rec.get("throughput_ex_s"), "wall_s": rec.get("wall_s"),
-                   "train_eval_s": rec.get("train_s"), "error": rec.get("error")}
+            row = {"method": method, "seed": int(seed), "precision": prec, "status": rec.status,
+                   "accuracy": rec.history[-1].dev.get("accuracy") if rec.ok else None,
+                   "median_step_s": rec.median_step_s, "throughput_ex_s": rec.throughput_ex_s, "wall_s": rec.wall_s,
+                   "train_eval_s": rec.train_s, "error": rec.error}
             out["runs"].append(row)
             print(row, flush=True)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ def child(impl, seq, batch):
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging
     logging.set_verbosity_error()
-    from peftzoo.bench.runner import default_model
+    from peftzoo.bench.models import default_model
     torch.set_num_threads(2)
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(default_model(), num_labels=2)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from peftzoo.bench.preset import load_preset
-from peftzoo.bench.protocol import make_plan
+from peftzoo.bench.plan import make_plan
 from peftzoo.bench.store import write_text
 from peftzoo.bench.tasks import get_task, load_task, split_indices
 

@@ -110,7 +110,8 @@ def smoke(out: Path, n_train: int = 96) -> None:
     plan's settings and multiplied by the points the plan scores."""
     from peftzoo.bench.runner import execute
     from peftzoo.bench.tasks import get_task, load_task, split_indices
-    from peftzoo.intrinsic.cli import config, point_spec
+    from peftzoo.intrinsic.cli import config
+    from peftzoo.intrinsic.point import point_spec
     import torch
     total = {}
     for task, t in TASKS.items():
@@ -120,16 +121,16 @@ def smoke(out: Path, n_train: int = 96) -> None:
         rec = execute(point_spec(short, 1000, 0), progress=False)
         c1 = os.times()
         share = (c1.user + c1.system - c0.user - c0.system) / (time.perf_counter() - t0)
-        if rec["status"] != "ok":
-            raise SystemExit(f"{task}: the smoke point failed: {rec.get('error')}")
-        step, steps = rec["median_step_s"], rec["steps"]
-        setup, evaluate = rec["wall_s"] - rec["train_s"], rec["train_s"] - steps * step
+        if not rec.ok:
+            raise SystemExit(f"{task}: the smoke point failed: {rec.error}")
+        step, steps = rec.median_step_s, rec.steps
+        setup, evaluate = rec.wall_s - rec.train_s, rec.train_s - steps * step
         n = len(split_indices(len(load_task(get_task(task))["train"].labels), t["max_train"])[0])
         real_steps = math.ceil(n / 16) * t["epochs"]
         point = setup + real_steps * step + t["epochs"] * evaluate
-        sizes = rec["split_sizes"]
+        sizes = rec.split_sizes
         print(f"{task}: measured one SAID point (d = 1000, seed 0, {steps} steps on {n_train} examples, 1 epoch): "
-              f"wall {rec['wall_s']:.1f} s = setup {setup:.1f} s + steps {steps} x {step:.3f} s (median) + "
+              f"wall {rec.wall_s:.1f} s = setup {setup:.1f} s + steps {steps} x {step:.3f} s (median) + "
               f"evaluation of {sizes['val']} validation and {sizes['dev']} dev rows {evaluate:.1f} s; this process "
               f"had {share:.2f} cores ({torch.get_num_threads()} torch threads)")
         print(f"{task}: a plan point ({n} examples x {t['epochs']} epochs = {real_steps} steps): ~{point / 60:.1f} "

@@ -1,8 +1,9 @@
 """Estimate a preset's CPU cost from short runs: `python benchmarks/protocol_cost.py --preset cpu [--measure]`.
 
 ``--measure`` runs, with one torch thread, 6 training steps of every method on the first task and of head, LoRA and
-full on the others (at the preset's batch size and max_len), timing the training steps and the evaluation
-(validation + dev, measured on the head run) apart with ``time.thread_time``; it writes them to ``--out``. Without it
+full on the others (at the preset's batch size and max_len) through ``runner.execute``, timing the training steps
+and the evaluation (validation + dev, measured on the head run) apart with ``time.thread_time`` in a fit callback;
+it writes them to ``--out``. Without it
 the estimate reads that file. The estimate is, per planned run, steps × step CPU + epochs × (val + dev) × eval CPU
 per example (methods measured on the first task only are scaled by the task's LoRA step ratio), then divided by
 ``--speedup`` (two threads vs one) for the wall time. Every number is CPU seconds of this machine at the time.
@@ -16,34 +17,38 @@ import math
 import time
 from pathlib import Path
 
+from peftzoo.bench.train import Callback
+
+EVAL_ROWS = 8  # validation and dev rows of the runs whose evaluation is not timed
+
+
+class CpuTimes(Callback):
+    """A fit callback: this thread's CPU time in training steps and in the per-epoch evaluation, apart."""
+
+    def on_train_begin(self, ad, total_steps):
+        self.step = self.eval = 0.0
+        self.steps, self.t = 0, time.thread_time()
+
+    def _lap(self) -> float:
+        t, self.t = self.t, time.thread_time()
+        return self.t - t
+
+    def on_step_end(self, step, loss):
+        self.step += self._lap()
+        self.steps += 1
+
+    def on_epoch_end(self, result):
+        self.eval += self._lap()
+
 
 def measure(preset, out: Path, data_dir) -> list[dict]:
+    """Short runs of the plan's stage-1 specs through ``runner.execute``, timed by ``CpuTimes``. Only the head
+    run's evaluation is timed: the others evaluate on a token split (EVAL_ROWS rows)."""
     import torch
 
-    import peftzoo.bench.train as T
-    from peftzoo.bench.protocol import make_plan
+    from peftzoo.bench.plan import make_plan
     from peftzoo.bench.runner import execute
     torch.set_num_threads(1)
-    acc = {}
-    step0, fit0 = T.train_step, T.fit
-
-    def step(*a, **k):
-        t = time.thread_time()
-        r = step0(*a, **k)
-        acc["step"] += time.thread_time() - t
-        acc["n"] += 1
-        return r
-
-    def fit(ad, bpe, epochs, lr, evaluate=None, *a, **k):
-        def ev():
-            if not acc["eval_on"]:
-                return {"score": 0.0}
-            t = time.thread_time()
-            r = evaluate()
-            acc["eval"] += time.thread_time() - t
-            return r
-        return fit0(ad, bpe, epochs, lr, ev, *a, **k)
-    T.train_step, T.fit = step, fit
     plan = make_plan(preset)
     s1, rows = plan.stage1(), []
     for i, task in enumerate(plan.tasks):
@@ -53,12 +58,13 @@ def measure(preset, out: Path, data_dir) -> list[dict]:
             spec = next(s for s in s1 if s.task == task and s.method == m)
             spec = dataclasses.replace(spec, epochs=1, max_train=6 * spec.batch_size,
                                        hparams={**spec.hparams, **({"tinit": 0, "tfinal": 0, "deltaT": 1}
-                                                                   if m == "adalora" else {})})
-            acc.update(step=0.0, n=0, eval=0.0, eval_on=m == "head")
-            rec = execute(spec, data_dir=data_dir, progress=False)
-            rows.append({"task": task, "method": m, "status": rec["status"], "error": rec.get("error"),
-                         "step_cpu_s": acc["step"] / max(1, acc["n"]), "eval_cpu_s": acc["eval"],
-                         "split_sizes": rec.get("split_sizes"), "batch_size": spec.batch_size,
+                                                                   if m == "adalora" else {})},
+                                       **({} if m == "head" else {"max_eval": EVAL_ROWS, "val_cap": EVAL_ROWS}))
+            times = CpuTimes()
+            rec = execute(spec, data_dir=data_dir, progress=False, callbacks=[times])
+            rows.append({"task": task, "method": m, "status": rec.status, "error": rec.error,
+                         "step_cpu_s": times.step / max(1, times.steps), "eval_cpu_s": times.eval if m == "head"
+                         else 0.0, "split_sizes": rec.split_sizes, "batch_size": spec.batch_size,
                          "max_len": spec.max_len})
             print(json.dumps(rows[-1]), flush=True)
     out.write_text(json.dumps(rows, indent=1))
@@ -66,7 +72,7 @@ def measure(preset, out: Path, data_dir) -> list[dict]:
 
 
 def estimate(preset, rows: list[dict], data_dir, speedup: float) -> dict:
-    from peftzoo.bench.protocol import make_plan
+    from peftzoo.bench.plan import make_plan
     from peftzoo.bench.tasks import get_task, load_task
     ok = [r for r in rows if r["status"] == "ok"]
     step = {(r["task"], r["method"]): r["step_cpu_s"] for r in ok}

@@ -53,7 +53,7 @@ def make(method, path, task):
     torch.manual_seed(0)
     model, _ = load_model(path, task)
     if method == "full":
-        from peftzoo.bench.baselines import FullFinetune
+        from peftzoo.adapters.baselines import FullFinetune
         from peftzoo.adapters.base import AdapterConfig
         ad, lr = FullFinetune(model, AdapterConfig(train=["classifier"])), 5e-5
     else:

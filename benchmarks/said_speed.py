@@ -33,8 +33,8 @@ def main():
 
     import peftzoo
     from peftzoo.adapters.base import AdapterConfig
-    from peftzoo.bench.baselines import FullFinetune
-    from peftzoo.bench.runner import default_model
+    from peftzoo.adapters.baselines import FullFinetune
+    from peftzoo.bench.models import default_model
     from peftzoo.bench.train import train_step
     torch.manual_seed(0)
     base = AutoModelForSequenceClassification.from_pretrained(default_model(), num_labels=2)

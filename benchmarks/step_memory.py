@@ -47,7 +47,7 @@ def child(spec_json: str) -> None:
     from peftzoo.bench.models import load_model, make_adapter
     from peftzoo.bench.spec import RunSpec
     from peftzoo.bench.tasks import get_task
-    spec = RunSpec(**json.loads(spec_json))
+    spec = RunSpec.from_dict(json.loads(spec_json))
     torch.set_num_threads(2)
     torch.manual_seed(0)
     task = get_task(spec.task)
@@ -100,15 +100,15 @@ def main(argv=None) -> None:
         return child(a.child)
     from peftzoo.bench import store
     from peftzoo.bench.preset import load_preset
-    from peftzoo.bench.protocol import make_plan
+    from peftzoo.bench.plan import make_plan
     preset = load_preset(a.preset)
     plan = make_plan(preset)
     task = a.task or plan.tasks[0]
     rows = []
     for c in tqdm(plan.cells, desc="step memory (a fresh process per cell)"):
-        spec = plan._spec(task, c, 1e-5, 0)
-        d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.__dict__.items()}
-        out = subprocess.run([sys.executable, __file__, "--child", json.dumps(d)], capture_output=True, text=True,
+        spec = plan.spec(task, c, 1e-5, 0, stage=1)
+        out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec.to_dict())], capture_output=True,
+                             text=True,
                              env={**os.environ, **MALLOC_ENV})
         if out.returncode:
             raise SystemExit(f"{c.method} {c.label}: the measuring process failed:\n{out.stderr[-2000:]}")
@@ -121,7 +121,7 @@ def main(argv=None) -> None:
                        + "): peak RSS of one training step (after a warm-up step) minus "
                        "the RSS just before it; state: RSS before that step minus RSS before attaching",
            "command": f"python benchmarks/step_memory.py --preset {a.preset} --results {a.results}", "rows": rows}
-    path = Path(a.results) / plan.preset["suite"] / "step_memory.json"
+    path = Path(a.results) / plan.preset.suite / "step_memory.json"
     store.write_text(path, json.dumps(res, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 
 from peftzoo.bench import batches
-from peftzoo.bench.runner import RunSpec, default_model, execute
+from peftzoo.bench.models import default_model
+from peftzoo.bench.runner import execute
+from peftzoo.bench.spec import RunSpec
 from peftzoo.bench.tasks import get_task, load_task
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "speed" / "trainer_vs_bench.json"
@@ -43,9 +45,9 @@ def bench_run(seed: int, precision: str, data_dir, val_cap: int = 1000) -> dict:
                    batch_size=JOB["batch_size"], max_len=JOB["max_len"], max_train=JOB["max_train"],
                    warmup=JOB["warmup"], precision=precision, val_cap=val_cap)
     rec = execute(spec, data_dir=data_dir, progress=False)
-    if rec["status"] != "ok":
-        raise RuntimeError(rec.get("error"))
-    return {"total_s": rec["wall_s"], "train_eval_s": rec["train_s"], "accuracy": rec["metrics_final"]["accuracy"]}
+    if not rec.ok:
+        raise RuntimeError(rec.error)
+    return {"total_s": rec.wall_s, "train_eval_s": rec.train_s, "accuracy": rec.history[-1].dev["accuracy"]}
 
 
 def trainer_run(seed: int, strategy: str, bf16: bool, eval_batches, data_dir) -> dict:

@@ -5,6 +5,7 @@ reader sees the old file or the whole new one. Depends on nothing in peftzoo.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
 import os
@@ -75,5 +76,16 @@ def json_bytes(obj) -> bytes:
     return (dumps(obj) + "\n").encode()
 
 
-def write_json(path: Path, obj) -> None:
-    write_bytes(path, json_bytes(obj))
+def write_json(path: Path, obj, write_all=_write_all) -> None:
+    write_bytes(path, json_bytes(obj), write_all)
+
+
+def write_text(path: Path, text: str, write_all=_write_all) -> None:
+    write_bytes(path, text.encode(), write_all)
+
+
+def write_figure(path: Path, fig, write_all=_write_all, **savefig) -> None:
+    """A matplotlib figure, in the format its suffix names (png by default); ``savefig``: its keyword arguments."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **savefig)
+    write_bytes(path, buf.getvalue(), write_all)

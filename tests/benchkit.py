@@ -37,16 +37,15 @@ def write_preset(path: Path, p: dict) -> Path:
 
 def fake_execute(spec, data_dir=None, device=None, progress=False, score=0.5, status="ok"):
     """A valid run record without training (what execute returns, with made-up numbers)."""
+    from peftzoo.bench.record import EpochResult, RunRecord
     spec = spec.bind_data(data_dir)
-    rec = {"spec": spec.to_dict(), "run_id": spec.run_id, "task": spec.task, "method": spec.method,
-           "seed": spec.seed, "versions": {"peftzoo": "test"}, "status": status}
     if status == "failed":
-        return {**rec, "error": "RuntimeError: made to fail"}
-    return {**rec, "metrics_best": {"score": score}, "metrics_final": {"score": score}, "best_epoch": 1,
-            "history": [{"epoch": 1, "loss": 0.5, "metrics": {"score": score}, "val_metrics": {"score": score}}],
-            "params": {"target": None, "achieved": 10, "solver": None, "adapter": 10, "trainable": 20},
-            "steps": 2, "median_step_s": 0.01, "peak_mem_mb": 1.0, "device": "cpu", "adapter_file_bytes": 100,
-            "data_skipped": {"train": 0, "dev": 0}}
+        return RunRecord(spec, "failed", {"peftzoo": "test"}, error="RuntimeError: made to fail")
+    return RunRecord(spec, status, {"peftzoo": "test"}, [EpochResult({"score": score}, {"score": score}, epoch=1,
+                                                                     loss=0.5)],
+                     params={"target": None, "achieved": 10, "solver": None, "adapter": 10, "trainable": 20},
+                     steps=2, median_step_s=0.01, peak_mem_mb=1.0, device="cpu", adapter_file_bytes=100,
+                     data_skipped={"train": 0, "dev": 0})
 
 
 def run_files(results: Path) -> list[Path]:

@@ -233,7 +233,7 @@ def test_plots_name_both_adapters_and_count_directions_in_integers():
 
 def test_gradient_rank_hook_in_the_training_loop():
     from peftzoo.adapters.base import AdapterConfig
-    from peftzoo.bench.baselines import FullFinetune
+    from peftzoo.adapters.baselines import FullFinetune
     from peftzoo.bench.train import fit
     g = torch.Generator().manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))

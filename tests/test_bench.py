@@ -1,4 +1,5 @@
 """Benchmark runner: GLUE data and metrics, presets, an end-to-end sweep, and a sweep killed midway."""
+import dataclasses
 import json
 import os
 import shutil
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 
 from peftzoo.bench import store
-from peftzoo.bench.runner import execute, load_preset
+from peftzoo.bench.preset import load_preset
+from peftzoo.bench.runner import execute
 from peftzoo.bench.sweep import plan, sweep
 from peftzoo.bench.table import write as write_table
 from peftzoo.bench.tasks import compute_metrics, get_task, load_task
@@ -58,21 +60,18 @@ def test_glue_metrics_match_sklearn_and_scipy():
 
 
 def test_presets_follow_the_protocol():
-    from peftzoo.bench.preset import budget_entries
-    from peftzoo.bench.protocol import Protocol, lr_grid
+    from peftzoo.bench.plan import lr_grid
     for name in ("smoke", "cpu", "glue", "roberta-base"):
         p = load_preset(name)
-        d = p.to_dict()
-        prot = Protocol.from_preset(d)
-        entries = budget_entries(d)  # relative to the model, so that a preset fits any --model
+        entries = p.budget_entries()  # relative to the model, so that a preset fits any --model
         assert {"full", "head", "lora"} <= set(p.methods) and len(entries) >= 3 and all(e.relative for e in entries)
-        assert all(len(lr_grid(d, m, points=prot.lr_points)) >= (2 if name == "smoke" else 4) for m in p.methods)
+        assert all(len(lr_grid(p, m, points=p.protocol.lr_points)) >= (2 if name == "smoke" else 4) for m in p.methods)
         assert len(p.seeds) == 1 if name == "smoke" else len(p.seeds) >= 3
     # quick: the first run, too short for a sweep: every method at one fixed LR (the cpu sweep's; see
     # tests/test_quick_result.py), every method of cpu at its middle budget, LoRA at three
     q = load_preset("quick")
-    assert set(q.methods) == set(load_preset("cpu").methods) and len(budget_entries(q.to_dict())) == 3
-    assert all(lr_grid(q.to_dict(), m) == (q.lr[m],) for m in q.methods)
+    assert set(q.methods) == set(load_preset("cpu").methods) and len(q.budget_entries()) == 3
+    assert all(lr_grid(q, m) == (q.lr[m],) for m in q.methods)
     cpu = load_preset("cpu")
     assert set(cpu.methods) == {"full", "head", "lora", "rslora", "loraplus", "dora", "vera", "adalora", "said"}
     # the tasks that separate head-only from full FT at this scale (results/cpu-sizing: MRPC and CoLA do not)
@@ -120,17 +119,17 @@ def test_two_step_preset_end_to_end(tiny_setup):
     assert {s.method for s in specs} == set(preset["methods"])
     sweep(specs, root=results, data_dir=data, quiet=True)
     runs = store.read_runs(results, "t")
-    assert {r["status"] for r in runs} == {"ok"}, [r.get("error") for r in runs]
+    assert {r.status for r in runs} == {"ok"}, [r.error for r in runs]
     for r in runs:
-        assert r["steps"] == 2 and 0 <= r["metrics_best"]["score"] <= 1
-        if r["method"] not in ("full", "head"):
-            assert abs(r["params"]["solver"] - 1100) <= 0.1 * 1100
+        assert r.steps == 2 and 0 <= r.to_json()["metrics_best"]["score"] <= 1
+        if r.method not in ("full", "head"):
+            assert abs(r.params["solver"] - 1100) <= 0.1 * 1100
     md = write_table(results, "t").read_text()
     assert "| lora |" in md and "| said |" in md and (results / "t" / "leaderboard.png").stat().st_size > 1000
 
 
 def test_an_unreachable_budget_is_an_error_naming_the_cell_and_the_fix(tiny_setup):
-    from peftzoo.bench.protocol import UnrunnableCells, make_plan
+    from peftzoo.bench.plan import UnrunnableCells, make_plan
     preset, data, results = tiny_setup
     preset.update(budget=512, methods=["dora", "head"])  # DoRA here: 256 r + 128, never within 10% of 512
     with pytest.raises(UnrunnableCells, match=r"(?s)1 of 2 planned .*dora 512: budget 512 unreachable: .*25\.0%.*"
@@ -144,11 +143,11 @@ def test_failed_run_is_recorded_and_sweep_goes_on(tiny_setup):
     preset, data, results = tiny_setup
     preset["methods"] = ["lora", "head"]
     specs = plan(preset)
-    bad = specs[0].__class__(**{**specs[0].to_dict(), "lr": float("nan")})
+    bad = dataclasses.replace(specs[0], lr=float("nan"))
     sweep([bad, specs[1]], root=results, data_dir=data, quiet=True)
-    st = {r["method"]: r for r in store.read_runs(results, "t")}
-    assert st["lora"]["status"] == "failed" and "NonFiniteLoss" in st["lora"]["error"]
-    assert st["head"]["status"] == "ok"
+    st = {r.method: r for r in store.read_runs(results, "t")}
+    assert st["lora"].status == "failed" and "NonFiniteLoss" in st["lora"].error
+    assert st["head"].status == "ok"
 
 
 def test_killed_sweep_restarts_without_rerunning_finished_runs(tiny_setup):
@@ -184,9 +183,9 @@ def test_cpu_runs_are_deterministic_for_a_seed(tiny_setup):
     preset["methods"] = ["lora"]
     (spec,) = plan(preset)
     a, b = execute(spec, data_dir=data), execute(spec, data_dir=data)
-    assert a["status"] == b["status"] == "ok"
-    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
-    assert a["metrics_best"] == b["metrics_best"]
+    assert a.status == b.status == "ok"
+    assert [h.loss for h in a.history] == [h.loss for h in b.history]
+    assert a.history == b.history and a.best_epoch == b.best_epoch
 
 
 def test_adalora_record_counts_are_taken_after_training(tiny_setup):
@@ -194,8 +193,8 @@ def test_adalora_record_counts_are_taken_after_training(tiny_setup):
     preset["methods"] = ["adalora"]
     (spec,) = plan(preset)
     rec = execute(spec, data_dir=data)
-    assert rec["status"] == "ok", rec.get("error")
-    p, kept = rec["params"], sum(rec["adalora_ranks"].values())
+    assert rec.ok, rec.error
+    p, kept = rec.params, sum(rec.extra["adalora_ranks"].values())
     assert p["rank_budget_now"] == kept == p["target_budget"] < p["initial_budget"]  # the ranks it ended with
     assert p["effective"] < p["adapter"]
 
@@ -204,7 +203,7 @@ def test_adalora_record_counts_are_taken_after_training(tiny_setup):
 def test_standardized_regression_targets_train_on_z_and_report_in_label_units(tiny_setup):
     """STS-B with regression_targets='standardize': the model learns z = (y - mean) / std of the training subset and
     its predictions are mapped back, so a barely trained model predicts about the mean label, not about 0."""
-    from peftzoo.bench.runner import RunSpec
+    from peftzoo.bench.spec import RunSpec
     from peftzoo.bench.stats import decode_preds
     from peftzoo.bench.tasks import split_indices
     from transformers import AutoModelForSequenceClassification
@@ -215,22 +214,22 @@ def test_standardized_regression_targets_train_on_z_and_report_in_label_units(ti
     kw = dict(suite="t", task="STS-B", method="head", seed=0, model=str(mdir), lr=1e-3, epochs=1,
               batch_size=16, max_len=16, max_train=32, max_eval=40, val_cap=16)
     recs = {t: execute(RunSpec(**kw, regression_targets=t), data_dir=GLUE, progress=False) for t in ("raw", "standardize")}
-    assert {r["status"] for r in recs.values()} == {"ok"}, [r.get("error") for r in recs.values()]
+    assert {r.status for r in recs.values()} == {"ok"}, [r.error for r in recs.values()]
     labels = load_task(get_task("STS-B"), GLUE)["train"].labels
     idx, _ = split_indices(len(labels), 32, 0.1, 16, 0)
-    assert recs["standardize"]["target_scale"] == pytest.approx({"mean": float(labels[idx].mean()),
-                                                                  "std": float(labels[idx].std())})
-    assert "target_scale" not in recs["raw"]
-    preds = {t: decode_preds(r["history"][0]["dev_preds"]["dev"]) for t, r in recs.items()}
+    assert recs["standardize"].target_scale == pytest.approx({"mean": float(labels[idx].mean()),
+                                                               "std": float(labels[idx].std())})
+    assert recs["raw"].target_scale is None and "target_scale" not in recs["raw"].to_json()
+    preds = {t: decode_preds(r.history[0].preds["dev"]) for t, r in recs.items()}
     assert abs(preds["raw"].mean()) < 0.5 < 1.5 < preds["standardize"].mean()  # labels' mean here: ~2.9
     assert abs(preds["standardize"].mean() - labels[idx].mean()) < 0.5 * labels[idx].std()
 
 
 def test_regression_targets_in_the_run_identity():
-    from peftzoo.bench.runner import RunSpec
+    from peftzoo.bench.spec import RunSpec
     base = RunSpec(suite="t", task="STS-B", method="lora", seed=0)
     legacy = {k: v for k, v in base.to_dict().items() if k != "regression_targets"}  # a record from before the field
-    assert store.run_id(legacy) == base.run_id  # older runs keep their ids
+    assert RunSpec.from_dict(legacy).run_id == base.run_id  # older runs keep their ids
     assert RunSpec(suite="t", task="STS-B", method="lora", seed=0, regression_targets="standardize").run_id != base.run_id
     sst = RunSpec(suite="t", task="SST-2", method="lora", seed=0, regression_targets="standardize")
     assert sst.regression_targets == "raw"  # a no-op for classification, so the same run as before
@@ -249,3 +248,26 @@ def test_regression_targets_preset_setting_reaches_regression_runs_only():
         plan({**p, "regression_targets": "zscore"})
     with pytest.raises(PresetError, match="task_overrides.STS-B.regression_targets"):
         plan({**p, "task_overrides": {"STS-B": {"regression_targets": "minmax"}}})
+
+
+def test_execute_hands_its_callbacks_to_the_loop_and_takes_another_adapter(tiny_setup):
+    """``execute(spec, callbacks=..., attach=...)``: what benchmark scripts use instead of copying or patching it."""
+    from peftzoo.bench.models import make_adapter
+    from peftzoo.bench.train import Callback
+    preset, data, _ = tiny_setup
+    preset["methods"] = ["lora"]
+    (spec,) = plan(preset)
+
+    class Steps(Callback):
+        steps, epochs = [], []
+
+        def on_step_end(self, step, loss):
+            self.steps.append(step)
+
+        def on_epoch_end(self, result):
+            self.epochs.append(result)
+    made = []
+    rec = execute(spec, data_dir=data, progress=False, callbacks=[Steps()],
+                  attach=lambda m, s: made.append(make_adapter(m, s)) or made[-1])
+    assert rec.ok and Steps.steps == list(range(1, rec.steps + 1)) and Steps.epochs == rec.history
+    assert len(made) == 1 and rec.params["adapter"] == made[0].summary()["adapter"]

@@ -1,6 +1,7 @@
 """Budgets relative to the model ("lora:r=8", "0.1%"), resolved on the model a bench plans for; a planned cell that
 cannot run is an error listing every such cell; the table's Reproduce line is a command that replans the same runs.
 End to end through the CLI on a 2-layer, 64-wide BERT saved to a tmp folder (the issue's model)."""
+import dataclasses
 import json
 import os
 import shlex
@@ -16,7 +17,7 @@ from peftzoo.bench import store
 from peftzoo.bench import sweep as sweep_mod
 from peftzoo.bench.budget import parse_entry, resolve
 from peftzoo.bench.preset import PresetError, load_preset
-from peftzoo.bench.protocol import UnrunnableCells, make_plan
+from peftzoo.bench.plan import UnrunnableCells, make_plan
 from peftzoo.cli import build_parser, main
 
 GLUE = os.environ.get("PEFTZOO_DATA_DIR")
@@ -89,14 +90,14 @@ def test_shipped_relative_presets_plan_the_committed_runs(name):
 
 
 def test_runs_are_named_with_their_budget_and_lr_and_skips_are_said_with_q(tmp_path, capsys):
-    from peftzoo.bench.runner import RunSpec
+    from peftzoo.bench.spec import RunSpec
     from peftzoo.bench.sweep import sweep
     spec = RunSpec(suite="t", task="SST-2", method="lora", seed=0, lr=3e-3, cell="4,096")
     assert spec.label == "SST-2 lora 4,096 lr=0.003 s0"  # what progress bars and messages show
     assert RunSpec(suite="t", task="SST-2", method="head", seed=1, cell="—").label == "SST-2 head lr=0.001 s1"
     skipped = RunSpec(suite="t", task="SST-2", method="lora", seed=0, skip_reason="budget 9 unreachable")
-    sweep([skipped], root=tmp_path, quiet=True, executor=lambda s, **kw: {**fake_execute(s), "status": "skipped",
-                                                                          "reason": s.skip_reason})
+    sweep([skipped], root=tmp_path, quiet=True, executor=lambda s, **kw: dataclasses.replace(
+        fake_execute(s), status="skipped", reason=s.skip_reason))
     assert "SST-2 lora lr=0.001 s0: skipped: budget 9 unreachable" in capsys.readouterr().err
 
 
@@ -177,7 +178,7 @@ def test_relative_budgets_run_every_planned_cell_and_the_table_says_how_to_redo_
     out = capsys.readouterr().out
     assert "5 runs written" in out and "5 in the plan" in out, out
     recs = store.read_runs(tmp / "res", "w")
-    assert {r["status"] for r in recs} == {"ok"} and {r["spec"]["budget"] for r in recs} == {None, 512, 4096, 32768}
+    assert {r.status for r in recs} == {"ok"} and {r.spec.budget for r in recs} == {None, 512, 4096, 32768}
 
     assert main(["table", "--suite", "w", "--results", str(tmp / "res")]) == 0
     out = capsys.readouterr().out

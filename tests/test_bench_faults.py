@@ -15,6 +15,7 @@ from benchkit import config_only_model, fake_execute, preset, run_files, write_p
 
 from peftzoo.bench import claim, store
 from peftzoo.bench import sweep as sweep_mod
+from peftzoo.bench.record import RecordError, RunRecord
 from peftzoo.bench.runner import execute
 from peftzoo.bench.sweep import EXIT_SOME_FAILED, plan, sweep
 from peftzoo.bench.table import write as write_table
@@ -41,14 +42,14 @@ def test_a_run_that_cannot_train_is_failed_with_its_reason(setup, change, reason
     p, data, tmp = setup
     spec = dataclasses.replace(plan(p, methods=["head"])[0], **change)
     rec = execute(spec, data_dir=data, progress=False)
-    assert rec["status"] == "failed" and re.search(reason, rec["error"]), rec["error"]
+    assert rec.status == "failed" and re.search(reason, rec.error), rec.error
 
 
 def test_a_header_only_train_file_fails_the_run_and_the_preflight(setup, capsys):
     p, data, tmp = setup
     (data / "SST-2" / "train.tsv").write_text("sentence\tlabel\n")
     rec = execute(plan(p, methods=["head"])[0], data_dir=data, progress=False)
-    assert rec["status"] == "failed" and "train.tsv: no usable data rows" in rec["error"]
+    assert rec.status == "failed" and "train.tsv: no usable data rows" in rec.error
     assert _bench(p, data, tmp) == 2 and "no usable data rows" in capsys.readouterr().err
 
 
@@ -64,9 +65,9 @@ def test_json_is_strict_nan_becomes_null(tmp_path):
 def test_a_zero_step_record_is_not_trusted(setup):
     p, data, tmp = setup
     (spec,) = [s.bind_data(data) for s in plan(p, methods=["head"])]
-    rec = {**fake_execute(spec, data_dir=data), "steps": 0}
-    problem = store.check_record(rec)
-    assert problem == "status ok but 0 training steps"
+    rec = {**fake_execute(spec, data_dir=data).to_json(), "steps": 0}
+    with pytest.raises(RecordError, match="^status ok but 0 training steps$"):
+        RunRecord.from_json(rec)
 
 
 def _enospc(fd, data):
@@ -135,7 +136,7 @@ def test_invalid_records_are_named_skipped_by_table_and_rerun_by_bench(setup, ca
     out = sweep(specs, root=results, data_dir=data, quiet=True,
                 executor=lambda s, **kw: executed.append(s.method) or fake_execute(s, **kw))
     assert executed == ["lora"] and out.invalid[0][0] == lora and out.done_before == 1
-    assert store.read_record(lora)[0]["status"] == "ok"
+    assert store.read_record(lora)[0].status == "ok"
 
 
 def test_table_on_a_suite_whose_runs_all_failed(setup, capsys):

@@ -7,10 +7,9 @@ import pytest
 import torch
 from benchkit import config_only_model, fake_execute, preset, run_files, write_preset, write_sst2
 
-from peftzoo.bench import store
 from peftzoo.bench import sweep as sweep_mod
 from peftzoo.bench.preset import load_preset
-from peftzoo.bench.runner import RunSpec
+from peftzoo.bench.spec import RunSpec, not_identity
 from peftzoo.bench.sweep import plan, sweep
 from peftzoo.bench.table import write as write_table
 from peftzoo.cli import main
@@ -129,6 +128,24 @@ def test_shipped_presets_are_valid():
         assert p.suite == name and p.tasks and p.methods
 
 
+def test_presets_are_package_data_found_from_any_folder(tmp_path, monkeypatch):
+    """An installed peftzoo has its presets: they are package data (importlib.resources), not the source tree's."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from pathlib import Path
+
+    from peftzoo.bench.preset import shipped
+    root = Path(__file__).resolve().parents[1]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["peftzoo"]
+    on_disk = {p.stem for p in (root / "peftzoo" / "presets").glob("*.json")}
+    assert declared == ["presets/*.json"] and set(shipped()) == on_disk >= {"quick", "cpu", "glue", "smoke"}
+    monkeypatch.chdir(tmp_path)
+    assert load_preset("cpu").suite == "cpu"
+    (tmp_path / "quick").mkdir()  # a folder named like a preset is not a preset file
+    assert load_preset("quick").suite == "quick"
+    with pytest.raises(FileNotFoundError, match=r"no preset 'qiuck': not a file, and the shipped presets are .*quick"):
+        load_preset("qiuck")
+
+
 def _other(v):
     if isinstance(v, bool):
         return not v
@@ -149,14 +166,14 @@ def test_every_field_but_the_excluded_ones_changes_the_run_id():
     valid = {"regression_targets": "standardize"}  # a field with a closed set of values
     for f in dataclasses.fields(RunSpec):
         changed = dataclasses.replace(base, **{f.name: valid.get(f.name) or _other(getattr(base, f.name))})
-        if f.name in store.ID_EXCLUDE:
+        if f.name in not_identity():
             assert changed.run_id == base.run_id, f.name
         else:
             assert changed.run_id not in ids, f"changing {f.name} keeps the id"
             ids.add(changed.run_id)
     # readable prefix; stable through a JSON round trip (how records are checked on read)
     assert base.run_id.startswith("lora--r8--s0--")
-    assert store.run_id(json.loads(json.dumps(base.to_dict()))) == base.run_id
+    assert RunSpec.from_dict(json.loads(json.dumps(base.to_dict()))).run_id == base.run_id
 
 
 def test_a_changed_config_is_new_runs_and_the_table_refuses_to_mix_them(setup, capsys):
@@ -197,6 +214,6 @@ def test_skip_bad_rows_counts_and_records_them(setup, capsys, monkeypatch):
                "--data-dir", str(data), "--skip-bad-rows", "-q"])
     assert rc == 0 and "SST-2 train: 2 bad rows skipped" in capsys.readouterr().err
     assert all(s.skip_bad_rows for s in seen) and len(seen) == 2
-    from peftzoo.bench.runner import _data
+    from peftzoo.bench.runner import load_splits as _data
     assert _data("SST-2", str(data), True)["train"].skipped == 2
     assert len(_data("SST-2", str(data), True)["train"].labels) == 40

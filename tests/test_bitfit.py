@@ -85,7 +85,7 @@ def test_bias_free_targets_are_refused():
 
 def test_no_budget_knob_one_cell_in_the_plan():
     from peftzoo.bench.budget import solve
-    from peftzoo.bench.protocol import make_plan
+    from peftzoo.bench.plan import make_plan
     m = tiny_bert(num_labels=2)
     with pytest.raises(ValueError, match="bitfit has no free hyperparameter"):
         solve(m, "bitfit", 1000, targets=TARGETS)

@@ -45,3 +45,17 @@ def test_rows_compute_their_verdicts():
     assert len(row) == 8 and row[5] == "**holds**" and row[7] == "c2_lora_scaling.png"
     c2["spread"] = {"lora": 0.05, "rslora": 0.01}
     assert "early curves: does not hold" in ls.row_c2(c2)[5]
+
+
+def test_runs_are_made_from_the_cpu_preset_in_the_committed_claims_setting():
+    """The claims' RunSpecs come from the cpu preset (plan.run_spec), in the setting results/claims/claims.json
+    states for claims 2 and 6; so they are the runs those numbers came from (same ids as specs written out by hand)."""
+    import json
+
+    from peftzoo.bench.spec import RunSpec
+    committed = json.loads((Path(__file__).resolve().parents[1] / "results" / "claims" / "claims.json").read_text())
+    assert ls._setting() == committed["c2"]["setting"] == committed["c6"]["setting"]
+    by_hand = RunSpec(suite="x", method="lora", seed=1, hparams={"alpha": 16, "r": 4}, lr=3e-3,
+                      **committed["c2"]["setting"])
+    spec = ls._spec("lora", 4, 3e-3, 1, "seeds")
+    assert spec.run_id == by_hand.bind_data().run_id and spec.stage == 2 and spec.protocol.val_cap == 500

@@ -161,13 +161,13 @@ def test_cached_scores_are_refused_under_other_settings(first_run, capsys, monke
     new = json.loads((out / "digits-fc-did.json").read_text())
     assert new["config"]["epochs"] == 2 and set(new["scores"]) == {"10/0", "1000/0"}
     assert new["scores"] != rec["scores"]
-    monkeypatch.setattr("peftzoo.intrinsic.cli._image_score", lambda *a: pytest.fail("a cached point was re-run"))
+    monkeypatch.setattr("peftzoo.intrinsic.point.image_score", lambda *a: pytest.fail("a cached point was re-run"))
     assert d90_cli(argv + ["--overwrite"], out, capsys)[0] == 0  # equal settings: the scores are kept
 
 
 def test_same_settings_resume_from_the_cache(first_run, capsys, monkeypatch):
     out, rec = first_run
-    monkeypatch.setattr("peftzoo.intrinsic.cli._image_score", lambda *a: pytest.fail("a cached point was re-run"))
+    monkeypatch.setattr("peftzoo.intrinsic.point.image_score", lambda *a: pytest.fail("a cached point was re-run"))
     assert d90_cli(FAST + ["--grid", "10", "1000", "--baseline", "0.5"], out, capsys)[0] == 0  # baseline: no score
     new = json.loads((out / "digits-fc-did.json").read_text())
     assert new["scores"] == rec["scores"] and new["baseline"] == 0.5
@@ -175,8 +175,9 @@ def test_same_settings_resume_from_the_cache(first_run, capsys, monkeypatch):
 
 def test_a_computed_baseline_is_cached_too(tmp_path, capsys, monkeypatch):
     calls = []
-    monkeypatch.setattr("peftzoo.intrinsic.cli._image_score",
-                        lambda cfg, m, d, s, data_dir, init_from=None: calls.append((m, d, s)) or 0.5)
+    monkeypatch.setattr("peftzoo.intrinsic.point.image_score",
+                        lambda cfg, d, s, data_dir, init_from=None:
+                        calls.append(("full" if d == d90.FULL else cfg["method"], d, s)) or 0.5)
     argv = [a for a in FAST if a not in ("--baseline", "0.9")]
     assert d90_cli(argv, tmp_path, capsys)[0] == 0
     assert calls == [("full", d90.FULL, 0), ("did", 10, 0)]  # 10 already reaches 90%: 1000 not run

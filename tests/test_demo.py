@@ -14,7 +14,7 @@ def tiny_model_dir(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from peftzoo.bench.runner import default_model
+    from peftzoo.bench.models import default_model
     d = tmp_path_factory.mktemp("tiny")
     tok = AutoTokenizer.from_pretrained(default_model())
     tok.save_pretrained(d)
@@ -47,14 +47,16 @@ def test_demo_of_a_baseline_says_it_has_no_adapter(method, tiny_model_dir, capsy
 
 
 def test_help_lists_every_command_and_shows_defaults(capsys):
-    from peftzoo.cli import LOCAL_RESULTS, build_parser
+    from peftzoo.bench.cli import LOCAL_RESULTS
+    from peftzoo.cli import build_parser
     p = build_parser()
     text = p.format_help()
     assert all(c in text for c in ("demo", "methods", "bench", "table", "d90", "analyze"))
     assert "demo | methods | bench | table | d90 | analyze" in text
     sub = p._subparsers._group_actions[0].choices
     bench, table, analyze = (" ".join(sub[c].format_help().split()) for c in ("bench", "table", "analyze"))
-    assert "--preset PRESET name of a benchmarks/*.json preset, or a path (default: quick)" in bench
+    assert ("--preset PRESET a shipped preset's name (quick, smoke, cpu, glue, ...), or a path to a preset JSON file "
+            "(default: quick)") in bench
     assert "retries of a run whose Ray worker died (default: 2)" in bench
     assert f"(default: {LOCAL_RESULTS})" in bench and "(default: quick)" in table
     assert "largest i, j of the φ(i, j) heatmap (default: 64)" in analyze

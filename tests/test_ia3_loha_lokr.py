@@ -279,7 +279,7 @@ def test_peft_lycoris_file_with_a_rank_pattern_is_refused(tmp_path):
 
 
 def test_a_method_without_a_size_knob_is_one_point_of_the_leaderboard():
-    from peftzoo.bench.protocol import make_plan
+    from peftzoo.bench.plan import make_plan
     preset = {"suite": "t", "tasks": ["SST-2"], "methods": ["lora", "ia3"], "seeds": [0], "budgets": [256, 1024],
               "targets": ["query", "value"], "hparams": {"ia3": {"feedforward": ["value"]}}}
     plan = make_plan(preset, model=tiny_bert(num_labels=2))

@@ -7,7 +7,7 @@ import torch
 
 import peftzoo
 from peftzoo.intrinsic.d90 import Search, log_grid
-from peftzoo.intrinsic.fastfood import Fastfood, fwht, hadamard
+from peftzoo.adapters.fastfood import Fastfood, fwht, hadamard
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 64, 256])

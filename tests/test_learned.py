@@ -1,16 +1,18 @@
 """The table's plain-words sentences: LRs fixed by the preset, and rows that did not learn beyond the head."""
 from peftzoo.bench import learned
-from peftzoo.bench.preset import Protocol
+from peftzoo.bench.leaderboard import Board, Row, TaskCell
+from peftzoo.bench.protocol import Protocol, Selected
 
 
-def board(scores: dict, lrs_per_group: int = 1) -> dict:
+def board(scores: dict, lrs_per_group: int = 1) -> Board:
     """A board with one task: ``scores`` is {(method, label): mean}; each group ran ``lrs_per_group`` LRs."""
     rows, sel = [], {}
     for (m, label), mean in scores.items():
-        s = {"lr": 1e-3, "per_lr": {1e-3 * (k + 1): 0.5 for k in range(lrs_per_group)}}
-        rows.append({"method": m, "label": label, "tasks": {"SST-2": {"mean": mean, "sel": s}}})
+        s = Selected(lr=1e-3, epoch=1, per_lr={1e-3 * (k + 1): 0.5 for k in range(lrs_per_group)}, sweep_seeds=[0],
+                     seeds=[0], runs=[])
+        rows.append(Row(m, {}, None, label, 0, 0, tasks={"SST-2": TaskCell(s, mean, 0.0, (None, None), 1)}))
         sel[("SST-2", m, label)] = s
-    return {"rows": rows, "selection": sel, "description": "LRs from the cpu sweep."}
+    return Board(["SST-2"], rows, sel, [], [], description="LRs from the cpu sweep.")
 
 
 def test_rows_within_two_points_of_head_only_are_named_with_score_and_lr():

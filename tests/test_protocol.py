@@ -13,10 +13,15 @@ from scipy import stats as sps
 
 from conftest import tiny_bert
 from peftzoo import adapters
-from peftzoo.bench import protocol, stats, store
-from peftzoo.bench.baselines import BASELINES
-from peftzoo.bench.protocol import Protocol, lr_grid, make_plan, selection, split_indices
-from peftzoo.bench.tasks import compute_metrics, get_task
+from peftzoo.adapters.baselines import BASELINES
+from peftzoo.bench import stats, store
+from peftzoo.bench.leaderboard import Board, Row, TaskCell
+from peftzoo.bench.plan import lr_grid, make_plan
+from peftzoo.bench.preset import Preset
+from peftzoo.bench.protocol import Protocol, Selected, selection
+from peftzoo.bench.record import EpochResult, RunRecord
+from peftzoo.bench.spec import RunSpec
+from peftzoo.bench.tasks import compute_metrics, get_task, split_indices
 
 
 # ---- validation split ------------------------------------------------------------------------------------------
@@ -42,15 +47,24 @@ def test_default_lr_grids_are_log_spaced_and_around_the_default(method):
     assert g[0] <= cls.default_lr <= g[-1]
 
 
+def _p(**kw) -> Preset:
+    return Preset.from_dict({"suite": "t", "tasks": ["SST-2", "RTE"], "methods": ["full", "head", "lora"], **kw})
+
+
 def test_lr_grid_preset_overrides_and_central_points():
-    assert lr_grid({}, "full")[0] < lr_grid({}, "lora")[0] < lr_grid({}, "vera")[0]  # literature ordering
-    p = {"lr_grid": {"lora": [3e-3, 1e-4, 1e-3]}, "lr": {"head": 2e-3},
-         "task_overrides": {"RTE": {"lr_grid": {"lora": [5e-4]}}}}
+    assert lr_grid(_p(), "full")[0] < lr_grid(_p(), "lora")[0] < lr_grid(_p(), "vera")[0]  # literature ordering
+    p = _p(lr_grid={"lora": [3e-3, 1e-4, 1e-3]}, lr={"head": 2e-3},
+           task_overrides={"RTE": {"lr_grid": {"lora": [5e-4]}, "lr": {"head": 4e-3}}})
     assert lr_grid(p, "lora") == (1e-4, 1e-3, 3e-3)
     assert lr_grid(p, "lora", "RTE") == (5e-4,) and lr_grid(p, "head") == (2e-3,)
-    assert lr_grid({}, "lora", points=2) == (3e-4, 1e-3)  # the quick smoke's two central points
-    with pytest.raises(ValueError, match="positive"):
-        lr_grid({"lr_grid": {"lora": [0.0, 1e-3]}}, "lora")
+    assert lr_grid(p, "head", "RTE") == (4e-3,) and lr_grid(p, "head", "SST-2") == (2e-3,)
+    # a task's fixed LR replaces the preset's grid for that method (and a task's grid the preset's fixed LR)
+    q = _p(lr_grid={"lora": [1e-4, 1e-3]}, lr={"head": 2e-3},
+           task_overrides={"RTE": {"lr": {"lora": 7e-4}, "lr_grid": {"head": [1e-3, 1e-2]}}})
+    assert lr_grid(q, "lora", "RTE") == (7e-4,) and lr_grid(q, "head", "RTE") == (1e-3, 1e-2)
+    assert lr_grid(_p(), "lora", points=2) == (3e-4, 1e-3)  # the quick smoke's two central points
+    with pytest.raises(ValueError, match="an LR grid needs values > 0"):
+        _p(lr_grid={"lora": [0.0, 1e-3]})
 
 
 # ---- budget grid and staged plan -------------------------------------------------------------------------------
@@ -102,10 +116,9 @@ def test_plan_rejects_bad_protocol_and_budgets():
 
 # ---- selection reads validation only ---------------------------------------------------------------------------
 def _rec(lr, seed, val, dev, method="lora", task="SST-2"):
-    return {"status": "ok", "task": task, "method": method, "seed": seed, "run_id": f"{method}-{lr}-{seed}",
-            "spec": {"lr": lr, "hparams": {"r": 8}}, "protocol": {"select_epoch": True},
-            "history": [{"epoch": e + 1, "val_metrics": {"score": v}, "metrics": {"score": d}}
-                        for e, (v, d) in enumerate(zip(val, dev))]}
+    spec = RunSpec(suite="t", task=task, method=method, seed=seed, lr=lr, hparams={"r": 8}, protocol=Protocol())
+    return RunRecord(spec, "ok", {}, [EpochResult({"score": d}, {"score": v}, epoch=e + 1)
+                                      for e, (v, d) in enumerate(zip(val, dev))])
 
 
 def _sweep_records():
@@ -121,36 +134,39 @@ def _sweep_records():
 def test_selection_uses_validation_and_dev_labels_cannot_move_it():
     recs = _sweep_records()
     sel = selection(recs)[("SST-2", "lora", json.dumps({"r": 8}))]
-    assert sel["lr"] == 1e-3 and sel["epoch"] == 2 and sel["sweep_seeds"] == [0, 1] and sel["seeds"] == [0, 1, 2]
+    assert sel.lr == 1e-3 and sel.epoch == 2 and sel.sweep_seeds == [0, 1] and sel.seeds == [0, 1, 2]
     # dev scores rewritten so that every other LR / epoch looks best on dev: the selection does not move
     hacked = copy.deepcopy(recs)
     for r in hacked:
-        for h in r["history"]:
-            h["metrics"]["score"] = 1.0 if (r["spec"]["lr"] != 1e-3 or h["epoch"] == 3) else 0.0
+        for h in r.history:
+            h.dev["score"] = 1.0 if (r.spec.lr != 1e-3 or h.epoch == 3) else 0.0
     again = selection(hacked)[("SST-2", "lora", json.dumps({"r": 8}))]
-    assert (again["lr"], again["epoch"], again["per_lr"]) == (sel["lr"], sel["epoch"], sel["per_lr"])
-    assert selection(hacked, use="dev")[("SST-2", "lora", json.dumps({"r": 8}))]["lr"] == 1e-4  # optimistic view
+    assert (again.lr, again.epoch, again.per_lr) == (sel.lr, sel.epoch, sel.per_lr)
+    assert selection(hacked, use="dev")[("SST-2", "lora", json.dumps({"r": 8}))].lr == 1e-4  # optimistic view
     # ...while validation does move it
     for r in hacked:
-        if r["spec"]["lr"] == 1e-2:
-            for h in r["history"]:
-                h["val_metrics"]["score"] = 0.99
-    assert selection(hacked)[("SST-2", "lora", json.dumps({"r": 8}))]["lr"] == 1e-2
+        if r.spec.lr == 1e-2:
+            for h in r.history:
+                h.val["score"] = 0.99
+    assert selection(hacked)[("SST-2", "lora", json.dumps({"r": 8}))].lr == 1e-2
 
 
 def test_selection_averages_only_the_seeds_every_lr_ran():
     recs = [_rec(1e-4, 0, [0.80], [0]), _rec(1e-3, 0, [0.79], [0]), _rec(1e-3, 1, [0.99], [0])]
     s = selection(recs)[("SST-2", "lora", json.dumps({"r": 8}))]
-    assert s["lr"] == 1e-4 and s["per_lr"] == {1e-4: 0.80, 1e-3: 0.79}  # seed 1 (only at 1e-3) cannot tip it
+    assert s.lr == 1e-4 and s.per_lr == {1e-4: 0.80, 1e-3: 0.79}  # seed 1 (only at 1e-3) cannot tip it
 
 
 def test_selected_lr_at_a_grid_end_is_flagged():
     from peftzoo.bench.leaderboard import at_edge
     grid = {1e-4: 0.70, 1e-3: 0.80, 1e-2: 0.85}
-    assert at_edge({"lr": 1e-2, "per_lr": grid}) and at_edge({"lr": 1e-4, "per_lr": {**grid, 1e-4: 0.9}})
-    assert not at_edge({"lr": 1e-3, "per_lr": {**grid, 1e-2: 0.75}})
-    assert not at_edge({"lr": 1e-3, "per_lr": {1e-3: 0.8, 1e-2: 0.7}})  # 2 points: no interior to speak of
-    assert not at_edge({"lr": 1e-3, "per_lr": {**grid, 1e-2: None}})  # a grid point with no score is not an end
+
+    def sel(lr, per_lr):
+        return Selected(lr, 1, per_lr, [0], [0], [])
+    assert at_edge(sel(1e-2, grid)) and at_edge(sel(1e-4, {**grid, 1e-4: 0.9}))
+    assert not at_edge(sel(1e-3, {**grid, 1e-2: 0.75}))
+    assert not at_edge(sel(1e-3, {1e-3: 0.8, 1e-2: 0.7}))  # 2 points: no interior to speak of
+    assert not at_edge(sel(1e-3, {**grid, 1e-2: None}))  # a grid point with no score is not an end
 
 
 # ---- statistics ------------------------------------------------------------------------------------------------
@@ -243,13 +259,14 @@ def test_tiny_sweep_selects_on_validation_and_writes_the_table(tiny):
     assert len(plan.stage1()) == 2 * 2 and len(plan.stage2(None)) == 2  # 2 methods x 2 LRs x seed 0; + seed 1
     run_protocol(plan, root / "res", data_dir=root / "glue", quiet=True)
     runs = store.read_runs(root / "res", "t")
-    assert len(runs) == 6 and {r["status"] for r in runs} == {"ok"}, [r.get("error") for r in runs]
+    assert len(runs) == 6 and {r.status for r in runs} == {"ok"}, [r.error for r in runs]
     r = runs[0]
-    assert r["split_sizes"] == {"train": 32, "val": 16, "dev": 24} and len(r["history"]) == 2
-    assert r["protocol"]["stage"] in (1, 2) and len(r["history"][0]["dev_preds"]["dev"]) == 24
-    sel = protocol.middle_selection(plan, runs)
-    s2 = [x for x in runs if x["protocol"]["stage"] == 2]
-    assert {(x["method"], x["spec"]["lr"]) for x in s2} == {(m, lr) for (_, m), lr in sel.items()}
+    assert r.split_sizes == {"train": 32, "val": 16, "dev": 24} and len(r.history) == 2
+    assert r.spec.stage in (1, 2) and len(r.history[0].preds["dev"]) == 24
+    assert r.to_json()["protocol"] == {**plan.protocol.to_dict(), "stage": r.spec.stage}  # recorded beside the spec
+    sel = plan.selected_lrs(runs)
+    s2 = [x for x in runs if x.spec.stage == 2]
+    assert {(x.method, x.spec.lr) for x in s2} == {(m, lr) for (_, m), lr in sel.items()}
     md = write(root / "res", "t").read_text()
     assert "selected on a validation split" in md and "| lora | 256 |" in md and "| head | — |" in md
     out = root / "res" / "t"
@@ -264,26 +281,29 @@ def test_tiny_sweep_selects_on_validation_and_writes_the_table(tiny):
     from peftzoo.bench.sweep import sweep
     sweep(plan.stage1(), root / "flip", data_dir=root / "glue-flipped", quiet=True)  # the runs selection reads
     flipped = store.read_runs(root / "flip", "t")
-    assert protocol.middle_selection(plan, flipped) == sel
-    key = {(x["method"], x["spec"]["lr"], x["seed"]): x for x in runs}  # the ids differ: the data's hash is in them
+    assert plan.selected_lrs(flipped) == sel
+    key = {(x.method, x.spec.lr, x.seed): x for x in runs}  # the ids differ: the data's hash is in them
     assert len(flipped) == 4
     for x in flipped:
-        orig = key[(x["method"], x["spec"]["lr"], x["seed"])]
-        assert [h["val_metrics"] for h in x["history"]] == [h["val_metrics"] for h in orig["history"]]
-        assert [h["metrics"]["score"] for h in x["history"]] == pytest.approx(
-            [1 - h["metrics"]["score"] for h in orig["history"]])
+        orig = key[(x.method, x.spec.lr, x.seed)]
+        assert [h.val for h in x.history] == [h.val for h in orig.history]
+        assert [h.score for h in x.history] == pytest.approx([1 - h.score for h in orig.history])
 
 
 def test_separation_of_full_and_head_by_the_t_interval():
     from peftzoo.bench.leaderboard import separation
 
     def row(m, scores):
-        return {"method": m, "tasks": {"SST-2": {"mean": float(np.mean(scores)), "ci": stats.t_interval(scores)}}}
+        cell = TaskCell(None, float(np.mean(scores)), float(np.std(scores)), stats.t_interval(scores), len(scores))
+        return Row(m, {}, None, "—", 0, 0, {"SST-2": cell})
+
+    def board(rows):
+        return Board(["SST-2"], rows, {}, [], [])
     full, head = [0.80, 0.81, 0.82], [0.60, 0.61, 0.62]
-    b = {"tasks": ["SST-2"], "rows": [row("full", full), row("head", head), row("lora", [0.7] * 3)]}
+    b = board([row("full", full), row("head", head), row("lora", [0.7] * 3)])
     half = 4.302653 * 0.01 / math.sqrt(3)  # t(0.975, 2) × sd / √n, both rows alike
     got = separation(b)["SST-2"]
     assert got["gap"] == pytest.approx(0.2) and got["half_width"] == pytest.approx(half, rel=1e-5) and got["separates"]
-    b["rows"][0] = row("full", [0.60, 0.70, 0.85])  # a wide interval: the same gap region no longer separates
+    b.rows[0] = row("full", [0.60, 0.70, 0.85])  # a wide interval: the same gap region no longer separates
     assert not separation(b)["SST-2"]["separates"]
-    assert separation({"tasks": ["SST-2"], "rows": [row("head", head)]}) == {}  # no full FT: no verdict
+    assert separation(board([row("head", head)])) == {}  # no full FT: no verdict

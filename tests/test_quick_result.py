@@ -22,15 +22,14 @@ def _board():
 
 def test_quick_result_every_method_above_head_only():
     runs, b = _board()
-    assert all(r["status"] == "ok" for r in runs)
+    assert all(r.ok for r in runs)
     preset = load_preset("quick")
-    assert {r["method"] for r in b["rows"]} == set(preset.methods)
-    (task,) = b["tasks"]
-    head = next(r for r in b["rows"] if r["method"] == "head")["tasks"][task]["mean"]
-    others = [r for r in b["rows"] if r["method"] != "head"]
+    assert {r.method for r in b.rows} == set(preset.methods)
+    (task,) = b.tasks
+    head = next(r for r in b.rows if r.method == "head").tasks[task].mean
+    others = [r for r in b.rows if r.method != "head"]
     assert len(others) == len(preset.methods) - 1 + 2  # LoRA also at its r=1 and r=64 counts
-    below = {(r["method"], r["label"]): r["tasks"][task]["mean"] for r in others
-             if r["tasks"][task]["mean"] < head + 0.05}
+    below = {(r.method, r.label): r.tasks[task].mean for r in others if r.tasks[task].mean < head + 0.05}
     assert not below, f"rows within 5 points of head-only ({head:.3f}): {below}"
 
 
@@ -41,22 +40,22 @@ def test_quick_runs_are_the_cpu_sweeps_seed0_runs():
     has not changed since; every other run is identical)."""
     runs, _ = _board()
     for r in runs:
-        other = RESULTS / "cpu" / "runs" / r["task"] / f"{r['run_id']}.json"
-        assert other.exists(), f"{r['run_id']}: no cpu run with this id (its LR is not the cpu sweep's)"
+        other = RESULTS / "cpu" / "runs" / r.task / f"{r.run_id}.json"
+        assert other.exists(), f"{r.run_id}: no cpu run with this id (its LR is not the cpu sweep's)"
         c = json.loads(other.read_text())
-        assert [h["val_metrics"]["score"] for h in r["history"]] == [h["val_metrics"]["score"] for h in c["history"]]
-        n_dev = sum(v for k, v in r["split_sizes"].items() if k not in ("train", "val"))
-        for h, hc in zip(r["history"], c["history"], strict=True):
-            assert abs(h["metrics"]["score"] - hc["metrics"]["score"]) <= 1 / n_dev + 1e-12, r["run_id"]
+        assert [h.val["score"] for h in r.history] == [h["val_metrics"]["score"] for h in c["history"]]
+        n_dev = sum(v for k, v in r.split_sizes.items() if k not in ("train", "val"))
+        for h, hc in zip(r.history, c["history"], strict=True):
+            assert abs(h.score - hc["metrics"]["score"]) <= 1 / n_dev + 1e-12, r.run_id
 
 
 def test_quick_lrs_are_those_the_cpu_table_selected():
     """The preset's fixed LRs are the ones the committed cpu leaderboard selected on validation for SST-2."""
     cpu = leaderboard.build(store.read_runs(RESULTS, "cpu"), n_boot=10)
     lrs = load_preset("quick").lr
-    for row in cpu["rows"]:
-        if row["label"] in ("73,728", "—"):
-            assert lrs[row["method"]] == row["tasks"]["SST-2"]["sel"]["lr"], row["method"]
+    for row in cpu.rows:
+        if row.label in ("73,728", "—"):
+            assert lrs[row.method] == row.tasks["SST-2"].sel.lr, row.method
 
 
 def test_readme_first_command_is_the_quick_run():

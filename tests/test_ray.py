@@ -1,5 +1,6 @@
 """The Ray executor on a local Ray instance: same records as the in-process sweep, resume, a killed worker retried
 then recorded as failed, d90 points on Ray, and a clear error when Ray is missing."""
+import dataclasses
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import torch
 from benchkit import fake_execute, write_sst2
 
 from peftzoo.bench import store
+from peftzoo.bench.record import RunRecord
 from peftzoo.bench.ray_executor import RayOptions
 from peftzoo.bench.sweep import plan, sweep
 from peftzoo.cli import main
@@ -76,7 +78,7 @@ def tiny(tmp_path_factory):
 
 
 def _records(results):
-    return {r["run_id"]: r for r in store.read_runs(results, "t")}
+    return {r.run_id: r.to_json() for r in store.read_runs(results, "t")}
 
 
 def test_ray_sweep_gives_the_sequential_records_and_resumes(ray_local, tiny, tmp_path):
@@ -109,7 +111,7 @@ def test_ray_sweep_gives_the_sequential_records_and_resumes(ray_local, tiny, tmp
 
 
 def test_bench_cli_on_ray_runs_both_protocol_stages(ray_local, tiny, tmp_path):
-    """`peftzoo bench --executor ray`: the staged executor of run_protocol reaches the workers (stage 1 and 2)."""
+    """`peftzoo bench --executor ray`: each RunSpec carries its protocol stage to the workers (stage 1 and 2)."""
     preset, data, root = tiny
     p = {**preset, "seeds": [0, 1], "lr_grid": {"head": [1e-3, 1e-2], "lora": [1e-3, 1e-2]}, "protocol": {"paper_settings": []}}
     (root / "p2.json").write_text(json.dumps(p))
@@ -137,31 +139,30 @@ def test_a_killed_worker_is_retried_then_recorded_as_failed(ray_local, tiny, tmp
     data = write_sst2(tmp_path)  # a folder of its own: the attempt marks go next to it
     specs = plan(preset)
     out = sweep(specs, root=tmp_path / "r", data_dir=data, quiet=True, executor=dies, ray=RayOptions(max_retries=1))
-    recs = {r["method"]: r for r in store.read_runs(tmp_path / "r", "t")}
+    recs = {r.method: r.to_json() for r in store.read_runs(tmp_path / "r", "t")}
     assert recs["lora"]["status"] == "ok"  # killed once, retried, done
     assert sorted(p.name for p in (tmp_path / "attempts").iterdir()) == ["head-1", "head-2", "lora-1", "lora-2"]
     head = recs["head"]
     assert head["status"] == "failed" and [s.method for s, _ in out.failed] == ["head"]
     assert "its Ray worker died and the 1 retries (--max-retries) died too" in head["error"], head["error"]
     assert "SST-2 head lr=0.001 s0: failed: " in capsys.readouterr().err
-    assert store.check_record(head) is None  # a valid record: table lists it, --retry-failed reruns it
+    assert RunRecord.from_json(head).status == "failed"  # a valid record: table lists it, --retry-failed reruns it
 
 
 def other_data(spec, data_dir=None, device=None, progress=False):
     """A worker whose folder at the same path holds other data."""
     rec = fake_execute(spec, data_dir=data_dir)
-    rec["spec"]["data"] = "local:0123456789abcdef"
-    return {**rec, "run_id": store.run_id(rec["spec"])}
+    return dataclasses.replace(rec, spec=dataclasses.replace(rec.spec, data="local:0123456789abcdef"))
 
 
 def test_a_worker_with_other_data_gives_a_failed_record(ray_local, tiny, tmp_path):
     preset, data, _ = tiny
     out = sweep(plan({**preset, "methods": ["head"]}), root=tmp_path, data_dir=data, quiet=True, executor=other_data,
                 ray=RayOptions())
-    (rec,) = store.read_runs(tmp_path, "t")
-    assert rec["status"] == "failed" and out.failed and store.check_record(rec) is None
+    (rec,) = store.read_runs(tmp_path, "t")  # read back: a valid record
+    assert rec.status == "failed" and out.failed
     assert re.search(r"the worker's data differs from the driver's \(local:0123456789abcdef on [\d.]+, local:\w+ "
-                     r"here\): every node needs the same data folder", rec["error"]), rec["error"]
+                     r"here\): every node needs the same data folder", rec.error), rec.error
 
 
 def test_d90_on_ray_scores_every_point_as_the_sequential_search(ray_local, tmp_path, capsys):

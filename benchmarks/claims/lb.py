@@ -11,7 +11,7 @@ import json
 import math
 
 from peftzoo.bench import stats, store
-from peftzoo.bench.leaderboard import _preds, at_edge, build
+from peftzoo.bench.leaderboard import at_edge, build, dev_preds
 from peftzoo.bench.tasks import get_task
 
 SRC = "the `cpu` leaderboard (results/cpu: all-MiniLM-L6-v2, 1,500 training examples, 2 epochs, LR selected on " \
@@ -23,20 +23,20 @@ def load(root="results", suite="cpu") -> dict | None:
     if not runs:
         return None
     b = build(runs, "val", n_boot=2000)
-    rows = {(r["method"], r["label"]): r for r in b["rows"]}
-    return {"b": b, "rows": rows, "tasks": b["tasks"]}
+    rows = {(r.method, r.label): r for r in b.rows}
+    return {"b": b, "rows": rows, "tasks": b.tasks}
 
 
 def compare(lb, a: tuple, b: tuple, task: str) -> dict | None:
     """a − b on ``task`` (rows keyed (method, budget label)): difference of seed means ×100, bootstrap p."""
     ra, rb = lb["rows"].get(a), lb["rows"].get(b)
-    if ra is None or rb is None or task not in ra["tasks"] or task not in rb["tasks"]:
+    if ra is None or rb is None or task not in ra.tasks or task not in rb.tasks:
         return None
-    sa, sb = ra["tasks"][task]["sel"], rb["tasks"][task]["sel"]
-    labels = {sp: stats.decode_preds(x) for sp, x in sa["runs"][0]["dev_labels"].items()}
-    diff, p = stats.paired_bootstrap(get_task(task).metric, _preds(sa), _preds(sb), labels, n_boot=2000)
-    return {"diff": 100 * diff, "p": p, "a": 100 * ra["tasks"][task]["mean"], "b": 100 * rb["tasks"][task]["mean"],
-            "n": min(ra["tasks"][task]["n"], rb["tasks"][task]["n"])}
+    sa, sb = ra.tasks[task].sel, rb.tasks[task].sel
+    labels = {sp: stats.decode_preds(x) for sp, x in sa.runs[0].dev_labels.items()}
+    diff, p = stats.paired_bootstrap(get_task(task).metric, dev_preds(sa), dev_preds(sb), labels, n_boot=2000)
+    return {"diff": 100 * diff, "p": p, "a": 100 * ra.tasks[task].mean, "b": 100 * rb.tasks[task].mean,
+            "n": min(ra.tasks[task].n, rb.tasks[task].n)}
 
 
 def _fmt(c):
@@ -63,23 +63,23 @@ def _verdict(parts: list[str]) -> str:
 
 def claim1(lb):
     """LoRA's best LR / full FT's, per task, from the stage-1 sweeps (seed 0) at the middle budget."""
-    sel = lb["b"]["selection"]
+    sel = lb["b"].selection
     out, ratios = [], []
     for t in lb["tasks"]:
         full = next((s for (tt, m, _), s in sel.items() if tt == t and m == "full"), None)
-        lora = next((s for (tt, m, _), s in sel.items() if tt == t and m == "lora" and len(s["per_lr"]) > 1), None)
+        lora = next((s for (tt, m, _), s in sel.items() if tt == t and m == "lora" and len(s.per_lr) > 1), None)
         if not full or not lora:
             continue
-        r = lora["lr"] / full["lr"]
+        r = lora.lr / full.lr
         ratios.append(r)
-        out.append(f"{t}: LoRA {lora['lr']:g} / full {full['lr']:g} = {r:.0f}×")
+        out.append(f"{t}: LoRA {lora.lr:g} / full {full.lr:g} = {r:.0f}×")
     if not ratios:
         return None
     ok = [10 ** 0.5 - 1e-9 <= r <= 10 ** 1.5 + 1e-9 for r in ratios]
     verdict = ("**holds** within the grid's resolution" if all(ok) else "**does not hold**" if not any(ok)
                else "**mixed** across tasks")
     edge = [t for t in lb["tasks"] for (tt, m, _), s in sel.items()
-            if tt == t and m in ("full", "lora") and len(s["per_lr"]) > 2 and at_edge(s)]
+            if tt == t and m in ("full", "lora") and len(s.per_lr) > 2 and at_edge(s)]
     if edge:
         verdict += " (a selected LR is an end point of its grid on " + ", ".join(sorted(set(edge))) + ")"
     return ("1", "LoRA's best LR ≈ 10× full fine-tuning's", "Thinking Machines, 'LoRA Without Regret' 2025: fitted "

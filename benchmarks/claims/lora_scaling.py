@@ -1,17 +1,18 @@
 """Claims 2 (LoRA α/r vs rsLoRA α/√r across ranks, Kalajdzievski 2023) and 6 (attention- vs MLP- vs all-linear LoRA
-at equal parameters, 'LoRA Without Regret' 2025) in the cpu leaderboard's SST-2 setting (benchmarks/cpu.json).
+at equal parameters, 'LoRA Without Regret' 2025) in the cpu leaderboard's SST-2 setting (the shipped preset cpu).
 
     PEFTZOO_DATA_DIR=../shared/data nice -n 19 python benchmarks/claims/lora_scaling.py [--work W] [--out O] [--plan]
 
-Each run is a RunSpec (suite "claims") cached as <run_id>.json under W/scaling (claim 2: prepare + fit with a
-per-step loss callback; the record is execute's plus "step_losses") or W/targets (claim 6: runner.execute); finished
-runs are read back, never re-run. LRs and epochs are selected on validation (protocol.selection), dev is reported.
+Each run is a RunSpec made from the cpu preset (``plan.run_spec``; suite "claims", its own ranks, targets and LRs)
+cached as <run_id>.json under W/scaling (claim 2: ``runner.execute`` with a per-step loss callback, kept in the
+record as "step_losses") or W/targets (claim 6); finished runs are read back, never re-run. LRs and epochs are
+selected on validation (protocol.selection), dev is reported.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import lb  # noqa: E402
 
 from peftzoo.bench import stats, store  # noqa: E402
-from peftzoo.bench.leaderboard import at_edge  # noqa: E402
+from peftzoo.bench.leaderboard import at_edge, dev_preds  # noqa: E402
+from peftzoo.bench.plan import Cell, run_spec  # noqa: E402
+from peftzoo.bench.preset import load_preset  # noqa: E402
 from peftzoo.bench.protocol import selection  # noqa: E402
-from peftzoo.bench.spec import RunSpec  # noqa: E402
 from peftzoo.bench.tasks import get_task  # noqa: E402
+from peftzoo.bench.train import Callback  # noqa: E402
 
-SETTING = dict(task="SST-2", epochs=2, batch_size=32, max_len=64, max_train=1500, max_eval=None, warmup=0.06,
-               weight_decay=0.0, val_fraction=0.1, val_cap=500, val_seed=0)  # the cpu preset's SST-2 setting
-PROTOCOL = dict(sweep_seeds=1, val_fraction=0.1, val_cap=500, val_seed=0, select_epoch=True)
+PRESET, TASK = "cpu", "SST-2"  # the cpu leaderboard's SST-2 setting
+STAGES = {"sweep": 1, "seeds": 2, "shared LR": 2}  # how each kind of run is recorded (1: an LR sweep)
 ALPHA, SEEDS, EARLY = 16, (0, 1, 2), 20  # EARLY: steps 1..EARLY make the "early" training loss
 RANKS, SHARED_LR = (1, 4, 16, 64, 256), 3e-3  # 3e-3: LoRA's (and rsLoRA's) selected LR on the cpu leaderboard
 C2_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -40,12 +42,14 @@ SRC = "cpu leaderboard setting: all-MiniLM-L6-v2, SST-2 1,500 train, 2 epochs, b
       "validation (500 held out of train), dev reported"
 
 
-def _spec(method, r, lr, seed, targets=("query", "value"), budget=None, achieved=None, data_dir=None):
-    return RunSpec(suite="claims", method=method, seed=seed, hparams={"alpha": ALPHA, "r": r}, targets=targets,
-                   lr=lr, budget=budget, achieved=achieved, **SETTING).bind_data(data_dir)
+def _spec(method, r, lr, seed, stage, targets=None, budget=None, achieved=None, data_dir=None):
+    """The cpu preset's SST-2 run of ``method`` at rank ``r`` (α = 16), with these targets (default: the preset's)."""
+    spec = run_spec(load_preset(PRESET), TASK, Cell(method, {"alpha": ALPHA, "r": r}, "—"), lr, seed, STAGES[stage])
+    return dataclasses.replace(spec, suite="claims", targets=targets or spec.targets, budget=budget,
+                               achieved=achieved).bind_data(data_dir)
 
 
-class StepLosses(list):
+class StepLosses(Callback, list):
     """A fit callback: the training loss of every step."""
     def on_train_begin(self, ad, total_steps):
         self.clear()
@@ -54,37 +58,18 @@ class StepLosses(list):
         self.append(loss)
 
 
-def execute_losses(spec, data_dir=None) -> dict:
-    """runner.execute with a StepLosses callback in fit: the same record plus ``step_losses`` (kept on failure)."""
-    import torch
-
-    from peftzoo.bench import record
-    from peftzoo.bench.runner import load_data, peak_memory, prepare
-    from peftzoo.bench.train import fit
-    rec, log, t0 = record.start(spec), StepLosses(), time.perf_counter()
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        task, data = load_data(spec, data_dir)
-        rec["data_skipped"] = {s: data[s].skipped for s in ("train", *task.dev)}
-        run = prepare(spec, task, data, dev)
-        with peak_memory(dev) as peak:
-            res = fit(run.adapter, run.epoch_batches, spec.epochs, spec.lr, run.evaluation, spec.warmup,
-                      spec.weight_decay, precision=spec.precision, callbacks=[log])
-        rec.update(record.finished(spec, run, res, peak, t0))
-    except Exception as e:  # recorded, as execute does
-        rec.update(record.failed(e, t0))
-    return {**rec, "step_losses": list(log)}
-
-
-def _run(spec, folder: Path, stage: str, losses: bool, data_dir) -> dict:
+def _run(spec, folder: Path, what: str, losses: bool, data_dir):
+    """The run's record: read back when it is cached, else executed (with its per-step losses) and cached."""
     from peftzoo.bench.runner import execute
     path = Path(folder) / f"{spec.run_id}.json"
     if store.is_finished(path):
         return store.read_record(path)[0]
-    print(f"  run {path.name} (lr {spec.lr:g}, {stage})", flush=True)
-    rec = execute_losses(spec, data_dir) if losses else execute(spec, data_dir, progress=False)
-    rec["protocol"] = {**PROTOCOL, "stage": stage}
-    store.write_json(path, rec)
+    print(f"  run {path.name} (lr {spec.lr:g}, {what})", flush=True)
+    log = StepLosses()
+    rec = execute(spec, data_dir, progress=False, callbacks=[log] if losses else ())
+    if losses:
+        rec = dataclasses.replace(rec, extra={**rec.extra, "step_losses": list(log)})
+    store.write_record(path, rec)
     return rec
 
 
@@ -95,21 +80,17 @@ def _sel(recs, what):
     raise RuntimeError(f"{what}: every run of the LR sweep failed (see their records' 'error')")
 
 
-def _dev(sel):  # per-seed dev score at the selected epoch
-    return [r["history"][sel["epoch"] - 1]["metrics"]["score"] for r in sel["runs"]]
-
-
 def _summary(sel) -> dict:
-    lo, hi = stats.t_interval(_dev(sel))
-    return {"lr": sel["lr"], "epoch": sel["epoch"], "edge": at_edge(sel), "per_lr": [[k, v] for k, v in
-            sel["per_lr"].items()], "dev": _dev(sel), "ci": [lo, hi], "seeds": sel["seeds"]}
+    lo, hi = stats.t_interval(sel.scores())
+    return {"lr": sel.lr, "epoch": sel.epoch, "edge": at_edge(sel), "per_lr": [[k, v] for k, v in sel.per_lr.items()],
+            "dev": sel.scores(), "ci": [lo, hi], "seeds": sel.seeds}
 
 
 def _compare(sa, sb) -> dict:
     """a − b (points): seed means, paired bootstrap over dev examples (lb's test), t-interval of per-seed diffs."""
-    labels = {sp: stats.decode_preds(x) for sp, x in sa["runs"][0]["dev_labels"].items()}
-    diff, p = stats.paired_bootstrap(get_task(SETTING["task"]).metric, lb._preds(sa), lb._preds(sb), labels, 2000)
-    a, b = dict(zip(sa["seeds"], _dev(sa))), dict(zip(sb["seeds"], _dev(sb)))
+    labels = {sp: stats.decode_preds(x) for sp, x in sa.runs[0].dev_labels.items()}
+    diff, p = stats.paired_bootstrap(get_task(TASK).metric, dev_preds(sa), dev_preds(sb), labels, 2000)
+    a, b = dict(zip(sa.seeds, sa.scores())), dict(zip(sb.seeds, sb.scores()))
     lo, hi = stats.t_interval([100 * (a[s] - b[s]) for s in sorted(set(a) & set(b))])
     return {"diff": 100 * diff, "p": p, "a": 100 * np.mean(list(a.values())), "b": 100 * np.mean(list(b.values())),
             "n": min(len(a), len(b)), "seed_ci": [lo, hi]}
@@ -126,7 +107,7 @@ def measure_c2(work: Path, data_dir) -> dict:
 
     def go(m, r, lr, s, stage):
         if (m, r, lr, s) not in recs:
-            recs[(m, r, lr, s)] = _run(_spec(m, r, lr, s, data_dir=data_dir), folder, stage, True, data_dir)
+            recs[(m, r, lr, s)] = _run(_spec(m, r, lr, s, stage, data_dir=data_dir), folder, stage, True, data_dir)
         return recs[(m, r, lr, s)]
     for m in ("lora", "rslora"):
         for r in RANKS:
@@ -136,28 +117,39 @@ def measure_c2(work: Path, data_dir) -> dict:
                 go(m, r, lr, 0, "sweep")
         best = _sel([recs[(m, ends[-1], lr, 0)] for lr in C2_LRS], f"{m} r={ends[-1]}")
         for s in SEEDS[1:]:
-            go(m, ends[-1], best["lr"], s, "seeds")
+            go(m, ends[-1], best.lr, s, "seeds")
     sel = {(m, r): _sel([v for (mm, rr, _, _), v in recs.items() if (mm, rr) == (m, r)], m)
            for m in ("lora", "rslora") for r in ends}
-    curves = {m: {str(r): recs[(m, r, SHARED_LR, 0)]["step_losses"] for r in RANKS} for m in ("lora", "rslora")}
+    curves = {m: {str(r): recs[(m, r, SHARED_LR, 0)].extra["step_losses"] for r in RANKS} for m in ("lora", "rslora")}
     early = {m: {r: float(np.mean(c[:EARLY])) for r, c in cs.items()} for m, cs in curves.items()}
-    ratio = {m: sel[(m, ends[-1])]["lr"] / sel[(m, ends[0])]["lr"] for m in ("lora", "rslora")}
-    return {"setting": SETTING, "ranks": list(RANKS), "ends": ends, "shared_lr": SHARED_LR, "early_steps": EARLY,
+    ratio = {m: sel[(m, ends[-1])].lr / sel[(m, ends[0])].lr for m in ("lora", "rslora")}
+    return {"setting": _setting(), "ranks": list(RANKS), "ends": ends, "shared_lr": SHARED_LR, "early_steps": EARLY,
             "curves": curves, "early": early, "spread": {m: float(np.std(list(e.values()))) for m, e in early.items()},
-            "dev_shared": {m: {str(r): recs[(m, r, SHARED_LR, 0)].get("metrics_final", {}).get("score")
-                               for r in RANKS} for m in ("lora", "rslora")},
+            "dev_shared": {m: {str(r): _final(recs[(m, r, SHARED_LR, 0)]) for r in RANKS} for m in ("lora", "rslora")},
             "sweep": {m: {str(r): _summary(sel[(m, r)]) for r in ends} for m in ("lora", "rslora")},
             "lr_ratio": ratio, "lr_steps": {m: round(math.log10(v) / 0.5) for m, v in ratio.items()},
             "high": _compare(sel[("rslora", ends[-1])], sel[("lora", ends[-1])]),
-            "runs": len(recs), "train_s": sum(r.get("wall_s", 0) for r in recs.values())}
+            "runs": len(recs), "train_s": sum(r.wall_s or 0 for r in recs.values())}
+
+
+def _final(rec):
+    """The dev score at the last epoch (None for a failed run)."""
+    return rec.history[-1].score if rec.ok else None
+
+
+def _setting() -> dict:
+    """The setting the claims ran in, as their result file states it."""
+    s = _spec("lora", 1, SHARED_LR, 0, "sweep")
+    return {k: getattr(s, k) for k in ("task", "epochs", "batch_size", "max_len", "max_train", "max_eval", "warmup",
+                                       "weight_decay", "val_fraction", "val_cap", "val_seed")}
 
 
 def check_targets(make_model=None) -> dict:
     """{target set: [matched modules, adapter elements]} (MiniLM unless ``make_model``); raises unless each regex
     matches exactly its modules in every encoder layer (never the pooler or classifier)."""
     import peftzoo
-    from peftzoo.bench.runner import load_model
-    make_model = make_model or (lambda: load_model(None, get_task(SETTING["task"]))[0])
+    from peftzoo.bench.models import load_model
+    make_model = make_model or (lambda: load_model(None, get_task(TASK))[0])
     out = {}
     for name, (pat, r, per_layer) in TARGETS.items():
         m = make_model()
@@ -172,13 +164,13 @@ def check_targets(make_model=None) -> dict:
 def measure_c6(work: Path, data_dir) -> dict:
     folder, counts, out, wall = Path(work) / "targets", check_targets(), {}, 0.0
     for name, (pat, r, _) in TARGETS.items():
-        run = lambda lr, s, st: _run(_spec("lora", r, lr, s, pat, BUDGET, counts[name][1], data_dir),  # noqa
+        run = lambda lr, s, st: _run(_spec("lora", r, lr, s, st, pat, BUDGET, counts[name][1], data_dir),  # noqa
                                      folder, st, False, data_dir)
         recs = [run(lr, 0, "sweep") for lr in C6_LRS]
-        recs += [run(_sel(recs, name)["lr"], s, "seeds") for s in SEEDS[1:]]
-        out[name], wall = _sel(recs, name), wall + sum(x.get("wall_s", 0) for x in recs)
+        recs += [run(_sel(recs, name).lr, s, "seeds") for s in SEEDS[1:]]
+        out[name], wall = _sel(recs, name), wall + sum(x.wall_s or 0 for x in recs)
     cmp = {f"{o} vs attention": _compare(out[o], out["attention"]) for o in ("MLP", "all-linear")}
-    return {"setting": SETTING, "counts": counts, "r": {k: v[1] for k, v in TARGETS.items()}, "cmp": cmp,
+    return {"setting": _setting(), "counts": counts, "r": {k: v[1] for k, v in TARGETS.items()}, "cmp": cmp,
             "sets": {k: _summary(v) for k, v in out.items()}, "runs": planned()["c6"], "train_s": wall}
 
 
@@ -247,7 +239,6 @@ def plot_c2(d, out_dir) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from peftzoo.analysis.report import atomic_savefig
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     axes[1].sharey(axes[0])
     for ax, (m, name) in zip(axes, (("lora", "LoRA (α/r)"), ("rslora", "rsLoRA (α/√r)"))):
@@ -266,14 +257,15 @@ def plot_c2(d, out_dir) -> Path:
     axes[2].set(xscale="log", xlabel="LR", ylabel="validation accuracy (best epoch)", title="LR sweeps (seed 0)")
     axes[2].legend(fontsize=8)
     fig.tight_layout()
-    path = atomic_savefig(fig, Path(out_dir) / "c2_lora_scaling.png")
+    path = Path(out_dir) / "c2_lora_scaling.png"
+    store.write_figure(path, fig, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
 def estimate(root="results") -> str:
-    walls = [r["wall_s"] for r in store.read_runs(root, "cpu") if r["status"] == "ok" and r["task"] == "SST-2"
-             and r["method"] in ("lora", "rslora")]
+    walls = [r.wall_s for r in store.read_runs(root, "cpu") if r.ok and r.task == TASK
+             and r.method in ("lora", "rslora")]
     n, med = planned(), float(np.median(walls)) if walls else float("nan")
     return (f"planned runs: claim 2 {n['c2']}, claim 6 {n['c6']}; at the cpu leaderboard's median LoRA/rsLoRA SST-2 "
             f"run ({med:.0f} s, {len(walls)} runs) ≈ {sum(n.values()) * med / 60:.0f} CPU min")

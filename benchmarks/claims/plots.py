@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from peftzoo.analysis.report import atomic_savefig
+from peftzoo.bench.store import write_figure
 
 
 def _fig(w=5.2, h=3.6):
@@ -25,7 +25,7 @@ def all_plots(data: dict, out: Path) -> None:
         ax.set(xlabel="j (LoRA r=64 top-j)", ylabel="i (LoRA r=8 top-i)",
                title=f"φ(i, j), {side} singular vectors,\nmean over 12 layers (seed pair 0)")
     fig.colorbar(im, ax=list(axes), shrink=0.8)
-    atomic_savefig(fig, out / "c4_subspace.png")
+    write_figure(out / "c4_subspace.png", fig, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
     plt, fig, ax = _fig()
@@ -38,7 +38,7 @@ def all_plots(data: dict, out: Path) -> None:
     ax.set_yscale("log")
     ax.set(ylabel="‖UᵀWVᵀ‖_F (query layers)", title="LoRA §7.3: how much of W lies in ΔW's directions")
     ax.legend()
-    atomic_savefig(fig, out / "c5_amplification.png")
+    write_figure(out / "c5_amplification.png", fig, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
     plt, fig, ax = _fig()
@@ -48,7 +48,7 @@ def all_plots(data: dict, out: Path) -> None:
     ax.set(xlabel="ε", ylabel="intruders among top 10 (mean per q/v layer)",
            title="Intruder dimensions (Shuttleworth et al. 2024)")
     ax.legend(fontsize=8)
-    atomic_savefig(fig, out / "c7_intruders.png")
+    write_figure(out / "c7_intruders.png", fig, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
     plt, fig, ax = _fig()
@@ -60,7 +60,7 @@ def all_plots(data: dict, out: Path) -> None:
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="rank of ∇W (mean over nn.Linear)", title="Full fine-tuning's gradients (3 seeds)")
     ax.legend(fontsize=8)
-    atomic_savefig(fig, out / "c8_gradient_rank.png")
+    write_figure(out / "c8_gradient_rank.png", fig, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
     if "c10" in data:
@@ -75,5 +75,5 @@ def all_plots(data: dict, out: Path) -> None:
         ax.set_xticks(range(len(names)), names)
         ax.set(ylabel="d_90 (DID, per seed)", title="MNIST intrinsic dimension")
         ax.legend(fontsize=8)
-        atomic_savefig(fig, out / "c10_d90.png")
+        write_figure(out / "c10_d90.png", fig, dpi=110, bbox_inches="tight")
         plt.close(fig)

@@ -170,7 +170,7 @@ def plot(d: dict, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from peftzoo.analysis.report import atomic_savefig
+    from peftzoo.bench.store import write_figure
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     for i, (name, c) in enumerate(d["cases"].items()):
         for j, curve in enumerate(c["curves"]):
@@ -184,6 +184,7 @@ def plot(d: dict, out: Path) -> Path:
            title="Pre-training on Fashion-MNIST vs random θ0 (FC)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = atomic_savefig(fig, Path(out) / PLOT)
+    path = Path(out) / PLOT
+    write_figure(path, fig, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

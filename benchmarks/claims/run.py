@@ -28,7 +28,7 @@ import plots  # noqa: E402
 import rows  # noqa: E402
 from sst2 import Setup, compare, run  # noqa: E402
 
-from peftzoo.analysis.report import atomic_write_text  # noqa: E402
+from peftzoo.bench.store import write_text  # noqa: E402
 
 SEEDS = (0, 1, 2)
 
@@ -64,8 +64,8 @@ def main(argv=None):
         if not args.skip_d90:  # claim 9: reads its searches, runs the missing ones
             data["c9"] = pretrain_d90.run_all(out / "d90", args.data_dir, cache=Path(args.work) / "pretrain")
             pretrain_d90.plot(data["c9"], out)
-        atomic_write_text(out / "claims.json", json.dumps(data, indent=1, default=str))
-        atomic_write_text(out / "README.md", rows.readme(data))
+        write_text(out / "claims.json", json.dumps(data, indent=1, default=str))
+        write_text(out / "README.md", rows.readme(data))
         print(f"wrote {out / 'README.md'} (leaderboard claims only, {time.perf_counter() - t0:.0f} s)")
         return
     if not args.data_dir:
@@ -94,8 +94,8 @@ def main(argv=None):
     data["leaderboard_rows"] = lb.rows(args.leaderboard)
     scaling(data, args, out)
     data["wall_s"] = time.perf_counter() - t0
-    atomic_write_text(out / "claims.json", json.dumps(data, indent=1, default=str))
-    atomic_write_text(out / "README.md", rows.readme(data))
+    write_text(out / "claims.json", json.dumps(data, indent=1, default=str))
+    write_text(out / "README.md", rows.readme(data))
     print(f"wrote {out / 'README.md'} ({data['wall_s']:.0f} s)")
 
 

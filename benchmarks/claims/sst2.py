@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from peftzoo.analysis import AnalysisConfig, GradientRank, analyze_adapter, analyze_checkpoints
-from peftzoo.analysis.report import atomic_write_text
+from peftzoo.bench.store import write_text
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,11 @@ def _encode(tok, split, idx, max_len):
 
 
 def _data(setup: Setup, data_dir):
-    from peftzoo.bench.runner import _data as load, load_model
+    from peftzoo.bench.models import load_model
+    from peftzoo.bench.runner import load_splits
     from peftzoo.bench.tasks import get_task
     task = get_task("SST-2")
-    data = load(task.name, str(data_dir) if data_dir else None)
+    data = load_splits(task.name, str(data_dir) if data_dir else None)
     model, tok = load_model(None, task)
     tr = data["train"]
     idx = np.random.default_rng(0).permutation(len(tr.labels))[: setup.max_train]  # the bench runner's subset
@@ -78,7 +79,7 @@ def run(method: str, seed: int, rank: int | None, setup: Setup, work: Path, data
     """Train (or read the cache) and return {"score", "analysis", "adapter" (LoRA), "grad_rank" (full)}."""
     import peftzoo
     from peftzoo.adapters.base import AdapterConfig
-    from peftzoo.bench.baselines import FullFinetune
+    from peftzoo.adapters.baselines import FullFinetune
     from peftzoo.bench.train import fit
     name = f"{method}{'-r' + str(rank) if rank else ''}-s{seed}"
     cache = work / f"{name}.json"
@@ -113,7 +114,7 @@ def run(method: str, seed: int, rank: int | None, setup: Setup, work: Path, data
         out["adapter"] = str(path)
         fresh, _, _ = _data(setup, data_dir)
         out["analysis"] = analyze_adapter(fresh, path, config=CFG)
-    atomic_write_text(cache, json.dumps(out))
+    write_text(cache, json.dumps(out))
     return out
 
 

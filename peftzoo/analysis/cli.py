@@ -31,7 +31,7 @@ def _load(path: str | None, num_labels: int | None, head: bool):
     from transformers import AutoModel, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    from peftzoo.bench.runner import default_model
+    from peftzoo.bench.models import default_model
     hf_logging.set_verbosity_error()
     path = path or default_model()
     kw = {"num_labels": num_labels} if num_labels else {}

@@ -13,9 +13,10 @@ import torch
 
 from peftzoo.analysis import spectra
 from peftzoo.analysis.weights import linear_weights
+from peftzoo.bench.train import Callback
 
 
-class GradientRank:
+class GradientRank(Callback):
     def __init__(self, every: int = 10):
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every={every} must be a positive integer")

@@ -1,26 +1,17 @@
-"""Writing an analysis: ``analysis.json`` and PNGs, each through ``peftzoo._atomic`` (a temporary file in the same
-folder, fsynced and renamed into place, mode 0644 like every other output), so a reader never sees half a file."""
+"""Writing an analysis: ``analysis.json`` (strict JSON) and PNGs, each through ``peftzoo._atomic`` (a temporary file
+in the same folder, fsynced and renamed into place, mode 0644 like every other output), so a reader never sees half
+a file."""
 from __future__ import annotations
 
-import io
-import json
 import math
 from pathlib import Path
 
 from peftzoo import _atomic
 
 
-def atomic_write_text(path, text: str) -> Path:
+def _savefig(fig, path) -> Path:
     path = Path(path)
-    _atomic.write_bytes(path, text.encode())
-    return path
-
-
-def atomic_savefig(fig, path) -> Path:
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _atomic.write_bytes(path, buf.getvalue())
+    _atomic.write_figure(path, fig, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -68,7 +59,7 @@ def plot_spectra(layers: dict, path, title: str) -> Path:
     fig.supylabel("σᵢ (log scale)", fontsize=8)
     fig.suptitle(f"{title}: singular values of ΔW per layer", fontsize=9)
     try:
-        return atomic_savefig(fig, path)
+        return _savefig(fig, path)
     finally:
         plt.close(fig)
 
@@ -87,7 +78,7 @@ def plot_intruders(layers: dict, path, title: str) -> Path:
     ax.set_title(f"{title}: intruder dimensions", fontsize=9)
     ax.legend(fontsize=7)
     try:
-        return atomic_savefig(fig, path)
+        return _savefig(fig, path)
     finally:
         plt.close(fig)
 
@@ -115,7 +106,7 @@ def plot_similarity(similarity: dict, path, first: str, second: str) -> Path:
     fig.supylabel("i: top-i of the first", fontsize=8)
     fig.suptitle(f"subspace similarity φ(i, j) between the first, {first}, and the second, {second}", fontsize=9)
     try:
-        return atomic_savefig(fig, path)
+        return _savefig(fig, path)
     finally:
         plt.close(fig)
 
@@ -124,7 +115,8 @@ def write(result: dict, out, plots: bool = True) -> list[Path]:
     """analysis.json (+ spectra.png, intruders.png, similarity.png when two updates are compared) under ``out``."""
     out = Path(out)
     title = describe(result["source"])
-    written = [atomic_write_text(out / "analysis.json", json.dumps(result, indent=1, sort_keys=True))]
+    _atomic.write_json(out / "analysis.json", result)  # strict JSON: a NaN (e.g. of a zero update) is null
+    written = [out / "analysis.json"]
     if plots:
         import matplotlib
         matplotlib.use("Agg")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from peftzoo.bench import batches
+from peftzoo.bench.record import EpochResult
 from peftzoo.bench.stats import encode_preds
 from peftzoo.bench.tasks import compute_metrics
 from peftzoo.bench.train import autocast
@@ -19,7 +20,6 @@ class Evaluation:
         self.tok, self.model, self.dev = tok, model, dev
         self.dev_rows = {s: np.arange(len(data[s].labels) if spec.max_eval is None
                                       else min(spec.max_eval, len(data[s].labels))) for s in task.dev}
-        self.dev_preds = []  # per epoch: {dev split: compact predictions}
 
     def predict(self, split, rows):
         e = batches.encode_split(self.tok, split, rows, self.spec.max_len, self.task.name)  # cached per process
@@ -27,27 +27,20 @@ class Evaluation:
                             autocast(self.dev, self.spec.precision))
         return p if self.scale is None else (p * self.scale[1] + self.scale[0]).astype(np.float32)
 
-    def __call__(self) -> dict:
-        """The dev metrics (several dev splits: each prefixed, and their mean as ``score``) and ``val``."""
-        task, data, out, codes = self.task, self.data, {}, {}
+    def __call__(self) -> EpochResult:
+        """The dev metrics (several dev splits: each prefixed, and their mean as ``score``), their compact
+        predictions, and the validation metrics."""
+        task, data, dev, preds = self.task, self.data, {}, {}
         for s in task.dev:
             p = self.predict(data[s], self.dev_rows[s])
-            codes[s] = encode_preds(p, task.regression)
+            preds[s] = encode_preds(p, task.regression)
             m = compute_metrics(task, p, data[s].labels[self.dev_rows[s]])
-            out.update(m if len(task.dev) == 1 else {f"{s}/{k}": v for k, v in m.items()})
+            dev.update(m if len(task.dev) == 1 else {f"{s}/{k}": v for k, v in m.items()})
         if len(task.dev) > 1:
-            out["score"] = float(np.mean([out[f"{s}/score"] for s in task.dev]))
-        self.dev_preds.append(codes)
+            dev["score"] = float(np.mean([dev[f"{s}/score"] for s in task.dev]))
         train = data["train"]
         val = compute_metrics(task, self.predict(train, self.val_idx), train.labels[self.val_idx])
-        return {**out, "val": val}
-
-    def split_history(self, history: list) -> None:
-        """Move each epoch's validation metrics to ``val_metrics`` and attach its dev predictions (``dev_preds``):
-        ``metrics`` stay the dev scores."""
-        for h, codes in zip(history, self.dev_preds):
-            h["val_metrics"] = h["metrics"].pop("val")
-            h["dev_preds"] = codes
+        return EpochResult(dev, val, preds)
 
     def dev_labels(self) -> dict:
         return {s: encode_preds(self.data[s].labels[r], self.task.regression) for s, r in self.dev_rows.items()}

@@ -7,32 +7,32 @@ MARGIN = 0.02  # a row "learned" on a task if it beats head-only by more than th
 
 def swept(b: dict) -> bool:
     """False when no (task, method, budget) group of the table ran more than one LR (the preset fixed them)."""
-    groups = b["selection"].values()
-    return not groups or any(len(s["per_lr"]) > 1 for s in groups)
+    groups = b.selection.values()
+    return not groups or any(len(s.per_lr) > 1 for s in groups)
 
 
 def preset_sentence(b: dict) -> str | None:
     """The preset's own description where the LRs were fixed by it (it says where they come from)."""
-    if swept(b) or not b.get("description"):
+    if swept(b) or not b.description:
         return None
-    return f"The preset says: {b['description']}"
+    return f"The preset says: {b.description}"
 
 
 def not_learning(b: dict, margin: float = MARGIN) -> str | None:
     """Rows within ``margin`` of head-only (or below it) on some task, named with their score and LR; None without
     a head-only row. Every row above it is said in words too, so a reader never has to compare numbers to know."""
-    head = next((r for r in b["rows"] if r["method"] == "head"), None)
+    head = next((r for r in b.rows if r.method == "head"), None)
     if head is None:
         return None
     low = []
-    for r in b["rows"]:
+    for r in b.rows:
         if r is head:
             continue
-        for t, c in r["tasks"].items():
-            h = head["tasks"].get(t)
-            if h is not None and c["mean"] <= h["mean"] + margin:
-                low.append(f"{r['method']} {r['label']} on {t}: {100 * c['mean']:.1f} vs head-only "
-                           f"{100 * h['mean']:.1f} (LR {c['sel']['lr']:g})")
+        for t, c in r.tasks.items():
+            h = head.tasks.get(t)
+            if h is not None and c.mean <= h.mean + margin:
+                low.append(f"{r.method} {r.label} on {t}: {100 * c.mean:.1f} vs head-only {100 * h.mean:.1f} "
+                           f"(LR {c.sel.lr:g})")
     if not low:
         return (f"Every row beats head-only by more than {100 * margin:.0f} points on every task: every method "
                 "learned beyond the classification head.")

@@ -47,4 +47,4 @@ def make_adapter(model, spec):
     """The spec's method attached by name (the baselines too), with its hyperparameters."""
     import peftzoo
     return peftzoo.attach(model, spec.method, targets=spec.targets if isinstance(spec.targets, str)
-                          else list(spec.targets), train=list(spec.train), seed=spec.seed, **spec.hparams)
+                          else list(spec.targets), train=list(spec.train_modules), seed=spec.seed, **spec.hparams)

@@ -40,7 +40,7 @@ def check_device(device: str | None) -> None:
 
 
 def check_model(model: str | None) -> None:
-    from peftzoo.bench.runner import default_model
+    from peftzoo.bench.models import default_model
     path = model or default_model()
     p = Path(path).expanduser()
     if not p.exists() and not HUB_ID.match(str(path)):
@@ -57,7 +57,7 @@ def check_model(model: str | None) -> None:
 
 def check_data(tasks, data_dir, skip_bad_rows: bool = False) -> None:
     """Every task's splits loaded and validated now (the runs reuse them from the cache)."""
-    from peftzoo.bench.runner import _data
+    from peftzoo.bench.runner import load_splits
     d = resolve_data_dir(data_dir)
     src = "--data-dir" if data_dir else f"${ENV}"
     if d is not None:
@@ -68,7 +68,7 @@ def check_data(tasks, data_dir, skip_bad_rows: bool = False) -> None:
                                  f"<dir>/SST-2/train.tsv, dev.tsv, ...)")
     for t in tasks:
         task = get_task(t)
-        data = _data(task.name, str(data_dir) if data_dir else None, skip_bad_rows)
+        data = load_splits(task.name, str(data_dir) if data_dir else None, skip_bad_rows)
         for split, s in data.items():
             if s.skipped:  # printed even with -q: the data is not what the files say
                 print(f"{task.name} {split}: {s.skipped} bad rows skipped (--skip-bad-rows; recorded in every run)",

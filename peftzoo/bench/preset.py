@@ -1,8 +1,10 @@
 """Benchmark presets: a typed schema checked in full before anything trains.
 
 A preset is a JSON object whose keys are the fields of ``Preset``. Unknown keys (with the closest known name),
-wrong types, non-positive sizes, unknown tasks or methods and JSON syntax errors are a ``PresetError`` naming the
-file and the key. Adding a preset key is one line here (a field with its type, default and why).
+wrong types, non-positive sizes, values outside a field's choices, unknown tasks or methods and JSON syntax errors
+are a ``PresetError`` naming the file and the key. Adding a preset key is one line here (a field with its type,
+default and why); a ``setting`` field reaches every run as the ``RunSpec`` field of the same name (``plan.run_spec``)
+and, unless ``per_task=False``, can be overridden per task.
 """
 from __future__ import annotations
 
@@ -12,18 +14,28 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from peftzoo.bench.protocol import Protocol, budget_entries, budget_grid
+from peftzoo.bench.spec import REGRESSION_TARGETS, TARGETS, TRAIN_MODULES
+from peftzoo.bench.train import PRECISIONS
 
 
 class PresetError(ValueError):
     pass
 
 
-def _pos(default, minimum=1):
-    """A field whose value must be >= minimum (sizes, counts)."""
-    return field(default=default, metadata={"min": minimum})
+def setting(default, minimum=None, choices=None, per_task=True):
+    """A run setting: the RunSpec field of the same name in every run (``plan.run_spec``); ``minimum``: values
+    must be >= it; ``choices``: the values it takes; ``per_task``: ``task_overrides`` may set it per task."""
+    return field(default=default, metadata={"setting": True, "min": minimum, "choices": choices,
+                                            "per_task": per_task})
+
+
+def per_task(factory):
+    """A per-method table (LRs, LR grids) that ``task_overrides`` may set per task."""
+    return field(default_factory=factory, metadata={"per_task": True})
 
 
 @dataclass(frozen=True)
@@ -32,29 +44,33 @@ class Preset:
     tasks: tuple[str, ...]  # GLUE task names (aliases such as sst2 accepted)
     methods: tuple[str, ...]  # registered methods and the baselines full, head
     description: str = ""  # free text for humans
-    model: str | None = None  # transformers id or local path; None = the embedded all-MiniLM-L6-v2
+    model: str | None = setting(None, per_task=False)  # transformers id or local path; None = embedded MiniLM
     seeds: tuple[int, ...] = (0,)  # one run per seed
     budget: int | str | None = None  # adapter elements every method is matched to (a budget entry, as in budgets)
-    targets: tuple[str, ...] | str = ("query", "value")  # adapted modules (suffixes, a regex or "all-linear")
-    train: tuple[str, ...] = ("classifier",)  # modules trained in full by every method (the head)
-    epochs: int = _pos(1)  # passes over the (capped) training set
-    batch_size: int = _pos(16)  # training examples per step
-    max_len: int = _pos(128)  # tokens per example after truncation
-    max_train: int | None = _pos(None)  # training examples used (the same subset for every run); None = all
-    max_eval: int | None = _pos(None)  # dev examples scored; None = all
-    warmup: float = _pos(0.06, 0)  # fraction of steps with linear warm-up
-    weight_decay: float = _pos(0.0, 0)  # AdamW weight decay
-    precision: str = "auto"  # autocast: "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16" (CPU bf16 too)
-    regression_targets: str = "raw"  # "standardize": regression labels scaled by the training subset (see RunSpec)
-    lr: dict[str, float] = field(default_factory=dict)  # per method; a method's default_lr when absent
+    # adapted modules (suffixes, a regex or "all-linear")
+    targets: tuple[str, ...] | str = setting(TARGETS, per_task=False)
+    # modules trained in full by every method (the head)
+    train_modules: tuple[str, ...] = setting(TRAIN_MODULES, per_task=False)
+    epochs: int = setting(1, 1)  # passes over the (capped) training set
+    batch_size: int = setting(16, 1)  # training examples per step
+    max_len: int = setting(128, 1)  # tokens per example after truncation
+    max_train: int | None = setting(None, 1)  # training examples used (the same subset for every run); None = all
+    max_eval: int | None = setting(None, 1)  # dev examples scored; None = all
+    warmup: float = setting(0.06, 0)  # fraction of steps with linear warm-up
+    weight_decay: float = setting(0.0, 0)  # AdamW weight decay
+    # autocast: "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16" (CPU bf16 too)
+    precision: str = setting("auto", choices=PRECISIONS)
+    # "standardize": regression labels scaled by the training subset (see RunSpec)
+    regression_targets: str = setting("raw", choices=REGRESSION_TARGETS)
+    lr: dict[str, float] = per_task(dict)  # per method: a fixed LR (no sweep); a method's grid when absent
     hparams: dict[str, dict] = field(default_factory=dict)  # per method: fixed method options (e.g. alpha)
-    task_overrides: dict[str, dict] = field(default_factory=dict)  # per task: any of OVERRIDABLE
+    task_overrides: dict[str, dict] = field(default_factory=dict)  # per task: any per-task field (OVERRIDABLE)
     # matched budgets (adapter elements), each a count (73728) or relative to the model planned on ("lora:r=8": the
     # LoRA r=8 count there; "0.1%": of its parameters), so a preset fits any --model; the LR sweep runs at the middle one
     budgets: tuple[int | str, ...] | None = None
     method_budgets: dict[str, tuple[int | str, ...]] = field(default_factory=dict)  # per method: its budgets ([]: paper only)
-    lr_grid: dict[str, tuple[float, ...]] = field(default_factory=dict)  # per method: its LR sweep (else the class's)
-    protocol: dict = field(default_factory=dict)  # selection options: the fields of bench.protocol.Protocol
+    lr_grid: dict[str, tuple[float, ...]] = per_task(dict)  # per method: its LR sweep (else the class's)
+    protocol: Protocol = field(default_factory=Protocol)  # selection options: the fields of bench.protocol.Protocol
 
     @classmethod
     def from_dict(cls, d, source: str = "preset") -> Preset:
@@ -65,53 +81,110 @@ class Preset:
         if missing:
             raise PresetError(f"{source}: missing required key{'s' * (len(missing) > 1)} "
                               f"{', '.join(map(repr, missing))}")
-        kw = {k: _check(v, HINTS[k], source, k, FIELDS[k].metadata.get("min")) for k, v in d.items()}
-        for k in ("tasks", "methods", "seeds"):
-            if k in kw and not kw[k]:
-                raise PresetError(f"{source}: {k!r} is empty")
-        check_seeds(kw.get("seeds", ()), f"{source}: 'seeds'")
-        kw["tasks"] = normalise_tasks(kw["tasks"], source)
-        kw["methods"] = normalise_methods(kw["methods"], source)
-        for k in ("lr", "hparams", "lr_grid", "method_budgets"):
-            for m in kw.get(k, {}):
-                normalise_methods([m], f"{source}: {k!r}")
-        for m, hp in kw.get("hparams", {}).items():
-            _method_options(m, hp, source, f"hparams.{m}")
-        over = {}
-        for t, o in kw.get("task_overrides", {}).items():
-            where = f"{source}: 'task_overrides.{t}'"
-            (name,) = normalise_tasks([t], where)
-            _check_keys(o, OVERRIDABLE, where)
-            over[name] = {k: _check(v, HINTS[k], source, f"task_overrides.{t}.{k}", FIELDS[k].metadata.get("min"))
-                          for k, v in o.items()}
-            for m in over[name].get("lr", {}):
-                normalise_methods([m], f"{where}.lr")
-        kw["task_overrides"] = over
-        for where, lrs in [("lr", kw.get("lr", {}))] + [(f"task_overrides.{t}.lr", o.get("lr", {}))
-                                                          for t, o in over.items()]:
-            for m, v in lrs.items():
-                if not v > 0:
-                    raise PresetError(f"{source}: '{where}.{m}' is {v}: a learning rate must be > 0")
-        _check_protocol(kw, source)
-        from peftzoo.bench.spec import REGRESSION_TARGETS
-        from peftzoo.bench.train import PRECISIONS
-        for where, o in [("", kw)] + [(f"task_overrides.{t}.", o) for t, o in over.items()]:
-            if o.get("precision", "auto") not in PRECISIONS:
-                raise PresetError(f"{source}: '{where}precision' is {o['precision']!r}; "
-                                  f"one of {', '.join(PRECISIONS)}")
-            if o.get("regression_targets", "raw") not in REGRESSION_TARGETS:
-                raise PresetError(f"{source}: '{where}regression_targets' is {o['regression_targets']!r}; "
-                                  f"one of {', '.join(REGRESSION_TARGETS)}")
-        return cls(**kw)
+        kw = {k: _value(k, v, source, k) for k, v in d.items() if k != "protocol"}
+        _check_names(kw, source)
+        kw["task_overrides"] = _overrides(kw.get("task_overrides", {}), source)
+        _check_lrs(kw, source)
+        try:
+            kw["protocol"] = Protocol.parse(d.get("protocol"))
+        except (TypeError, ValueError) as e:
+            raise PresetError(f"{source}: {e}") from None
+        preset = cls(**kw)
+        preset._check_budgets(source)
+        _check_grids(kw, source)
+        return preset
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def for_task(self, task: str) -> Preset:
+        """This preset as it applies to ``task``: its ``task_overrides`` in place. A method's LR given there (a
+        fixed ``lr`` or an ``lr_grid``) replaces the preset's for that method."""
+        over = self.task_overrides.get(task)
+        if not over:
+            return self
+        lr, grid = over.get("lr", {}), over.get("lr_grid", {})
+        return dataclasses.replace(self, **{**over, "task_overrides": {},
+                                            "lr": {**{m: v for m, v in self.lr.items() if m not in grid}, **lr},
+                                            "lr_grid": {**{m: v for m, v in self.lr_grid.items() if m not in lr},
+                                                        **grid}})
+
+    def settings(self) -> dict:
+        """The run settings (``setting`` fields) by name: what every RunSpec of this preset shares."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("setting")}
+
+    def budget_entries(self) -> list:
+        """The shared budget entries, parsed: ``budgets`` (a list) or one ``budget`` (or neither)."""
+        if self.budgets is None:
+            return budget_entries([self.budget], "budget") if self.budget is not None else []
+        return budget_entries(self.budgets)
+
+    def method_entries(self, method: str) -> list | None:
+        """A method's own budget entries (``method_budgets``), parsed; None when it has none of its own."""
+        if method not in self.method_budgets:
+            return None
+        return budget_entries(self.method_budgets[method], f"method_budgets.{method}")
+
+    def _check_budgets(self, source: str) -> None:
+        """Every budget entry parses; budgets given as counts are distinct. (Relative ones are resolved and ordered
+        on the model when the plan is made, which also checks the middle budget: ``plan.cells``.)"""
+        try:
+            entries = self.budget_entries()
+            own = [self.method_entries(m) for m in self.method_budgets]
+            if not any(e.relative for e in entries + [e for es in own for e in es]):
+                budget_grid(entries)
+                for es in own:
+                    budget_grid(es)
+        except ValueError as e:
+            raise PresetError(f"{source}: {e}") from None
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Preset)}
 HINTS = typing.get_type_hints(Preset)
-OVERRIDABLE = ("epochs", "batch_size", "max_len", "max_train", "max_eval", "warmup", "weight_decay", "precision", "lr",
-               "lr_grid", "regression_targets")
+OVERRIDABLE = tuple(f.name for f in dataclasses.fields(Preset) if f.metadata.get("per_task"))
+RENAMED = {"train": "train_modules"}  # old key: its new name
+
+
+def _value(name: str, v, source: str, key: str):
+    """A field's value checked against its type, minimum and choices (``key``: where the preset gives it)."""
+    meta = FIELDS[name].metadata
+    v = _check(v, HINTS[name], source, key, meta.get("min"))
+    if meta.get("choices") and v not in meta["choices"]:
+        raise PresetError(f"{source}: '{key}' is {v!r}; one of {', '.join(meta['choices'])}")
+    return v
+
+
+def _check_names(kw: dict, source: str) -> None:
+    """Tasks, methods and seeds: non-empty, known, normalised; the methods named in per-method tables known."""
+    for k in ("tasks", "methods", "seeds"):
+        if k in kw and not kw[k]:
+            raise PresetError(f"{source}: {k!r} is empty")
+    check_seeds(kw.get("seeds", ()), f"{source}: 'seeds'")
+    kw["tasks"] = normalise_tasks(kw["tasks"], source)
+    kw["methods"] = normalise_methods(kw["methods"], source)
+    for k in ("lr", "hparams", "lr_grid", "method_budgets"):
+        for m in kw.get(k, {}):
+            normalise_methods([m], f"{source}: {k!r}")
+    for m, hp in kw.get("hparams", {}).items():
+        _method_options(m, hp, source, f"hparams.{m}")
+
+
+def _overrides(given: dict, source: str) -> dict:
+    """``task_overrides`` under canonical task names, each value checked as its field is."""
+    over = {}
+    for t, o in given.items():
+        where = f"{source}: 'task_overrides.{t}'"
+        (name,) = normalise_tasks([t], where)
+        _check_keys(o, OVERRIDABLE, where)
+        over[name] = {k: _value(k, v, source, f"task_overrides.{t}.{k}") for k, v in o.items()}
+        for m in over[name].get("lr", {}):
+            normalise_methods([m], f"{where}.lr")
+    return over
+
+
+def _check_lrs(kw: dict, source: str) -> None:
+    for where, lrs in [("lr", kw.get("lr", {}))] + [(f"task_overrides.{t}.lr", o.get("lr", {}))
+                                                      for t, o in kw["task_overrides"].items()]:
+        for m, v in lrs.items():
+            if not v > 0:
+                raise PresetError(f"{source}: '{where}.{m}' is {v}: a learning rate must be > 0")
 
 
 def check_seeds(seeds, where: str) -> None:
@@ -119,25 +192,6 @@ def check_seeds(seeds, where: str) -> None:
     bad = [x for x in seeds if not 0 <= x < 2 ** 32]
     if bad:
         raise PresetError(f"{where}: seed {bad[0]} is out of range: seeds are integers from 0 to 2**32 - 1")
-
-
-def _check_protocol(kw: dict, source: str) -> None:
-    """The protocol's own fields: the options, the budgets and the LR grids (positive, distinct). Budgets relative to
-    the model are parsed here and ordered when the plan resolves them (``protocol.cells``)."""
-    try:
-        Protocol.from_preset(kw)
-        entries = budget_entries(kw)
-        mine = {m: budget_entries({"budgets": bs}, f"method_budgets.{m}") for m, bs in kw.get("method_budgets", {}).items()}
-        relative = any(e.relative for e in entries + [e for es in mine.values() for e in es])
-        middle = None if relative else budgets(kw)[1]
-        for m, es in ({} if relative else mine).items():
-            budgets({"budgets": [e.count for e in es]})
-            if es and middle not in [e.count for e in es]:
-                raise ValueError(f"method_budgets.{m} {[e.count for e in es]} must include the middle budget {middle} "
-                                 f"(the LR sweep runs there), or be [] to run only the paper setting")
-    except ValueError as e:
-        raise PresetError(f"{source}: {e}") from None
-    _check_grids(kw, source)
 
 
 def _check_grids(kw: dict, source: str) -> None:
@@ -156,6 +210,8 @@ def _check_keys(d: dict, known, where: str) -> None:
     if not isinstance(d, dict):
         raise PresetError(f"{where}: must be an object, got {json.dumps(d)}")
     for k in d:
+        if k in RENAMED and RENAMED[k] in known:
+            raise PresetError(f"{where}: key {k!r} is now {RENAMED[k]!r} (same value): rename it")
         if k not in known:
             close = difflib.get_close_matches(str(k), list(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"
@@ -256,95 +312,33 @@ def _method_options(method: str, hp: dict, source: str, key: str) -> None:
             _check(v, hints[k], source, f"{key}.{k}")
 
 
+def shipped() -> dict:
+    """{name: resource} of the presets shipped with peftzoo (package data: ``peftzoo/presets/<name>.json``)."""
+    folder = resources.files("peftzoo") / "presets"
+    return {x.name[:-5]: x for x in folder.iterdir() if x.name.endswith(".json")} if folder.is_dir() else {}
+
+
 def load_preset(name_or_path: str) -> Preset:
-    """A preset by name (benchmarks/<name>.json) or path, fully checked."""
-    p = Path(name_or_path)
-    for cand in (p, Path("benchmarks") / f"{name_or_path}.json", REPO / "benchmarks" / f"{name_or_path}.json"):
-        if cand.is_file():
-            return parse_file(cand)
-    known = sorted(x.stem for x in (REPO / "benchmarks").glob("*.json"))
-    raise FileNotFoundError(f"no preset {name_or_path!r}; presets: {', '.join(known)} (or a path to a JSON file)")
+    """A preset by path, else a shipped one by name, fully checked."""
+    if Path(name_or_path).is_file():
+        return parse_file(Path(name_or_path))
+    found = shipped().get(name_or_path)
+    if found is None:
+        raise FileNotFoundError(f"no preset {name_or_path!r}: not a file, and the shipped presets are "
+                                f"{', '.join(sorted(shipped()))} (peftzoo/presets)")
+    with resources.as_file(found) as path:
+        return parse_file(path, f"preset {name_or_path!r} ({found})")
 
 
-def parse_file(path: Path) -> Preset:
+def parse_file(path: Path, source: str | None = None) -> Preset:
+    """The preset in ``path``; errors name it as ``source`` (default: the path)."""
+    source = source or str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise PresetError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        raise PresetError(f"{source}: not UTF-8 text (byte {e.start})") from None
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:
-        raise PresetError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    return Preset.from_dict(d, str(path))
-
-
-@dataclass(frozen=True)
-class Protocol:
-    sweep_seeds: int = 1  # the LR sweep runs on the first this-many seeds; the selected LR then on the rest
-    val_fraction: float = 0.1  # share of the task's train set held back for selection (never trained on)
-    val_cap: int = 1000  # at most this many validation examples (evaluated every epoch: a cost)
-    val_seed: int = 0  # fixes the validation split: identical for every method, LR, budget and seed
-    select_epoch: bool = True  # the epoch is chosen on validation too (mean over seeds); False = the final epoch
-    lr_points: int | None = None  # keep only the central n points of every grid (the quick smoke uses 2)
-    # methods also run at their paper's own hyperparameters (default: every method that states them, paper_hparams)
-    paper_settings: tuple = field(default_factory=lambda: _with_paper_hparams())
-
-    @classmethod
-    def from_preset(cls, preset: dict) -> "Protocol":
-        raw = dict(preset.get("protocol") or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(raw) - known)
-        if bad:
-            raise ValueError(f"unknown protocol option(s) {bad}; known: {sorted(known)}")
-        if "paper_settings" in raw:
-            raw["paper_settings"] = tuple(raw["paper_settings"])
-        p = cls(**raw)
-        if not 0 < p.val_fraction < 1 or p.val_cap < 1 or p.sweep_seeds < 1:
-            raise ValueError(f"protocol: need 0 < val_fraction < 1, val_cap >= 1, sweep_seeds >= 1 (got {raw})")
-        return p
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "paper_settings": list(self.paper_settings)}
-
-    def describe(self, swept: bool = True) -> str:
-        """The protocol in words; ``swept=False``: a suite whose every row ran at one LR fixed by its preset."""
-        ep = "the LR and the epoch" if self.select_epoch else "the LR (final epoch)"
-        split = (f"a validation split carved from train ({self.val_fraction:.0%} of it, at most {self.val_cap:,} "
-                 f"examples, split seed {self.val_seed}, the same for every run, disjoint from the training subset)")
-        tail = "Reported scores are the GLUE dev set, never used for any choice."
-        if not swept:
-            ep = "the epoch" if self.select_epoch else "nothing (the final epoch)"
-            return (f"Protocol: NO LR sweep in this suite: every row trained at the one LR its preset gives (`lr`), "
-                    f"shown in `LR / epoch`; {ep} is selected on {split} by the mean over seeds. {tail}")
-        return (f"Protocol: every method sweeps its LR grid at the middle budget on the first {self.sweep_seeds} "
-                f"seed(s); {ep} are selected on {split} by the mean over seeds; the selected LR then runs on the "
-                f"other seeds and budgets (assumed: with α/r scaling the best LR does not depend on the rank). {tail}")
-
-
-def budget_entries(preset: dict, where: str = "budgets") -> list:
-    """The preset's budget entries, parsed (``budget.Entry``): ``budgets`` (a list) or one ``budget`` (or neither)."""
-    from peftzoo.bench.budget import parse_entry
-    bs = preset.get("budgets")
-    if bs is None:
-        return [parse_entry(preset["budget"], "'budget'")] if preset.get("budget") is not None else []
-    return [parse_entry(b, f"'{where}[{i}]'") for i, b in enumerate(bs)]
-
-
-def budgets(preset: dict, size=None) -> tuple[list[int], int | None]:
-    """(sorted budgets, the middle one). ``size(entry) -> int`` resolves entries relative to the model (plan time);
-    without it every entry must be a count."""
-    entries = budget_entries(preset)
-    if any(e.relative for e in entries) and size is None:
-        raise ValueError(f"budgets {[e.text for e in entries]} are relative to the model: resolve them on it "
-                         f"(protocol.make_plan does)")
-    pairs = sorted((e.count if size is None else size(e), e.text) for e in entries)
-    bs = [b for b, _ in pairs]
-    if len(set(bs)) != len(bs):
-        shown = [t if t == str(b) else f"{t} = {b}" for b, t in pairs]
-        raise ValueError(f"budgets [{', '.join(shown)}] must be distinct positive counts")
-    return bs, (bs[len(bs) // 2] if bs else None)
-
-
-def _with_paper_hparams() -> tuple:
-    from peftzoo import adapters
-    return tuple(n for n, cls in adapters.REGISTRY.items() if getattr(cls, "paper_hparams", None))
+        raise PresetError(f"{source}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    return Preset.from_dict(d, source)

@@ -11,6 +11,7 @@ Ray is optional: ``pip install 'peftzoo[ray]'``.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -131,10 +132,10 @@ def reason(e: BaseException, opts: RayOptions) -> str:
             f"last: {first[:300]}")
 
 
-def _failed(spec, error: str) -> dict:
-    from peftzoo.bench.runner import versions
-    return {"spec": spec.to_dict(), "run_id": spec.run_id, "task": spec.task, "method": spec.method,
-            "seed": spec.seed, "versions": versions(), "status": "failed", "error": error}
+def _failed(spec, error: str):
+    from peftzoo.bench.machine import versions
+    from peftzoo.bench.record import RunRecord
+    return RunRecord(spec, "failed", versions(), error=error)
 
 
 def run_on_ray(todo: list, root, out, data_dir=None, device=None, quiet=False, retry_failed=False,
@@ -164,22 +165,20 @@ def run_on_ray(todo: list, root, out, data_dir=None, device=None, quiet=False, r
                 rec = _failed(spec, reason(err, opts))
             else:
                 rec, where = got
-                if rec.get("run_id") != spec.run_id:  # the worker saw other data (or none) under the same path
-                    theirs = (rec.get("spec") or {}).get("data")
-                    rec = _failed(spec, f"the worker's data differs from the driver's ({theirs} on {where['node']}, "
-                                        f"{spec.data} here): every node needs the same data folder; the worker "
-                                        f"said: {rec.get('error') or 'ok'}")
+                if rec.run_id != spec.run_id:  # the worker saw other data (or none) under the same path
+                    rec = _failed(spec, f"the worker's data differs from the driver's ({rec.spec.data} on "
+                                        f"{where['node']}, {spec.data} here): every node needs the same data "
+                                        f"folder; the worker said: {rec.error or 'ok'}")
                 else:
-                    rec = {**rec, "ray": where}
-            store.write_json(path, rec)
+                    rec = dataclasses.replace(rec, ray=where)
+            store.write_record(path, rec)
             claim.release(path)
             released.add(i)
             out.written.append(path)
-            counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+            counts[rec.status] = counts.get(rec.status, 0) + 1
             bar.update(1)
-            if rec["status"] != "ok":  # failed or skipped: said with -q too
-                _say(f"{spec.label}: {rec['status']}: "
-                     f"{rec.get('reason') or rec.get('error')}")
+            if not rec.ok:  # failed or skipped: said with -q too
+                _say(f"{spec.label}: {rec.status}: {rec.why}")
         show(0)
     finally:
         bar.close()

@@ -11,10 +11,10 @@ from peftzoo.bench.preset import load_preset
 DATA_DIR = "$PEFTZOO_DATA_DIR"  # left for the shell to expand: the data's path is not part of a run's identity
 
 
-def _preset(runs: list[dict], suite: str):
+def _preset(runs: list, suite: str):
     """(the preset's name or path, the loaded preset or None). Runs made before sweeps recorded their preset: the
     shipped preset named like the suite, if its suite is that one."""
-    named = sorted({(r.get("bench") or {}).get("preset") for r in runs} - {None})
+    named = sorted({(r.spec.request or {}).get("preset") for r in runs} - {None})
     name = named[0] if named else suite
     try:
         p = load_preset(name)
@@ -23,28 +23,28 @@ def _preset(runs: list[dict], suite: str):
     return (name, p) if named or p.suite == suite else (None, None)
 
 
-def description(runs: list[dict], suite: str) -> str | None:
+def description(runs: list, suite: str) -> str | None:
     """The description of the preset the runs were made with (as ``_preset`` finds it), if it has one."""
     return getattr(_preset(runs, suite)[1], "description", None) or None
 
 
-def _seeds(runs: list[dict]) -> list[int]:
+def _seeds(runs: list) -> list[int]:
     """The seeds in plan order: the LR sweep's seeds (stage 1) first, as the plan takes the first ones for it."""
-    sweep = sorted({r["seed"] for r in runs if (r.get("protocol") or {}).get("stage") == 1})
-    return sweep + sorted({r["seed"] for r in runs} - set(sweep))
+    sweep = sorted({r.seed for r in runs if r.spec.stage == 1})
+    return sweep + sorted({r.seed for r in runs} - set(sweep))
 
 
-def bench_args(runs: list[dict], root, suite: str) -> list[str]:
+def bench_args(runs: list, root, suite: str) -> list[str]:
     """``peftzoo bench`` arguments (without the program name) that plan the runs of ``runs``."""
     name, preset = _preset(runs, suite)
-    spec = runs[0]["spec"]
+    spec = runs[0].spec
     order = list(adapters.REGISTRY)
-    tasks = sorted({r["task"] for r in runs})
-    methods = sorted({r["method"] for r in runs}, key=lambda m: (order.index(m) if m in order else len(order), m))
+    tasks = sorted({r.task for r in runs})
+    methods = sorted({r.method for r in runs}, key=lambda m: (order.index(m) if m in order else len(order), m))
     seeds = _seeds(runs)
     args = ["bench", "--preset", name or "PRESET"]
-    if spec.get("model"):
-        args += ["--model", spec["model"]]
+    if spec.model:
+        args += ["--model", spec.model]
     if preset is None or set(tasks) != set(preset.tasks):
         args += ["--tasks", *tasks]
     if preset is None or set(methods) != set(preset.methods):
@@ -52,11 +52,11 @@ def bench_args(runs: list[dict], root, suite: str) -> list[str]:
     if preset is None or seeds != list(preset.seeds):
         args += ["--seeds", *map(str, seeds)]
     args += ["--suite", suite, "--results", str(root)]
-    if any(r["spec"].get("skip_bad_rows") for r in runs):
+    if any(r.spec.skip_bad_rows for r in runs):
         args.append("--skip-bad-rows")
-    if any((r.get("bench") or {}).get("skip_unreachable") for r in runs):
+    if any((r.spec.request or {}).get("skip_unreachable") for r in runs):
         args.append("--skip-unreachable")
-    if str(spec.get("data") or "").startswith("local:"):
+    if str(spec.data or "").startswith("local:"):
         args += ["--data-dir", DATA_DIR]
     return args
 
@@ -69,7 +69,7 @@ def _join(args: list[str]) -> str:
     return " ".join(["peftzoo"] + [a if a == DATA_DIR else shlex.quote(a) for a in args])
 
 
-def line(runs: list[dict], root, suite: str, optimistic: bool = False) -> str:
+def line(runs: list, root, suite: str, optimistic: bool = False) -> str:
     """``Reproduce: `peftzoo bench ... && peftzoo table ...```, with a note when the preset is not recorded."""
     b = bench_args(runs, root, suite)
     note = "" if b[2] != "PRESET" else (" (these runs do not record their preset: put its name or path for PRESET)")

@@ -1,42 +1,41 @@
 """One run: ``execute(spec)`` prepares it (data, model, adapter, batches), fits it, evaluates it every epoch and
 records it; each part lives in a module named for its job: ``spec`` (what a run is), ``models`` (model and
 adapter), ``batches`` (tokenised batches), ``train`` (the loop), ``evaluation``, ``machine`` (memory, device,
-versions) and ``record``.
+versions) and ``record`` (the ``RunRecord`` it returns).
 
 The executor here is in-process and sequential; a distributed one (e.g. Ray) only needs to call
-``execute(spec, ...)`` on each spec and ``store.write_json`` the result.
+``execute(spec, ...)`` on each spec and ``store.write_record`` the result.
 """
 from __future__ import annotations
 
 import random
 import time
 from dataclasses import dataclass
+import traceback
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from peftzoo.bench import batches, record
+from peftzoo.bench import batches
 from peftzoo.bench.evaluation import Evaluation
-from peftzoo.bench.machine import peak_memory, versions  # noqa: F401  (versions: its former home)
-from peftzoo.bench.models import default_model, load_model, make_adapter  # noqa: F401
-from peftzoo.bench.preset import load_preset  # noqa: F401  (its former home)
+from peftzoo.bench.machine import device_name, peak_memory, versions
+from peftzoo.bench.models import default_model, load_model, make_adapter  # noqa: F401 (default_model: cli's demo)
+from peftzoo.bench.record import RunRecord
 from peftzoo.bench.spec import RunSpec
 from peftzoo.bench.tasks import get_task, load_task, split_indices
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @lru_cache(maxsize=4)
-def _data(task: str, data_dir, skip_bad_rows: bool = False):
+def load_splits(task: str, data_dir: str | None, skip_bad_rows: bool = False) -> dict:
+    """A task's splits, loaded and validated once per process (``data_dir`` as a string, or None)."""
     return load_task(get_task(task), data_dir, skip_bad_rows)
 
 
 def load_data(spec: RunSpec, data_dir):
     """(task, its splits), loaded and validated once per process."""
     task = get_task(spec.task)
-    return task, _data(task.name, str(data_dir) if data_dir else None, spec.skip_bad_rows)
+    return task, load_splits(task.name, str(data_dir) if data_dir else None, spec.skip_bad_rows)
 
 
 @dataclass
@@ -51,8 +50,9 @@ class Prepared:
     device: torch.device
 
 
-def prepare(spec: RunSpec, task, data: dict, dev: torch.device) -> Prepared:
-    """Seeds, the training subset and validation split (the same for every run), model, adapter, batches."""
+def prepare(spec: RunSpec, task, data: dict, dev: torch.device, attach=make_adapter) -> Prepared:
+    """Seeds, the training subset and validation split (the same for every run), model, adapter (``attach(model,
+    spec)``), batches."""
     random.seed(spec.seed)
     np.random.seed(spec.seed)
     torch.manual_seed(spec.seed)
@@ -64,7 +64,7 @@ def prepare(spec: RunSpec, task, data: dict, dev: torch.device) -> Prepared:
     if spec.random_init:
         torch.manual_seed(0)  # the same random θ0 for every run (its training RNG continues from here, as always)
     model, tok = load_model(spec.model, task, spec.random_init)
-    ad = make_adapter(model, spec)
+    ad = attach(model, spec)
     ad.model.to(dev)
     enc = batches.encode_split(tok, train, idx, spec.max_len, task.name)  # cached per process
     scale = target_scale(spec, task, train.labels[idx])
@@ -87,37 +87,56 @@ def target_scale(spec: RunSpec, task, labels) -> tuple[float, float] | None:
     return float(np.mean(labels)), sd
 
 
-def fit_run(spec: RunSpec, run: Prepared, progress: bool):
+def fit_run(spec: RunSpec, run: Prepared, progress: bool, callbacks=()):
     from tqdm.auto import tqdm
 
     from peftzoo.bench.train import fit
     with tqdm(total=spec.epochs * run.n_batches, desc=spec.label, leave=False,
               disable=not progress) as bar:
         res = fit(run.adapter, run.epoch_batches, spec.epochs, spec.lr, run.evaluation, spec.warmup,
-                  spec.weight_decay, progress=bar, precision=spec.precision)
+                  spec.weight_decay, progress=bar, precision=spec.precision, callbacks=callbacks)
     if res.steps < 1:
         raise ValueError(f"no training step was taken (epochs={spec.epochs}, {run.n_batches} batches)")
     return res
 
 
-def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: bool = True) -> dict:
-    """Train and evaluate one run; returns the result record (status ok/failed/skipped), never raises."""
+def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: bool = True, callbacks=(),
+            attach=make_adapter) -> RunRecord:
+    """Train and evaluate one run; returns its record (status ok/failed/skipped), never raises. ``callbacks``:
+    ``train.Callback`` objects the training loop calls (a per-step probe, timings); ``attach(model, spec)``: the
+    adapter (default: the spec's method by name; a benchmark passes another implementation to run it here)."""
     try:
         spec = spec.bind_data(data_dir)
     except (OSError, ValueError):
         pass  # loading the data below fails and records why
-    rec = record.start(spec)
     if spec.skip_reason:
-        return {**rec, "status": "skipped", "reason": spec.skip_reason}
+        return RunRecord(spec, "skipped", versions(), reason=spec.skip_reason)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    t0 = time.perf_counter()
+    t0, skipped = time.perf_counter(), None
     try:
         task, data = load_data(spec, data_dir)
-        rec["data_skipped"] = {s: data[s].skipped for s in ("train", *task.dev)}
-        run = prepare(spec, task, data, dev)
+        skipped = {s: data[s].skipped for s in ("train", *task.dev)}
+        run = prepare(spec, task, data, dev, attach)
         with peak_memory(dev) as peak:
-            res = fit_run(spec, run, progress)
-        rec.update(record.finished(spec, run, res, peak, t0))
+            res = fit_run(spec, run, progress, callbacks)
+        return finished(spec, run, res, peak, t0, skipped)
     except Exception as e:  # recorded, the sweep goes on
-        rec.update(record.failed(e, t0))
-    return rec
+        return RunRecord(spec, "failed", versions(), error=f"{type(e).__name__}: {e}", data_skipped=skipped,
+                         traceback=traceback.format_exc()[-4000:], wall_s=time.perf_counter() - t0)
+
+
+def finished(spec: RunSpec, run: Prepared, res, peak: dict, t0: float, skipped: dict) -> RunRecord:
+    """The record of a run that trained: its epochs, counts (taken after training, so a pruning method reports
+    what it ends with), costs, and the adapter's own fields (``report()``)."""
+    ad, ev = run.adapter, run.evaluation
+    summary = ad.summary()
+    st = sorted(res.step_times)[len(res.step_times) // 2]  # fit took >= 1 step
+    return RunRecord(
+        spec, "ok", versions(), res.history, data_skipped=skipped, steps=res.steps,
+        params={"target": spec.budget, "achieved": summary["adapter"], "solver": spec.achieved,
+                **{k: v for k, v in summary.items() if k != "method"}},
+        wall_s=time.perf_counter() - t0, train_s=res.wall_s, median_step_s=st, throughput_ex_s=spec.batch_size / st if st else None,
+        peak_mem_mb=peak["mb"], peak_mem_kind=peak["kind"], device=device_name(run.device),
+        adapter_file_bytes=ad.file_bytes(), dev_labels=ev.dev_labels(),
+        split_sizes={"train": len(run.idx), "val": len(run.val_idx), **{s: len(r) for s, r in ev.dev_rows.items()}},
+        target_scale={"mean": ev.scale[0], "std": ev.scale[1]} if ev.scale else None, extra=ad.report())

@@ -1,35 +1,63 @@
-"""What a run is: a plain-data ``RunSpec`` (every setting that changes its result), so any process can run it."""
+"""What a run is: a plain-data ``RunSpec`` (every setting that changes its result), so any process can run it.
+
+Its id (``run_id``) is a readable prefix (method, hparams, seed) and the hash of its identity (``identity()``):
+every field but the labels (``suite``, ``cell``) and the protocol context recorded beside it (``protocol``,
+``stage``, ``request``). A field added after runs were recorded is declared with ``added(value)``: at that value
+it is left out of the id, so older runs keep theirs (and their records, which lack it, read as that value).
+"""
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from peftzoo import BEHAVIOUR_VERSION
-from peftzoo.bench import store
+from peftzoo.bench import identity
 from peftzoo.bench.tasks import data_source, get_task
 
+if TYPE_CHECKING:
+    from peftzoo.bench.protocol import Protocol
 
 REGRESSION_TARGETS = ("raw", "standardize")
+TARGETS = ("query", "value")  # the default adapted modules of a run (and of a preset)
+TRAIN_MODULES = ("classifier",)  # the default modules trained in full: the classification head
+
+
+def label(default=dataclasses.MISSING):
+    """A field that names the run (tables, folders) without changing its result: not part of its id."""
+    return field(default=default, metadata={"label": True})
+
+
+def beside(default=None):
+    """Where the run sits in a sweep: recorded beside its spec (``RunRecord.to_json``), not part of its id."""
+    return field(default=default, metadata={"beside": True})
+
+
+def added(default, key: str | None = None):
+    """A setting added after runs were recorded, with the value those runs had: at it, left out of the id."""
+    return field(default=default, metadata={"legacy": default, **({"key": key} if key else {})})
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    suite: str
-    task: str
-    method: str
-    seed: int
+    suite: str = label()  # the results sub-folder (one folder can hold runs planned under several names)
+    task: str  # GLUE task (canonical name)
+    method: str  # registered method or baseline
+    seed: int  # seeds torch, numpy and random, the adapter's init and the batch order
     hparams: dict = field(default_factory=dict)  # method kwargs (e.g. {"r": 8}); the budget solver fills them
     model: str | None = None  # transformers id or path; None = embedded all-MiniLM-L6-v2
-    targets: object = ("query", "value")
-    train: tuple = ("classifier",)
-    lr: float = 1e-3
-    epochs: int = 1
-    batch_size: int = 16
-    max_len: int = 128
-    max_train: int | None = None
-    max_eval: int | None = None
-    warmup: float = 0.06
-    weight_decay: float = 0.0
+    targets: object = TARGETS  # adapted modules: suffixes, a regex or "all-linear"
+    # modules every method trains in full (the classification head); recorded under the key "train"
+    train_modules: tuple = field(default=TRAIN_MODULES, metadata={"key": "train"})
+    lr: float = 1e-3  # peak learning rate (AdamW, linear warm-up and decay)
+    epochs: int = 1  # passes over the (capped) training subset
+    batch_size: int = 16  # training examples per step
+    max_len: int = 128  # tokens per example after truncation
+    max_train: int | None = None  # training examples (the same subset for every run); None = all
+    max_eval: int | None = None  # dev examples scored; None = all
+    warmup: float = 0.06  # share of the steps with linear warm-up
+    weight_decay: float = 0.0  # AdamW weight decay
     budget: int | None = None  # target adapter elements; None = not matched
     achieved: int | None = None  # the solver's count for hparams
     skip_reason: str | None = None  # set when the budget cannot be met within tolerance
@@ -39,14 +67,17 @@ class RunSpec:
     skip_bad_rows: bool = False  # malformed data rows left out (and counted) instead of an error
     selection: str = "validation"  # the table picks LR and epoch on the validation split (see bench.protocol)
     behaviour: int = BEHAVIOUR_VERSION  # peftzoo's training behaviour version (see peftzoo.BEHAVIOUR_VERSION)
-    cell: str = ""  # the budget point's label in tables ("73,728", "paper", "—"); not part of the run's identity
+    cell: str = label("")  # the budget point's label in tables ("73,728", "paper", "—"); one run can serve two
     val_fraction: float = 0.1  # validation held back from train for selection: this share of it...
     val_cap: int = 1000  # ...at most this many examples...
     val_seed: int = 0  # ...drawn with this seed (the same split for every run)
     # regression labels as given ("raw") or standardised with the training subset's mean and std ("standardize";
     # predictions mapped back): a head that starts near 0 against STS-B's labels (mean 2.7) spends a short run on
     # the offset, and LoRA-family runs collapse to predicting the mean (measured: results/cpu-stsb-raw)
-    regression_targets: str = "raw"
+    regression_targets: str = added("raw")
+    protocol: Protocol | None = beside()  # the selection protocol the run was planned under (bench.protocol)
+    stage: int | None = beside()  # 1: the LR sweep, 2: a selected LR (other seeds and budgets)
+    request: dict | None = beside()  # how the sweep was asked for (preset, --skip-unreachable): the Reproduce line
 
     def __post_init__(self):
         if self.regression_targets not in REGRESSION_TARGETS:
@@ -65,14 +96,47 @@ class RunSpec:
         cell = f" {self.cell}" if self.cell and self.cell != "—" else ""
         return f"{self.task} {self.method}{cell} lr={self.lr:g} s{self.seed}"
 
+    def identity(self) -> dict:
+        """The fields that define the run's result, under their recorded keys."""
+        return {_key(f): v for f, v in self._recorded() if not f.metadata.get("label")
+                and not ("legacy" in f.metadata and v == f.metadata["legacy"])}
+
     @property
     def run_id(self) -> str:
-        """Readable prefix + hash of every field but store.ID_EXCLUDE: a changed config is a new run."""
-        return store.run_id(self.to_dict())
+        """``<method>--<hparams>--s<seed>--<hash of identity()>``: readable, and new for any changed setting."""
+        hp = "-".join(f"{k}{_fmt(v)}" for k, v in sorted(self.hparams.items())) or "default"
+        return identity.readable(f"{self.method}--{hp}--s{self.seed}") + f"--{identity.digest(self.identity())}"
 
     def bind_data(self, data_dir=None) -> RunSpec:
         """This spec with ``data`` set to what ``data_dir`` (else $PEFTZOO_DATA_DIR, else the hub) holds."""
         return dataclasses.replace(self, data=data_source(get_task(self.task), data_dir))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The record's ``spec``: every field but those recorded beside it, under its recorded key."""
+        return {_key(f): copy.deepcopy(v) for f, v in self._recorded()}
+
+    @classmethod
+    def from_dict(cls, d: dict, **beside_fields) -> RunSpec:
+        """A spec from a record's ``spec`` (lists read as tuples); a field it lacks takes its default."""
+        names = {_key(f): f.name for f in dataclasses.fields(cls) if not f.metadata.get("beside")}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(unknown)} (written by another version of peftzoo?)")
+        kw = {names[k]: tuple(v) if isinstance(v, list) and k in ("targets", "train") else v for k, v in d.items()}
+        return cls(**kw, **beside_fields)
+
+    def _recorded(self):
+        return [(f, getattr(self, f.name)) for f in dataclasses.fields(self) if not f.metadata.get("beside")]
+
+
+def not_identity() -> set[str]:
+    """The RunSpec fields that do not change a run's id."""
+    return {f.name for f in dataclasses.fields(RunSpec) if f.metadata.get("label") or f.metadata.get("beside")}
+
+
+def _key(f) -> str:
+    return f.metadata.get("key", f.name)
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)

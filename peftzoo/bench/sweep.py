@@ -1,4 +1,4 @@
-"""The sweep executes the unfinished RunSpecs of a plan (``protocol.make_plan``), one JSON each.
+"""The sweep executes the unfinished RunSpecs of a plan (``plan.make_plan``), one JSON each.
 
 Each run is claimed before it executes (``claim.acquire``), so several sweeps on one results folder split the work.
 """
@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftzoo.bench import claim, store
-from peftzoo.bench.runner import RunSpec, execute
+from peftzoo.bench.plan import make_plan
+from peftzoo.bench.runner import execute
+from peftzoo.bench.spec import RunSpec
 
 EXIT_SOME_FAILED = 3  # `peftzoo bench` exit status when any run of the plan is recorded as failed
 
@@ -17,7 +19,6 @@ EXIT_SOME_FAILED = 3  # `peftzoo bench` exit status when any run of the plan is 
 def plan(preset, tasks=None, methods=None, seeds=None, skip_bad_rows: bool = False) -> list[RunSpec]:
     """The preset's runs that need no LR selection: the LR sweep (stage 1 of ``protocol``), and the other seeds and
     budgets of methods whose grid is a single LR. ``run_protocol`` runs the whole plan."""
-    from peftzoo.bench.protocol import make_plan
     return make_plan(preset, tasks, methods, seeds, skip_bad_rows=skip_bad_rows).known()
 
 
@@ -87,15 +88,15 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
             continue
         try:
             rec = executor(spec, data_dir=data_dir, device=device, progress=not quiet)
-            store.write_json(path, rec)
+            store.write_record(path, rec)
         finally:
             claim.release(path)
         out.written.append(path)
-        if rec["status"] != "ok":  # failed or skipped: said with -q too
-            _say(f"{spec.label}: {rec['status']}: {rec.get('reason') or rec.get('error')}")
+        if not rec.ok:  # failed or skipped: said with -q too
+            _say(f"{spec.label}: {rec.status}: {rec.why}")
     for s in bound.values():
         rec, _ = store.read_record(store.run_path(root, s.suite, s.task, s.run_id))
-        if rec is not None and rec["status"] == "failed":
+        if rec is not None and rec.status == "failed":
             out.failed.append((s, rec))
     return out
 
@@ -103,29 +104,24 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
 def failed_before(out: Outcome, root) -> list[str]:
     """One line per failed run that this sweep did not run (failed in an earlier sweep, not retried)."""
     now = {Path(p) for p in out.written}
-    return [f"{s.label}: failed earlier: {r.get('error')}" for s, r in out.failed
+    return [f"{s.label}: failed earlier: {r.error}" for s, r in out.failed
             if store.run_path(root, s.suite, s.task, s.run_id) not in now]
 
 
 def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, retry_failed=False, executor=None,
-        ray=None, bench: dict | None = None):
-    """Stage 1, selection on validation, stage 2; every run JSON records the protocol and its stage, and ``bench``
-    (how the sweep was asked for: preset, --skip-unreachable; the table's Reproduce line reads it).
+                 ray=None) -> Outcome:
+    """Stage 1, selection on validation, stage 2; every run records its protocol and stage and the plan's request
+    (how the sweep was asked for: preset, --skip-unreachable; the table's Reproduce line reads it), all carried by
+    its RunSpec.
 
     A (task, method) whose sweep is not complete yet (runs held by another sweep) gets no stage 2 now: its LR
     would be chosen on part of the grid; one whose every sweep run failed gets none either (said, also with -q).
     Returns the combined ``sweep.Outcome``."""
-    from peftzoo.bench.protocol import middle_selection
-    def staged(stage):
-        def ex(spec, *args, **kw):  # the Ray executor passes (spec, data_dir, device, progress) positionally
-            rec = (executor or execute)(spec, *args, **kw)
-            return {**rec, "protocol": {**plan.protocol.to_dict(), "stage": stage}, **({"bench": bench} if bench else {})}
-        return ex
     dropped = [f"{c.name}: {why}" for c, why in plan.dropped]
     for line in dropped:
         _say(f"left out (--skip-unreachable): {line}")
     s1 = plan.stage1()
-    out1 = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=staged(1), ray=ray)
+    out1 = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray)
     recs, incomplete = [], set()
     for s in s1:
         rec, _ = store.read_record(store.run_path(root, s.suite, s.task, s.bind_data(data_dir).run_id))
@@ -133,7 +129,7 @@ def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, 
             incomplete.add((s.task, s.method))
         else:
             recs.append(rec)
-    sel = {k: lr for k, lr in middle_selection(plan, recs).items() if k not in incomplete}
+    sel = {k: lr for k, lr in plan.selected_lrs(recs).items() if k not in incomplete}
     if not quiet:
         for (t, m), lr in sorted(sel.items()):
             print(f"selected on validation: {t} {m} lr={lr:g}")
@@ -144,7 +140,7 @@ def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, 
                f"seeds and budgets) were not run" for t, m in sorted(waiting - set(sel) - incomplete)]
     for line in not_run:
         _say(line)
-    out2 = sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=staged(2), ray=ray)
+    out2 = sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray)
     return Outcome(**{k: getattr(out1, k) + getattr(out2, k) for k in
                       ("total", "done_before", "written", "failed", "busy", "invalid")}, not_run=not_run,
                    dropped=dropped)

@@ -1,12 +1,190 @@
-"""Turn a suite's run JSONs into leaderboard.{md,csv,png} and leaderboard-lr.png (rows and statistics:
-``leaderboard``, one config per table: ``configs``)."""
+"""`peftzoo table`: a suite's run records as leaderboard.{md,csv,png} and leaderboard-lr.png (the board's rows and
+statistics: ``leaderboard``; one config per table: ``configs``; the Reproduce line: ``reproduce``), each file
+written atomically."""
 from __future__ import annotations
 
+import csv
+import io
+import json
+import sys
 from pathlib import Path
 
+from peftzoo.bench import learned, plots, reproduce, stats, store
+from peftzoo.bench.configs import check_configs, config_line
+from peftzoo.bench.leaderboard import Board, at_edge, build, separation
 
-def write(root, suite: str, optimistic: bool = False, written: list | None = None) -> Path:
-    """The protocol's table (selection on validation); ``optimistic=True``: the flagged best-on-dev view. Returns
-    the .md path; every file written is appended to ``written``."""
-    from peftzoo.bench import leaderboard
-    return leaderboard.write(root, suite, optimistic=optimistic, written=written)
+SIG = ("`*` / `**`: the difference from LoRA at the same budget (LoRA at the middle budget for baselines and paper "
+       "settings) is significant at p < 0.05 / 0.01, paired bootstrap over dev examples (2,000 resamples, the same "
+       "draw applied to every seed of both methods, scores averaged over seeds).")
+CELLS = ("Cells: GLUE dev metric ×100, mean ± std over seeds (`(n=1)`: a single seed, so no std; MRPC: mean of F1 "
+         "and accuracy; STS-B: of Pearson and Spearman; CoLA: Matthews corr.); the CSV adds the 95% t-interval. "
+         + SIG + " `budget`: the matched adapter-element count (achieved / target in `params`; AdaLoRA: its final "
+         "budget) or `paper` (the method's paper setting). `LR / epoch`: selected on validation; `†`: the selected LR "
+         "is an end point of the swept grid, so the best LR may lie outside it. Step time is the median training "
+         "step relative to head-only and to full fine-tuning. `process peak MB`: ")
+
+
+def _num(x, f="{:.2f}"):
+    return "—" if x is None else f.format(x)
+
+
+def _lrs(row, tasks):
+    got = {t: (f"{row.tasks[t].sel.lr:g}" + ("†" if at_edge(row.tasks[t].sel) else ""), row.tasks[t].sel.epoch)
+           for t in tasks if t in row.tasks}
+    if len({v for v in got.values()}) == 1:
+        lr, ep = next(iter(got.values()))
+        return f"{lr} / {ep}"
+    return ", ".join(f"{t} {lr} / {ep}" for t, (lr, ep) in got.items())
+
+
+def _n_dev(sizes: dict) -> int:
+    return sum(x for k, x in sizes.items() if k not in ("train", "val"))
+
+
+def _header(suite: str, b: Board, use: str) -> list[str]:
+    ok = b.ok
+    prot = ok[0].spec.protocol if ok else None
+    v, spec = ok[0].versions, ok[0].spec
+    sizes = {t: next((r.split_sizes for r in ok if r.task == t and r.split_sizes), None) for t in b.tasks}
+    title = (f"# Leaderboard: `{suite}`" if use == "val" else
+             f"# OPTIMISTIC leaderboard: `{suite}` (LR and epoch chosen on the dev set it reports: biased upward)")
+    sm = b.step_memory
+    return [title, "", b.reproduce or "Reproduce: not known (no runs were read from a results folder).", "",
+            (prot.describe(learned.swept(b)) if prot else "Protocol: not recorded in these runs.")
+            + (" THIS VIEW IGNORES IT: selection used the dev scores." if use == "dev" else ""), "",
+            *([s, ""] if (s := learned.preset_sentence(b)) else []),
+            f"Device: {', '.join(sorted({r.device for r in ok}))}. Versions: {', '.join(f'{k} {x}' for k, x in v.items())}. "
+            f"Model: `{spec.model or 'all-MiniLM-L6-v2 (embedded)'}`. Config: {config_line(ok)} "
+            "Examples (train / validation / dev): "
+            + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {_n_dev(s):,}" if s else f"{t} not recorded"
+                        for t, s in sizes.items()) + ".", "",
+            CELLS + f"{b.rows[0].peak_mem_kind if b.rows else '—'} during training (weights, data and the sweep's "
+            "earlier runs included). `step MB`: " + (sm["measured"] + f" (`{sm['command']}`, batch "
+                                                     f"{sm['batch_size']} × {sm['max_len']})" if sm
+                                                     else "not measured (run benchmarks/step_memory.py)") + ".", ""]
+
+
+def _row_line(r, tasks) -> str:
+    hp = ", ".join(f"{k}={x}" for k, x in r.hparams.items()) or "—"
+    cells = []
+    for t in tasks:
+        c = r.tasks.get(t)
+        spread = f" ± {100 * c.std:.1f}" if c and c.n > 1 else " (n=1)"  # one seed has no spread
+        cells.append("—" if c is None else f"{100 * c.mean:.1f}{spread}{stats.significance_mark(c.p)}")
+    tgt = f" / {r.budget:,}" if r.budget else ""
+    return (f"| {r.method} | {r.label} | {hp} | " + " | ".join(cells)
+            + f" | {_num(r.avg and 100 * r.avg, '{:.1f}')} | {_lrs(r, tasks)} | {r.achieved:,}{tgt} "
+            f"| {r.trainable:,} | {_num(r.step_vs_head)} | {_num(r.step_vs_full)} "
+            f"| {r.peak_mem_mb:.0f} | {_num(r.step_mb, '{:.0f}')} | {r.file_kb:.0f} | {r.seeds} |")
+
+
+def markdown(suite: str, b: Board, use: str) -> str:
+    tasks = b.tasks
+    lines = _header(suite, b, use) + [
+        "| method | budget | hparams | " + " | ".join(tasks) + " | avg | LR / epoch | params | trainable "
+        "| step / head | step / full | process peak MB | step MB | file KB | seeds |",
+        "|" + "---|" * (len(tasks) + 14)] + [_row_line(r, tasks) for r in b.rows]
+    if (s := learned.not_learning(b)) is not None:
+        lines += ["", s]
+    sep = separation(b)
+    if sep:
+        lines += ["", "Separation (a task is in a preset only if full FT beats head-only by more than 3× the larger 95% "
+                  "half-width): " + "; ".join(
+                      f"{t} {100 * x['gap']:.1f} vs 3 × {100 * x['half_width']:.1f} = {300 * x['half_width']:.1f}: "
+                      + ("separates" if x["separates"] else "DOES NOT SEPARATE") for t, x in sep.items()) + "."]
+    if b.bad:
+        lines += ["", "Runs not in the table:", ""]
+        lines += [f"- {r.task} {r.method} lr={r.spec.lr:g} s{r.seed}: {r.status}: {r.why}" for r in b.bad]
+    if b.invalid:
+        lines += ["", "Invalid run records (skipped):", ""] + [f"- `{p}`: {why}" for p, why in b.invalid]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(b: Board) -> str:
+    tasks = b.tasks
+    per = ["mean", "std", "ci95_lo", "ci95_hi", "n_seeds", "lr", "lr_at_grid_edge", "epoch", "diff_vs_lora", "p_vs_lora"]
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["method", "budget", "hparams", *[f"{t}_{k}" for t in tasks for k in per], "avg", "params_target",
+                "params_achieved", "trainable", "step_vs_head", "step_vs_full", "peak_mem_mb", "step_mb", "file_kb"])
+    for r in b.rows:
+        vals = []
+        for t in tasks:
+            c = r.tasks.get(t)
+            vals += ([None] * len(per) if c is None else
+                     [c.mean, c.std, *c.ci, c.n, c.sel.lr, at_edge(c.sel), c.sel.epoch, c.diff, c.p])
+        w.writerow([r.method, r.label, store_hp(r.hparams), *vals, r.avg, r.budget, r.achieved, r.trainable,
+                    r.step_vs_head, r.step_vs_full, r.peak_mem_mb, r.step_mb, r.file_kb])
+    return out.getvalue()
+
+
+def add_step_memory(b: Board, path: Path) -> None:
+    """Each row's ``step_mb`` from ``benchmarks/step_memory.py``'s file (matched on method and hparams), if any."""
+    if not path.exists():
+        return
+    sm = json.loads(path.read_text())
+    got = {(x["method"], json.dumps(x["hparams"], sort_keys=True)): x["step_peak_mb"] for x in sm["rows"]}
+    for r in b.rows:
+        r.step_mb = got.get((r.method, json.dumps(r.hparams, sort_keys=True)))
+    b.step_memory = sm
+
+
+def store_hp(hp: dict) -> str:
+    return ";".join(f"{k}={v}" for k, v in sorted(hp.items()))
+
+
+def suites(root) -> list[str]:
+    """The suites under a results folder: its sub-folders holding a runs/ folder."""
+    root = Path(root)
+    return sorted(p.name for p in root.iterdir() if (p / "runs").is_dir()) if root.is_dir() else []
+
+
+def _no_runs(root, suite: str, invalid: list) -> FileNotFoundError:
+    what = f" ({len(invalid)} invalid records)" if invalid else ""
+    have = suites(root)
+    where = (f"the suites under {root} are {', '.join(have)} (choose one with --suite)" if have else
+             (f"{root} holds no suite yet" if Path(root).is_dir() else f"there is no folder {root}")
+             + f"; `peftzoo bench --results {root}` writes runs there (the committed results: --results results)")
+    return FileNotFoundError(f"no runs under {Path(root) / suite / 'runs'}{what}: {where}")
+
+
+def _read(root, suite: str) -> tuple[list, list]:
+    """(the suite's records, [(path, problem)] of those that did not read); an error when none can be tabled."""
+    invalid = []
+    runs = store.read_runs(Path(root), suite, invalid)
+    for p, problem in invalid:
+        print(f"peftzoo table: skipping invalid run record {p}: {problem}", file=sys.stderr)
+    if not runs:
+        raise _no_runs(root, suite, invalid)
+    if not any(r.ok for r in runs):
+        bad = [r for r in runs if not r.ok]
+        listed = "\n".join(f"  {r.task} {r.method} s{r.seed}: {r.status}: {r.why}" for r in bad[:20])
+        raise ValueError(f"no successful run in {Path(root) / suite / 'runs'} ({len(bad)} runs, none ok), so no "
+                         f"table; nothing was written:\n{listed}\nFix the cause, then `peftzoo bench --retry-failed`.")
+    check_configs([r for r in runs if r.ok])
+    return runs, invalid
+
+
+def write(root, suite: str, optimistic: bool = False, n_boot: int = 2000, written: list | None = None) -> Path:
+    """The table's files under <root>/<suite>/ (``optimistic=True``: the flagged best-on-dev view); returns the .md
+    path and appends every path written to ``written``."""
+    runs, invalid = _read(root, suite)
+    out, use = Path(root) / suite, "dev" if optimistic else "val"
+    b = build(runs, use, n_boot)
+    b.invalid, b.reproduce = invalid, reproduce.line(runs, root, suite, optimistic=use == "dev")
+    b.description = reproduce.description(runs, suite)
+    add_step_memory(b, out / "step_memory.json")
+    stem = "leaderboard" if use == "val" else "leaderboard-optimistic"
+    paths = [out / f"{stem}{x}" for x in (".md", ".csv", ".png", "-lr.png")]
+    # each file atomic: a failed write leaves the old file whole
+    store.write_text(paths[0], markdown(suite, b, use))
+    store.write_text(paths[1], csv_text(b))
+    pts = [{"task": t, "method": r.method, "x": r.trainable, "mean": c.mean, "std": c.std}
+           for r in b.rows for t, c in r.tasks.items()]
+    plots.pareto(paths[2], b.tasks, pts, "optimistic (selected on dev)" if use == "dev" else "")
+    curves = [{"task": t, "method": m, "per_lr": s.per_lr, "selected": s.lr}
+              for (t, m, _), s in b.selection.items() if len(s.per_lr) > 1]
+    plots.lr_curves(paths[3], b.tasks, curves, "validation score ×100" if use == "val" else "dev score ×100 (optimistic)")
+    if written is not None:
+        written += paths
+    return paths[0]

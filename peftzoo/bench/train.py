@@ -4,17 +4,18 @@ The adapter's hooks are called explicitly, in this order, every step:
     loss = task loss (+ ad.extra_loss() if any);  backward;  clip;  optimizer.step();  ad.on_step(step);
     scheduler.step();  zero_grad.
 The adapter's optimizer (``ad.make_optimizer``: AdamW for most methods) with linear warm-up then linear decay;
-bf16 autocast on CUDA, and on CPU when ``precision="bf16"``.
+bf16 autocast on CUDA, and on CPU when ``precision="bf16"``. Every epoch ends with ``evaluate()`` (an
+``EpochResult``, or a plain dict of dev metrics) and the callbacks' ``on_epoch_end``.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from peftzoo.bench.machine import warn_bf16_cpu
+from peftzoo.bench.record import EpochResult
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -65,9 +66,23 @@ def linear_schedule(opt, total_steps: int, warmup: float):
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
+class Callback:
+    """What ``fit`` calls besides the adapter's hooks (e.g. ``peftzoo.analysis.GradientRank``, a probe of step
+    times); every hook is optional: override the ones you need."""
+
+    def on_train_begin(self, ad, total_steps: int) -> None:
+        """Before the first step (the optimizer exists)."""
+
+    def on_step_end(self, step: int, loss: float) -> None:
+        """After a step and its timing: a callback's cost is not the method's."""
+
+    def on_epoch_end(self, result: EpochResult) -> None:
+        """After an epoch's evaluation."""
+
+
 @dataclass
 class TrainResult:
-    history: list = field(default_factory=list)  # per epoch: {"epoch", "loss", "metrics"}
+    history: list = field(default_factory=list)  # [EpochResult]: per epoch, its evaluation and mean loss
     step_times: list = field(default_factory=list)
     steps: int = 0
     wall_s: float = 0.0
@@ -76,9 +91,8 @@ class TrainResult:
 def fit(ad, batches_per_epoch, epochs: int, lr: float, evaluate=None, warmup: float = 0.06,
         weight_decay: float = 0.0, clip: float = 1.0, progress=None, max_steps: int | None = None,
         precision: str = "auto", callbacks=()) -> TrainResult:
-    """Train ``ad`` for ``epochs``; ``batches_per_epoch(epoch)`` yields batches; ``evaluate()`` -> metrics dict.
-    ``callbacks``: objects with ``on_train_begin(ad, total_steps)`` and ``on_step_end(step, loss)`` (e.g.
-    ``peftzoo.analysis.GradientRank``)."""
+    """Train ``ad`` for ``epochs``; ``batches_per_epoch(epoch)`` yields batches; ``evaluate()`` -> an
+    ``EpochResult`` or a dict of dev metrics; ``callbacks``: ``Callback`` objects."""
     n_batches = len(batches_per_epoch(0))
     total = epochs * n_batches if max_steps is None else min(max_steps, epochs * n_batches)
     ad.set_total_steps(total)
@@ -107,12 +121,11 @@ def fit(ad, batches_per_epoch, epochs: int, lr: float, evaluate=None, warmup: fl
                 progress.update(1)
                 progress.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
         ad.model.eval()
-        metrics = evaluate() if evaluate is not None else {}
-        res.history.append({"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "metrics": metrics})
+        got = evaluate() if evaluate is not None else {}
+        result = got if isinstance(got, EpochResult) else EpochResult(dict(got))
+        result.epoch, result.loss = epoch + 1, sum(losses) / max(1, len(losses))
+        res.history.append(result)
+        for cb in callbacks:
+            cb.on_epoch_end(result)
     res.steps, res.wall_s = step, time.perf_counter() - t0
     return res
-
-
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if xs else math.nan

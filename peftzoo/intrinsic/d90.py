@@ -8,8 +8,9 @@ full fine-tuning must clearly beat the trivial score (the best constant predicti
 it (``uninformative``): a search that cannot fail is refused, unless allowed, and then marked not informative.
 
 Every (d, seed) score is cached in the result JSON as soon as it is known (atomic write), so a killed search
-resumes where it stopped; the file also records the settings (``config``) the scores were computed under, and a
-rerun with other settings is refused rather than answered with those scores. Brackets are read off every cached
+resumes where it stopped; the file also records the settings (``config``) the scores were computed under and their
+hash (``config_id``, ``bench.identity``: as a bench run's id hashes its spec), and a rerun whose settings hash
+otherwise is refused rather than answered with those scores. Brackets are read off every cached
 point of a seed, so a resumed search and a parallel one (``whole_grid``) find the same d_90.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from peftzoo.bench import identity
 from peftzoo.bench.stats import t_interval
 from peftzoo.bench.store import write_json
 
@@ -305,8 +307,14 @@ class Search:
 
     def save(self, result: dict | None = None):
         if self.path:
-            write_json(self.path, {**self.meta, **(result or {}), "config": self.config, "baseline": self.baseline,
+            write_json(self.path, {**self.meta, **(result or {}), "config": self.config,
+                                   "config_id": config_id(self.config), "baseline": self.baseline,
                                    "trivial": self.trivial, "scores": self.scores})
+
+
+def config_id(config: dict | None) -> str | None:
+    """The hash of a search's settings: equal settings, however typed (1e-3 or 0.001, a tuple or a list), hash alike."""
+    return None if config is None else identity.digest(config)
 
 
 def _cached(path: Path, config, overwrite: bool) -> dict[str, float]:
@@ -317,7 +325,7 @@ def _cached(path: Path, config, overwrite: bool) -> dict[str, float]:
         if overwrite:
             return {}
         raise CacheMismatch(f"{path} is not valid JSON ({e}): move it away or pass --overwrite") from e
-    if not isinstance(old, dict) or old.get("config") != config:
+    if not isinstance(old, dict) or config_id(old.get("config")) != config_id(config):
         if overwrite:
             return {}
         raise CacheMismatch(f"{path} holds scores computed with other settings "
