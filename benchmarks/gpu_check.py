@@ -13,7 +13,7 @@ that fails, crashes or runs out of time is reported and the next one runs:
             LoRA <= 1.10, DoRA <= 1.20 of the frozen forward+backward floor), PEFT beside them
     memory  one DoRA step's CUDA peak above its start, peftzoo and PEFT each in a fresh process, fp32 and bf16
             (target: peftzoo <= 0.8 x PEFT)
-    bench   a glue-protocol slice (benchmarks/glue.json cut to SST-2 from the pack, 7 methods at the LoRA r=8
+    bench   a glue-protocol slice (peftzoo/presets/glue.json cut to SST-2 from the pack, 7 methods at the LoRA r=8
             count, 2 LRs, 1 seed, 2 epochs) through `peftzoo bench --device cuda`
     table   `peftzoo table` on that slice
     speed-all  speed.py for the other methods (after the rest: it only informs)
@@ -111,8 +111,8 @@ def memory_cmds(ctx: Ctx) -> list[list[str]]:
 
 
 def slice_preset(ctx: Ctx) -> Path:
-    """benchmarks/glue.json cut to a few minutes: SST-2 (the pack's 2,000 rows), one budget, 2 LRs, 1 seed."""
-    p = json.loads((HERE / "glue.json").read_text())
+    """The glue preset (peftzoo/presets/glue.json) cut to a few minutes: SST-2 (the pack's 2,000 rows), one budget, 2 LRs, 1 seed."""
+    p = json.loads((REPO / "peftzoo" / "presets" / "glue.json").read_text())  # the shipped preset (package data)
     p.update(suite=SUITE, tasks=["SST-2"], methods=SLICE_METHODS, seeds=[0], budgets=["lora:r=8"],
              method_budgets={}, epochs=2, max_train=None, max_eval=None, task_overrides={}, model=None,
              description="benchmarks/gpu_check.py: the glue preset's protocol on a slice (SST-2, 2,000 packed "

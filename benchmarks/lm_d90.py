@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 TASKS = {"SST-2": {"max_train": 3000, "epochs": 3, "max_len": 64},
          "MRPC": {"max_train": None, "epochs": 5, "max_len": 128}}
 METHODS = {"said": 0.02, "did": 0.02}  # subspace lr: the one the earlier SAID searches used
-COMMON = ["--seeds", "0", "1", "2", "--definition", "gap", "relative", "--dmin", "100", "--dmax", "100000",
+COMMON = ["--seeds", "0", "1", "2", "--definition", "gap", "relative", "--dmin", "200", "--dmax", "100000",
           "--per-decade", "2", "--fine-per-decade", "4", "--max-ratio", "1.3", "--batch-size", "16",
           "--full-lr", "5e-5", "-q"]
 SPEED = {"full": 1 / 1.40, "said": 1.0, "did": 1.44 / 1.40}  # step cost vs SAID's: README, results/speed/said_cpu.json
@@ -145,7 +145,7 @@ def smoke(out: Path, n_train: int = 96) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=REPO / "results" / "intrinsic")
+    p.add_argument("--out", type=Path, default=REPO / "results" / "intrinsic")  # resumes the committed searches
     p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     p.add_argument("--smoke", action="store_true", help="time one short point per task and print the plan's cost")
     p.add_argument("--dry-run", action="store_true", help="print the searches and stop")
