@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
 import platform
 import statistics
 import time
@@ -195,7 +196,10 @@ def main(argv=None):
     lines = [f"# Step time / frozen-model floor: {tag}", "",
              f"Reproduce: `python benchmarks/speed.py --device {args.device} --hidden {args.hidden} --layers "
              f"{args.layers} --ffn {args.ffn} --seq {args.seq} --batch {args.batch} --threads {args.threads}"
-             f"{' --bf16' if args.bf16 else ''}`", "",
+             f"{' --bf16' if args.bf16 else ''} --rounds {args.rounds} --steps {args.steps}"
+             + (" --methods " + " ".join(shlex.quote(m) for m in args.methods) if args.methods != list(CONFIGS) else "")
+             + (" --no-peft" if args.no_peft else "") + (f" --out {args.out}" if args.out != "results/speed" else "")
+             + "`", "",
              f"Device {devname}; torch {torch.__version__}; BERT hidden {args.hidden}, {args.layers} layers, FFN "
              f"{args.ffn}, seq {args.seq}, batch {args.batch}; all-linear targets, classifier trained, AdamW. "
              f"Floor (frozen forward + backward to the inputs): {floor * 1e3:.1f} ms. Median of {args.rounds} "
