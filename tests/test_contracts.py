@@ -8,7 +8,7 @@ from conftest import TARGETS, randomize
 
 import peftzoo
 from peftzoo import adapters
-from peftzoo.adapters.base import AdapterLayer
+from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.layered import LayerAdapter
 
 METHODS = peftzoo.methods()

@@ -12,7 +12,7 @@ from torch import nn
 from zoo import ARCHS, output
 
 import peftzoo
-from peftzoo.adapters.base import AdapterLayer
+from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.defaults import EXTRA
 from peftzoo.inject import default_head, find_modules
 

@@ -7,7 +7,7 @@ from conftest import randomize, tiny_bert
 from torch import nn
 
 import peftzoo
-from peftzoo.adapters.base import AdapterLayer
+from peftzoo.adapters.layer import AdapterLayer
 
 peft = pytest.importorskip("peft")
 METHODS = ["lora", "rslora", "loraplus", "dora"]  # the methods PEFT runs on these layer types

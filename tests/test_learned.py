@@ -37,3 +37,14 @@ def test_fixed_lrs_change_the_protocol_sentence_and_quote_the_preset():
     p = Protocol()
     assert "NO LR sweep" in p.describe(swept=False) and "sweeps its LR grid" not in p.describe(swept=False)
     assert "sweeps its LR grid" in p.describe()
+
+
+def test_one_seed_tables_say_gaps_are_within_sampling_error():
+    from types import SimpleNamespace
+    b = board({("head", "—"): 0.615, ("lora", "9,216"): 0.80})
+    b.ok = [SimpleNamespace(split_sizes={"train": 1500, "val": 500, "dev": 872})]
+    s = learned.one_seed(b)
+    assert s.startswith("ONE SEED") and "872 dev rows: ±3.3 points" in s  # 196·√(0.25/872) = 3.32
+    for r in b.rows:
+        r.tasks["SST-2"].n = 3
+    assert learned.one_seed(b) is None

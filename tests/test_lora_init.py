@@ -7,7 +7,7 @@ import torch
 from conftest import TARGETS, randomize, tiny_bert
 
 import peftzoo
-from peftzoo.adapters.base import AdapterLayer
+from peftzoo.adapters.layer import AdapterLayer
 
 peft = pytest.importorskip("peft")
 TOL = dict(atol=1e-5, rtol=1e-5)

@@ -12,7 +12,7 @@ from torch import nn
 
 import peftzoo
 from peftzoo import adapters
-from peftzoo.adapters.base import AdapterLayer
+from peftzoo.adapters.layer import AdapterLayer
 
 # every method whose config takes init_lora_weights (the LoRA family: lora, rslora, loraplus, dora, deltalora, ...)
 FAMILY = [m for m in peftzoo.methods() if hasattr(adapters.get(m).config_cls, "init_lora_weights")]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from zoo import ARCHS, output
 
 import peftzoo
-from peftzoo.adapters.base import AdapterLayer
+from peftzoo.adapters.layer import AdapterLayer
 
 peft = pytest.importorskip("peft")
 LAYER_METHODS = ["lora", "rslora", "dora", "vera", "adalora", "ia3"]  # those PEFT runs on GPT-2's Conv1D

@@ -10,7 +10,7 @@ from transformers import BertForSequenceClassification
 
 import peftzoo
 from peftzoo import adapters
-from peftzoo.adapters.base import AdapterModule
+from peftzoo.adapters.lifecycle import AdapterModule
 from peftzoo.adapters.layered import LayerCodec
 
 METHODS = peftzoo.methods()

@@ -17,7 +17,8 @@ from peftzoo.adapters import delta_lora  # noqa: F401  deltalora
 from peftzoo.adapters import galore  # noqa: F401
 from peftzoo.adapters import subspace  # noqa: F401  did, said
 from peftzoo.adapters import prompt  # noqa: F401
-from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer
+from peftzoo.adapters.base import Adapter, AdapterConfig
+from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.registry import REGISTRY, get, register
 
 __all__ = ["Adapter", "AdapterConfig", "AdapterLayer", "REGISTRY", "register", "get"]

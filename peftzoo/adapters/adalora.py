@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peftzoo.adapters.base import AdapterConfig, AdapterLayer
+from peftzoo.adapters.base import AdapterConfig
+from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.fused import lowrank_linear
 from peftzoo.adapters.info import MethodInfo
 from peftzoo.adapters.layered import LayerAdapter, LayerCodec

@@ -23,7 +23,8 @@ from typing import Any
 from torch import nn
 
 from peftzoo.adapters.own import OwnTensors
-from peftzoo.adapters.base import AdapterConfig, AdapterLayer, count_train, find_train
+from peftzoo.adapters.base import AdapterConfig, count_train, find_train
+from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.info import MethodInfo
 from peftzoo.inject import LINEAR_TYPES, find_targets
 from peftzoo.registry import register

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftzoo.adapters.base import AdapterLayer
+from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.lora_init import RESIDUAL
 
 CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

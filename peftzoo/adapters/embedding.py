@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftzoo.adapters.base import AdapterLayer
+from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.lora_init import RESIDUAL
 
 

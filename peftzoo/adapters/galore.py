@@ -29,7 +29,8 @@ from torch import nn
 
 from peftzoo.adapters.own import OwnTensors
 from peftzoo.adapters.info import MethodInfo
-from peftzoo.adapters.base import AdapterConfig, AdapterLayer, count_train, find_train
+from peftzoo.adapters.base import AdapterConfig, count_train, find_train
+from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.galore_adam import GaloreAdamW, state_elements
 from peftzoo.inject import LINEAR_TYPES, find_targets, resolve_targets
 from peftzoo.registry import register

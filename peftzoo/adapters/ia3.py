@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftzoo.adapters.base import AdapterConfig, AdapterLayer
+from peftzoo.adapters.base import AdapterConfig
+from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.info import MethodInfo
 from peftzoo.adapters.layered import LayerAdapter, LayerCodec
 from peftzoo.inject import LINEAR_TYPES

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from peftzoo.adapters import lifecycle
-from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterLayer, count_train, find_train
+from peftzoo.adapters.base import Adapter, AdapterConfig, count_train, find_train
+from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.inject import find_targets, replace_module, resolve_targets
 from peftzoo.io import PEFT_PREFIX, PeftCodec, copy_checked
 

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from peftzoo.adapters.base import AdapterConfig, AdapterLayer
+from peftzoo.adapters.base import AdapterConfig
+from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.conv import LoraConv
 from peftzoo.adapters.embedding import LoraEmbedding
 from peftzoo.adapters.fused import lowrank_linear

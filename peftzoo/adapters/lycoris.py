@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftzoo.adapters.base import AdapterConfig, AdapterLayer
+from peftzoo.adapters.base import AdapterConfig
+from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.layered import LayerCodec
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)

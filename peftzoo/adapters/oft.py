@@ -32,7 +32,8 @@ import torch
 from packaging.version import Version
 from torch import nn
 
-from peftzoo.adapters.base import AdapterConfig, AdapterLayer, find_train
+from peftzoo.adapters.base import AdapterConfig, find_train
+from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.info import MethodInfo
 from peftzoo.adapters.layered import LayerAdapter, LayerCodec
 from peftzoo.registry import register

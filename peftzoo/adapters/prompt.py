@@ -28,7 +28,8 @@ from torch import nn
 
 from peftzoo import io
 from peftzoo.adapters import lifecycle
-from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterModule, count_train, find_train
+from peftzoo.adapters.base import Adapter, AdapterConfig, count_train, find_train
+from peftzoo.adapters.lifecycle import AdapterModule
 from peftzoo.adapters.info import MethodInfo
 from peftzoo.io import PeftCodec, copy_checked
 from peftzoo.registry import register

@@ -19,7 +19,8 @@ from torch import nn
 from torch.func import functional_call
 
 from peftzoo.adapters import lifecycle
-from peftzoo.adapters.base import Adapter, AdapterConfig, AdapterModule, count_train, find_train
+from peftzoo.adapters.base import Adapter, AdapterConfig, count_train, find_train
+from peftzoo.adapters.lifecycle import AdapterModule
 from peftzoo.adapters.fastfood import DenseProjection, Fastfood
 from peftzoo.adapters.info import MethodInfo
 from peftzoo.io import copy_checked

@@ -39,3 +39,15 @@ def not_learning(b: dict, margin: float = MARGIN) -> str | None:
     return (f"DID NOT LEARN beyond the head (at most {100 * margin:.0f} points above head-only): " + "; ".join(low)
             + ". At its LR and number of steps such a row learned nothing the head alone does not: try its LR grid "
               "(a preset's `lr_grid`) or more steps before reading it as the method's score.")
+
+
+def one_seed(b) -> str | None:
+    """Where some row has a single seed: say that the table ranks nothing among rows the bootstrap does not separate,
+    with the smallest dev split's sampling error of one accuracy-like score (95%, at p = 0.5: 1.96·√(0.25/n))."""
+    if not any(c.n == 1 for r in b.rows for c in r.tasks.values()):
+        return None
+    ns = [sum(v for k, v in r.split_sizes.items() if k not in ("train", "val")) for r in b.ok if r.split_sizes]
+    err = f" (one run's accuracy on {min(ns):,} dev rows: ±{196 * (0.25 / min(ns)) ** 0.5:.1f} points, 95%)" if ns else ""
+    return ("ONE SEED in some rows: their seed-to-seed spread is not in the table, and a gap between two rows that the "
+            f"paired bootstrap does not mark (`*`) is within the dev set's sampling error{err}: read no order among "
+            "such rows; the `cpu` preset (3 seeds) is the measurement.")

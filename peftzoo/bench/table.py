@@ -84,8 +84,9 @@ def markdown(suite: str, b: Board, use: str) -> str:
         "| method | budget | hparams | " + " | ".join(tasks) + " | avg | LR / epoch | params | trainable "
         "| step / head | step / full | process peak MB | step MB | file KB | seeds |",
         "|" + "---|" * (len(tasks) + 14)] + [_row_line(r, tasks) for r in b.rows]
-    if (s := learned.not_learning(b)) is not None:
-        lines += ["", s]
+    for s in (learned.not_learning(b), learned.one_seed(b)):
+        if s is not None:
+            lines += ["", s]
     sep = separation(b)
     if sep:
         lines += ["", "Separation (a task is in a preset only if full FT beats head-only by more than 3× the larger 95% "
