@@ -9,6 +9,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peftzoo.adapters.base import AdapterConfig
+from peftzoo.adapters import lifecycle
 from peftzoo.adapters.lifecycle import AdapterModule, LayerLifecycle
 from peftzoo.inject import layer_dims
 from peftzoo.io import copy_checked
