@@ -67,7 +67,7 @@ def main():
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging
 
-    from peftzoo.bench.runner import default_model
+    from peftzoo.bench.models import default_model
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--out", default="results/speed/galore_memory.json")

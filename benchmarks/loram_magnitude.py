@@ -31,7 +31,7 @@ def main():
     import torch
     from transformers.utils import logging
 
-    from peftzoo.bench.runner import default_model
+    from peftzoo.bench.models import default_model
     ap = argparse.ArgumentParser()
     ap.add_argument("--ranks", type=int, nargs="+", default=[2, 8, 64])
     ap.add_argument("--out", default="results/speed/loram_magnitude.json")

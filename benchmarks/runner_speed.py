@@ -31,7 +31,7 @@ import torch
 
 import peftzoo
 from peftzoo.bench import batches
-from peftzoo.bench.runner import default_model, load_model
+from peftzoo.bench.models import default_model, load_model
 from peftzoo.bench.tasks import get_task, load_task
 from peftzoo.bench.train import autocast, train_step
 

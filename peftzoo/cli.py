@@ -19,7 +19,7 @@ def _demo(args):
     import torch
 
     import peftzoo
-    from peftzoo.bench.runner import default_model
+    from peftzoo.bench.models import default_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     path = args.model or default_model()
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)

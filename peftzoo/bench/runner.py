@@ -20,7 +20,7 @@ import torch
 from peftzoo.bench import batches
 from peftzoo.bench.evaluation import Evaluation
 from peftzoo.bench.machine import device_name, peak_memory, versions
-from peftzoo.bench.models import default_model, load_model, make_adapter  # noqa: F401 (default_model: cli's demo)
+from peftzoo.bench.models import load_model, make_adapter
 from peftzoo.bench.record import RunRecord
 from peftzoo.bench.spec import RunSpec
 from peftzoo.bench.tasks import get_task, load_task, split_indices
