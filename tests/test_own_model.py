@@ -163,6 +163,16 @@ def test_a_preset_without_layers_gets_the_architecture_default_from_peft(folders
         assert list(s.targets) == PEFT_DEFAULTS[kind] and s.train_modules == (head,) and s.model == str(model)
 
 
+def test_an_architecture_without_a_sequence_classifier_is_an_error_at_planning(tmp_path):
+    from transformers import CLIPVisionConfig
+    CLIPVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        tmp_path / "clip")
+    with pytest.raises(ValueError, match=r"clip: transformers has no AutoModelForSequenceClassification for its "
+                                         r"model type 'clip_vision_model', and peftzoo bench trains sequence"):
+        make_plan({"suite": "t", "model": str(tmp_path / "clip"), "tasks": ["SST-2"], "methods": ["head"],
+                   "seeds": [0]})
+
+
 BAD_LAYERS = [({"targets": ["query", "value"]}, r"target 'query' matches no module"),
               ({"train_modules": ["classifier"]}, r"train_modules 'classifier' matches no module"),
               ({"targets": r".*\.query"}, r"target regex '\.\*\\\\\.query' matches no module")]

@@ -6,7 +6,9 @@ Any ``AutoModelForSequenceClassification`` checkpoint (a local folder or a hub i
   ``config.pad_token_id`` is the tokenizer's pad id: transformers' decoder heads (GPT-2, Llama, Qwen, Mistral...)
   pool the last token that is not ``pad_token_id``, and refuse batches of several rows without one.
 * **Padding side**: batches are padded on the right whatever the tokenizer's default (``batches.encode_split``), so
-  a row's real tokens keep the positions they have unpadded and the pooled token is its last real one.
+  a row's real tokens keep the positions they have unpadded and the pooled token is its last real one (the last
+  that is not the pad token: with pad = EOS, a tokenizer that appends an EOS itself pools the token before it, in
+  padded and unpadded batches alike).
 * **Layers** (``plan_layers``): a preset that does not name ``targets`` / ``train_modules`` gets its architecture's
   defaults (``peftzoo/defaults.py``: PEFT's LoRA table, the head PEFT's ``SEQ_CLS`` trains); named ones are checked
   on the model's module tree. Both happen when the plan is made, before anything trains.
@@ -67,9 +69,15 @@ def skeleton(spec_model: str | None, num_labels: int = 2):
     types a plan checks."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
+    path = spec_model or default_model()
     with _quiet_transformers(), torch.device("meta"):
-        cfg = AutoConfig.from_pretrained(spec_model or default_model(), num_labels=num_labels)
-        return AutoModelForSequenceClassification.from_config(cfg)
+        cfg = AutoConfig.from_pretrained(path, num_labels=num_labels)
+        try:
+            return AutoModelForSequenceClassification.from_config(cfg)
+        except ValueError as e:  # transformers: "Unrecognized configuration class ..."
+            raise ValueError(f"model {path}: transformers has no AutoModelForSequenceClassification for its model "
+                             f"type {cfg.model_type!r}, and peftzoo bench trains sequence classifiers; use a "
+                             f"checkpoint of an architecture that has one ({str(e).splitlines()[0][:120]})") from None
 
 
 def plan_layers(preset, model, name: str):
