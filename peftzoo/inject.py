@@ -60,11 +60,20 @@ def find_modules(model: nn.Module, names, what: str = "train") -> dict[str, nn.M
     return found
 
 
-def _no_match_message(target: str, all_names: list[str], what: str) -> str:
+def _no_match_message(target: str, all_names: list[str], what: str, model: nn.Module | None = None) -> str:
     pool = sorted({s for n in all_names for s in _suffixes(n)})
     close = difflib.get_close_matches(target, pool, n=5, cutoff=0.5)
     hint = f" Close names: {', '.join(close)}." if close else ""
-    return f"{what} {target!r} matches no module of the model.{hint}"
+    return f"{what} {target!r} matches no module of the model.{hint}" + (f" {linear_layers(model)}" if model else "")
+
+
+def linear_layers(model: nn.Module) -> str:
+    """A sentence naming the model's linear layers (nn.Linear, Conv1D) by their last name component: the names
+    ``targets`` can take."""
+    linear = [n for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES)]
+    short = sorted({n.rpartition(".")[2] for n in linear})
+    return (f"Its {len(linear)} linear layers are named: {', '.join(short) or 'none'}"
+            + (f" (full names like {linear[0]!r})" if linear and "." in linear[0] else ""))
 
 
 def resolve_targets(model: nn.Module, targets, peft_type: str = "LORA"):
@@ -84,12 +93,10 @@ def _no_default_message(model: nn.Module) -> str:
     what = (f"model type {kind!r} ({type(model).__name__}) has no default targets in peftzoo/defaults.py"
             if kind else f"{type(model).__name__} is not a transformers model (no config.model_type), so it has no "
             "default targets")
-    linear = [n for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES)]
-    short = sorted({n.rpartition(".")[2] for n in linear})
+    short = sorted({n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES)})
     example = ", ".join(repr(s) for s in short[:2])
     return (f"{what}: pass targets= to name the layers to adapt, e.g. targets=[{example}] (name suffixes), a regex, "
-            f"or targets='all-linear'. Its {len(linear)} linear layers are named: {', '.join(short) or 'none'}"
-            + (f" (full names like {linear[0]!r})" if linear and "." in linear[0] else ""))
+            f"or targets='all-linear'. {linear_layers(model)}")
 
 
 def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_types: tuple = (),
@@ -126,9 +133,9 @@ def find_targets(model: nn.Module, targets, skip: Iterable[str] = (), layer_type
     if not isinstance(targets, str):
         for t in tlist:
             if not any(_matches(n, [t]) for n, _ in named):
-                raise ValueError(_no_match_message(t, [n for n, _ in named], "target"))
+                raise ValueError(_no_match_message(t, [n for n, _ in named], "target", model))
     elif not any(_matches(n, targets) for n, _ in named):
-        raise ValueError(f"target regex {targets!r} matches no module of the model")
+        raise ValueError(f"target regex {targets!r} matches no module of the model. {linear_layers(model)}")
     if not hits:
         raise ValueError(f"every module matching targets={targets!r} is inside a train module {skip}: "
                          "nothing is left to adapt")

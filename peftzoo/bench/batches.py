@@ -41,8 +41,9 @@ class Encoded:
 
 
 def tokenizer_key(tok) -> tuple:
-    """What identifies a tokenizer's output: its class, where it came from, its vocabulary and padding side."""
-    return (type(tok).__name__, str(getattr(tok, "name_or_path", "")), len(tok), getattr(tok, "padding_side", None))
+    """What identifies a tokenizer's output: its class, where it came from, its vocabulary and pad token (the
+    padding side is always right: ``encode_split``)."""
+    return (type(tok).__name__, str(getattr(tok, "name_or_path", "")), len(tok), getattr(tok, "pad_token_id", None))
 
 
 def _digest(texts: list) -> str:
@@ -65,12 +66,13 @@ def encode_split(tok, split, rows, max_len: int, task: str) -> Encoded:
         _CACHE.move_to_end(key)
         return _CACHE[key]
     cols = list(zip(*texts))
-    enc = tok(*cols, truncation=True, max_length=max_len, padding="longest", return_tensors="pt")
+    # right padding whatever the tokenizer's default (Llama's is left): batches are cut on the right, and a row's
+    # real tokens keep their unpadded positions (transformers gives left-padded rows shifted position ids)
+    enc = tok(*cols, truncation=True, max_length=max_len, padding="longest", padding_side="right",
+              return_tensors="pt")
     tensors = {k: v.long().contiguous() for k, v in enc.items()}
     if "attention_mask" not in tensors:
         raise ValueError(f"tokenizer {tokenizer_key(tok)[1]!r} returns no attention_mask; cannot pad dynamically")
-    if getattr(tok, "padding_side", "right") != "right":
-        raise ValueError("dynamic padding cuts batches on the right: load the tokenizer with padding_side='right'")
     out = Encoded(tensors, tensors["attention_mask"].sum(1).numpy())
     _CACHE[key] = out
     while len(_CACHE) > CACHE_SIZE:

@@ -17,8 +17,9 @@ def register(sub) -> None:
     b.add_argument("--results", default=LOCAL_RESULTS, help="results folder, one JSON per run under <suite>/runs/; "
                    "--results results adds to the repository's committed results")
     b.add_argument("--suite", default=None, help="results sub-folder (default: the preset's suite)")
-    b.add_argument("--model", default=None, help="transformers id or path (default: the preset's); budgets given "
-                   "relative to the model (\"lora:r=8\") are resolved on it")
+    b.add_argument("--model", default=None, help="transformers id or path of any sequence-classification "
+                   "checkpoint, encoder or decoder (default: the preset's); budgets given relative to the model "
+                   "(\"lora:r=8\") and a preset's default layers are resolved on it")
     b.add_argument("--tasks", nargs="*", help="GLUE tasks to run (default: the preset's)")
     b.add_argument("--methods", nargs="*", help="methods to run (default: the preset's)")
     b.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: the preset's)")

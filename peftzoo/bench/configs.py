@@ -45,7 +45,7 @@ def check_configs(runs: list) -> None:
 
 
 def config_line(ok: list) -> str:
-    keys = ("targets", "max_train", "max_eval", "epochs", "batch_size", "max_len", "warmup", "weight_decay",
+    keys = ("max_train", "max_eval", "epochs", "batch_size", "max_len", "warmup", "weight_decay",
             "random_init", "skip_bad_rows", "selection", "val_fraction", "val_cap", "val_seed", "behaviour",
             "regression_targets", "data")
     per_task = {t: canonical(next(r.spec.to_dict() for r in ok if r.task == t)) for t in sorted({r.task for r in ok})}

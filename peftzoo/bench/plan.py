@@ -96,6 +96,16 @@ class _Sizes:
         return next((e.text for e in entries if e.relative and self(e) == budget), "")
 
 
+def layers(preset: Preset, model=None) -> Preset:
+    """The preset with its targets and train modules as they apply to its model (``models.plan_layers``: the
+    architecture's defaults where it names none; named ones checked), on ``model`` or the module tree of the
+    preset's model, built from its config without weights."""
+    from peftzoo.bench.models import plan_layers, skeleton
+    from peftzoo.bench.tasks import get_task
+    tree = model if model is not None else skeleton(preset.model, get_task(preset.tasks[0]).num_labels)
+    return plan_layers(preset, tree, model_name(preset, model))
+
+
 def model_name(preset: Preset, model=None) -> str:
     """The model a plan is made for, as messages name it (``model``: the one passed to ``make_plan``, if any)."""
     if model is not None:
@@ -237,10 +247,12 @@ def make_plan(preset, tasks=None, methods=None, seeds=None, model=None, skip_bad
     """The plan of a preset (a ``Preset`` or its dict, checked); ``tasks``/``methods``/``seeds`` narrow it;
     ``request``: recorded in every run (how the sweep was asked for).
 
-    Relative budget entries are resolved on the model (``model``, else the preset's, loaded once). A cell that cannot
-    run is an ``UnrunnableCells`` error listing every such cell, unless ``drop_unrunnable`` (then ``plan.dropped``)."""
+    The preset's targets and train modules are fixed on the model first (``layers``). Relative budget entries are
+    resolved on the model (``model``, else the preset's, loaded once). A cell that cannot run is an
+    ``UnrunnableCells`` error listing every such cell, unless ``drop_unrunnable`` (then ``plan.dropped``)."""
     if not isinstance(preset, Preset):
         preset = Preset.from_dict(preset)
+    preset = layers(preset, model)
     tasks = list(normalise_tasks(tasks, "--tasks") if tasks else preset.tasks)
     methods = list(normalise_methods(methods, "--methods") if methods else preset.methods)
     seeds = list(dict.fromkeys(seeds if seeds else preset.seeds))

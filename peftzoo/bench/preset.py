@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from peftzoo.bench.protocol import Protocol, budget_entries, budget_grid
-from peftzoo.bench.spec import REGRESSION_TARGETS, TARGETS, TRAIN_MODULES
+from peftzoo.bench.spec import REGRESSION_TARGETS
 from peftzoo.bench.train import PRECISIONS
 
 
@@ -47,10 +47,10 @@ class Preset:
     model: str | None = setting(None, per_task=False)  # transformers id or local path; None = embedded MiniLM
     seeds: tuple[int, ...] = (0,)  # one run per seed
     budget: int | str | None = None  # adapter elements every method is matched to (a budget entry, as in budgets)
-    # adapted modules (suffixes, a regex or "all-linear")
-    targets: tuple[str, ...] | str = setting(TARGETS, per_task=False)
-    # modules trained in full by every method (the head)
-    train_modules: tuple[str, ...] = setting(TRAIN_MODULES, per_task=False)
+    # adapted modules (suffixes, a regex or "all-linear"); None = the model's architecture's default (peftzoo/defaults.py)
+    targets: tuple[str, ...] | str | None = setting(None, per_task=False)
+    # modules trained in full by every method (the head); None = the model's head ("classifier" or "score")
+    train_modules: tuple[str, ...] | None = setting(None, per_task=False)
     epochs: int = setting(1, 1)  # passes over the (capped) training set
     batch_size: int = setting(16, 1)  # training examples per step
     max_len: int = setting(128, 1)  # tokens per example after truncation

@@ -54,7 +54,7 @@ def _header(suite: str, b: Board, use: str) -> list[str]:
             + (" THIS VIEW IGNORES IT: selection used the dev scores." if use == "dev" else ""), "",
             *([s, ""] if (s := learned.preset_sentence(b)) else []),
             f"Device: {', '.join(sorted({r.device for r in ok}))}. Versions: {', '.join(f'{k} {x}' for k, x in v.items())}. "
-            f"Model: `{spec.model or 'all-MiniLM-L6-v2 (embedded)'}`. Config: {config_line(ok)} "
+            f"Model: `{spec.model or 'all-MiniLM-L6-v2 (embedded)'}`. {layers_line(ok)} Config: {config_line(ok)} "
             "Examples (train / validation / dev): "
             + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {_n_dev(s):,}" if s else f"{t} not recorded"
                         for t, s in sizes.items()) + ".", "",
@@ -62,6 +62,15 @@ def _header(suite: str, b: Board, use: str) -> list[str]:
             "earlier runs included). `step MB`: " + (sm["measured"] + f" (`{sm['command']}`, batch "
                                                      f"{sm['batch_size']} × {sm['max_len']})" if sm
                                                      else "not measured (run benchmarks/step_memory.py)") + ".", ""]
+
+
+def layers_line(ok: list) -> str:
+    """The layers the runs adapted and trained in full (a preset that names none gets its model's defaults)."""
+    def names(v):
+        return f"`{v}`" if isinstance(v, str) else ", ".join(f"`{x}`" for x in v) or "none"
+    got = sorted({(json.dumps(r.spec.targets), json.dumps(r.spec.train_modules)) for r in ok})
+    return " ".join(f"Adapted layers (targets): {names(json.loads(t))}; trained in full by every method (head): "
+                    f"{names(json.loads(h))}." for t, h in got)
 
 
 def _row_line(r, tasks) -> str:
