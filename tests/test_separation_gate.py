@@ -56,11 +56,15 @@ def test_a_task_that_does_not_separate_runs_only_its_baselines(two_tasks, capsys
             "half-width): this task cannot rank methods; its other methods are NOT run") in said
     assert "--ignore-separation" in said and len(out.refused) == 1 and out.refused[0].startswith("RTE:")
     assert "1 tasks ran only the baselines" in out.summary("res")
-    # overridden: the refused task's other methods run too, and the line says so
-    out = run_protocol(make_plan(preset), tmp / "res", data_dir=data, quiet=True, executor=_execute,
-                       ignore_separation=True)
+    from peftzoo.bench.reproduce import bench_args
+    assert "--ignore-separation" not in bench_args(store.read_runs(tmp / "res", "g"), tmp / "res", "g")
+    # overridden: the refused task's other methods run too, the line says so, and the Reproduce line has the flag
+    request = {"preset": "g.json", "skip_unreachable": False, "ignore_separation": True}  # as `bench` records it
+    out = run_protocol(make_plan(preset, request=request), tmp / "res", data_dir=data, quiet=True,
+                       executor=_execute, ignore_separation=True)
     assert ("RTE", "lora") in _ran(tmp / "res") and out.refused == []
     assert "its other methods runs anyway (--ignore-separation)" in capsys.readouterr().err
+    assert "--ignore-separation" in bench_args(store.read_runs(tmp / "res", "g"), tmp / "res", "g")
 
 
 def test_the_separation_stage_runs_alone_and_needs_both_baselines(two_tasks, capsys):

@@ -59,7 +59,8 @@ def _plan(args):
     if not args.dry_run:
         preflight(preset.model, tasks, args.data_dir, args.results, preset.suite, args.device, args.skip_bad_rows,
                   precisions=preset_precisions(preset))
-    request = {"preset": preset_ref(args.preset), "skip_unreachable": args.skip_unreachable}
+    request = {"preset": preset_ref(args.preset), "skip_unreachable": args.skip_unreachable,
+               **({"ignore_separation": True} if args.ignore_separation else {})}  # recorded only where given
     return make_plan(preset, tasks=tasks, methods=args.methods, seeds=args.seeds, skip_bad_rows=args.skip_bad_rows,
                      drop_unrunnable=args.skip_unreachable, request=request)
 
