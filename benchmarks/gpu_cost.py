@@ -87,7 +87,7 @@ def estimate(name, lens) -> dict:
     N = sum(m.weight.numel() for m in model.base_model.encoder.modules() if isinstance(m, torch.nn.Linear))
     att = 4 * cfg.num_hidden_layers * cfg.hidden_size
     plan = make_plan(preset, model=model)
-    specs = plan.stage1() + plan.stage2({(t, c.method): 1e-3 for t in plan.tasks for c in plan.cells})
+    specs = [s for n in plan.stages for s in plan.stage(n, None)]  # every stage; the LR does not change the cost
     skipped = [s for s in specs if s.skip_reason]
     specs = [s for s in specs if not s.skip_reason]
     stats = {t: task_stats(t, next(s.max_len for s in specs if s.task == t), lens, plan.protocol) for t in plan.tasks}

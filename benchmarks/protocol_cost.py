@@ -86,7 +86,7 @@ def estimate(preset, rows: list[dict], data_dir, speedup: float) -> dict:
         base = step.get((first, m), step[(first, "lora")])
         return base * step.get((task, "lora"), step[(first, "lora")]) / step[(first, "lora")]
     plan = make_plan(preset)
-    specs = plan.stage1() + plan.stage2({(t, c.method): 1e-3 for t in plan.tasks for c in plan.cells})
+    specs = [s for n in plan.stages for s in plan.stage(n, None)]  # every stage (the LR does not change the cost)
     out: dict = {}
     for sp in specs:
         d = load_task(get_task(sp.task), data_dir)

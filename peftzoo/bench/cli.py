@@ -29,6 +29,10 @@ def register(sub) -> None:
                    help="leave out malformed data rows (counted, recorded in every run) instead of stopping")
     b.add_argument("--skip-unreachable", action="store_true", help="run the other cells when some (method, budget) "
                    "cells cannot run on this model (listed, also with -q) instead of stopping before training")
+    b.add_argument("--stage", default="all", choices=["all", "separation"], help="separation: only full FT and "
+                   "head-only (sweep, selection, seeds) and whether each task separates them (protocol.separation)")
+    b.add_argument("--ignore-separation", action="store_true", help="run the other methods also on a task where "
+                   "full FT did not separate from head-only (protocol.separation; said per task)")
     b.add_argument("--dry-run", action="store_true", help="print the planned runs and their count, and exit")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bars (for logs); problems are still said")
     from peftzoo.bench.ray_executor import add_arguments as executor_arguments
@@ -56,7 +60,8 @@ def _plan(args):
     if not args.dry_run:
         preflight(preset.model, tasks, args.data_dir, args.results, preset.suite, args.device, args.skip_bad_rows,
                   precisions=preset_precisions(preset))
-    request = {"preset": preset_ref(args.preset), "skip_unreachable": args.skip_unreachable}
+    request = {"preset": preset_ref(args.preset), "skip_unreachable": args.skip_unreachable,
+               **({"ignore_separation": True} if args.ignore_separation else {})}  # recorded only where given
     return make_plan(preset, tasks=tasks, methods=args.methods, seeds=args.seeds, skip_bad_rows=args.skip_bad_rows,
                      drop_unrunnable=args.skip_unreachable, request=request)
 
@@ -76,11 +81,15 @@ def bench(args) -> int:
     _check_flags(args)
     ray = ray_executor.options(args)
     plan = _plan(args)
+    if args.stage == "separation":
+        from peftzoo.bench.separation import BASELINES, check_plan
+        plan = check_plan(plan).narrowed(methods=BASELINES)
     if args.dry_run:
         dry_run(plan, args.data_dir)
         return 0
     out = run_protocol(plan, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
-                       retry_failed=args.retry_failed, ray=ray)
+                       retry_failed=args.retry_failed, ray=ray, only_separation=args.stage == "separation",
+                       ignore_separation=args.ignore_separation)
     for line in failed_before(out, args.results):
         print(line, file=sys.stderr)
     print(out.summary(f"{args.results}/{plan.preset.suite}/runs"))
@@ -90,21 +99,28 @@ def bench(args) -> int:
 def dry_run(plan, data_dir) -> None:
     """The planned runs, one line each, and their count."""
     from peftzoo.bench.plan import model_name
-    s1, s2 = plan.stage1(), plan.stage2(None)
+    stages = {n: plan.stage(n, None) for n in plan.stages}
     if plan.sizes:
         print(f"budgets on model {model_name(plan.preset)}: " + ", ".join(f"{e} = {n:,}" for e, n in plan.sizes.items()))
-    for stage, specs in (("stage 1", s1), ("stage 2", s2)):
+    for n, specs in stages.items():
         for s in specs:
             try:
                 s = s.bind_data(data_dir)
             except (OSError, ValueError):
                 pass  # the id printed is then the one before the data is known
-            lr = "lr=<selected on validation>" if stage == "stage 2" else f"lr={s.lr:g}"
-            print(stage, s.suite, s.task, s.method, s.cell, lr, f"s{s.seed}")
+            lr = f"lr={s.lr:g}" if n == 1 else ("lr=<local grid around the selected>" if plan.group(n, s) else
+                                                 "lr=<selected on validation>")
+            print(f"stage {n}", s.suite, s.task, s.method, s.cell, lr, f"s{s.seed}")
     for c, why in plan.dropped:
         print(f"left out (--skip-unreachable): {c.name}: {why}")
-    print(f"{len(s1) + len(s2)} runs: stage 1 (LR sweep) {len(s1)}, stage 2 (selected LR) {len(s2)}; "
-          f"{len(plan.tasks)} tasks, {len(plan.cells)} (method, budget) cells"
+    if plan.protocol.separation:
+        print(f"protocol.separation = {plan.protocol.separation:g}: full and head run first (`--stage separation`); "
+              f"a task's other methods run only once full FT beats head-only there by more than that × the larger "
+              f"95% half-width")
+    names = {1: "LR sweep", 2: "selected LR" if len(stages) == 2 else "selected LR, local grids", 3: "selected LR"}
+    print(f"{sum(map(len, stages.values()))} runs: "
+          + ", ".join(f"stage {n} ({names[n]}) {len(x)}" for n, x in stages.items())
+          + f"; {len(plan.tasks)} tasks, {len(plan.cells)} (method, budget) cells"
           + (f" ({len(plan.dropped)} left out)" if plan.dropped else "") + f", {len(plan.seeds)} seeds")
 
 

@@ -143,7 +143,9 @@ def _lora_ref(rows: dict, task: str, budget):
     same = [r for r in loras if budget is not None and r.budget == budget]
     if same:
         return same[0]
-    swept = [r for r in loras if len(r.tasks[task].sel.per_lr) > 1]  # the middle budget ran the sweep
+    # the middle budget ran the sweep (stage 1; with LRs per budget every budget swept, so the stage says which)
+    swept = ([r for r in loras if any(x.spec.stage == 1 for x in r.tasks[task].sel.runs)]
+             or [r for r in loras if len(r.tasks[task].sel.per_lr) > 1])
     return (swept or loras or [None])[0]
 
 

@@ -1,5 +1,7 @@
-"""The plan of a preset: its (method, budget) cells x LRs x seeds as RunSpecs, in the protocol's two stages
-(``bench.protocol``).
+"""The plan of a preset: its (method, budget) cells x LRs x seeds as RunSpecs, in the protocol's stages
+(``bench.protocol``): ``Plan.stage(n, selected)`` gives stage n's runs from the LRs the earlier stage selected
+(``Plan.select(n - 1, done)``), so the runs of one stage are independent of each other (an executor may run them all
+at once) and a sweep started again re-plans every stage from the records already written (resuming).
 
 ``run_spec`` is the one place a RunSpec is made from a preset: every ``setting`` field of the ``Preset`` (as it
 applies to the task, ``Preset.for_task``) becomes the RunSpec field of the same name, so a new run setting is a
@@ -7,12 +9,12 @@ field of each and nothing here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from peftzoo import adapters
 from peftzoo.bench.budget import resolve, solve
 from peftzoo.bench.preset import Preset, normalise_methods, normalise_tasks
-from peftzoo.bench.protocol import Protocol, budget_grid, check_method_budgets, hkey, selection
+from peftzoo.bench.protocol import Protocol, budget_grid, check_method_budgets, hkey, local_grid, selection
 from peftzoo.bench.spec import RunSpec
 
 
@@ -218,28 +220,86 @@ class Plan:
                 for lr in self.grid(t, c.method) for s in self.seeds[:k]]
 
     def stage2(self, selected: dict | None) -> list[RunSpec]:
-        """The selected LR per (task, method) on the other seeds (middle) and on every seed elsewhere.
+        """The middle budget's selected LR per (task, method) on the other seeds (middle cells), and at the other
+        cells either that LR on every seed (transferred) or, with ``budget_lr_points``, its local grid on the sweep
+        seeds.
 
         ``selected``: {(task, method): lr}; None plans with a placeholder LR (for counting only). A (task, method)
         without a selection (every sweep run failed) gets no stage-2 runs."""
-        k, out = self.protocol.sweep_seeds, []
+        k, n, out = self.protocol.sweep_seeds, self.protocol.budget_lr_points, []
         for t in self.tasks:
             for c in self.cells:
                 lr = float("nan") if selected is None else selected.get((t, c.method))
-                if lr is not None:
-                    out += [self.spec(t, c, lr, s, 2) for s in (self.seeds[k:] if c.middle else self.seeds)]
+                if lr is None:
+                    continue
+                if c.middle:
+                    out += [self.spec(t, c, lr, s, 2) for s in self.seeds[k:]]
+                elif n:
+                    out += [self.spec(t, c, x, s, 2) for x in local_grid(self.grid(t, c.method), lr, n)
+                            for s in self.seeds[:k]]
+                else:
+                    out += [self.spec(t, c, lr, s, 2) for s in self.seeds]
         return out
 
+    def stage3(self, selected: dict | None) -> list[RunSpec]:
+        """With ``budget_lr_points``: each other cell's own selected LR on the seeds after the sweep seeds (else
+        nothing). ``selected``: {(task, method, cell key): lr} (``select(2, ...)``); None: a placeholder LR."""
+        if not self.protocol.budget_lr_points:
+            return []
+        k = self.protocol.sweep_seeds
+        return [self.spec(t, c, lr, s, 3) for t in self.tasks for c in self.cells if not c.middle
+                for lr in [float("nan") if selected is None else selected.get((t, c.method, c.key))]
+                if lr is not None for s in self.seeds[k:]]
+
+    def stage(self, n: int, selected: dict | None) -> list[RunSpec]:
+        """Stage ``n``'s runs from the LRs stage n - 1 selected (``select``); stage 1 needs none."""
+        return self.stage1() if n == 1 else (self.stage2 if n == 2 else self.stage3)(selected)
+
+    @property
+    def stages(self) -> list[int]:
+        return list(range(1, self.protocol.stages + 1))
+
+    def group(self, n: int, spec: RunSpec) -> tuple | None:
+        """What stage ``n``'s run ``spec`` selects an LR for: (task, method) for stage 1's sweep, (task, method,
+        cell key) for stage 2's local grids; None for a run at an LR already selected."""
+        if n == 1:
+            return spec.task, spec.method
+        if n == 2 and self.protocol.budget_lr_points and hkey(spec.hparams) in self._local_keys(spec.method):
+            return spec.task, spec.method, hkey(spec.hparams)
+        return None
+
+    def _local_keys(self, method: str) -> set:
+        return {c.key for c in self.cells if c.method == method and not c.middle}
+
+    def select(self, n: int, records: list) -> dict:
+        """The LRs stage ``n``'s runs (``records``) select for stage n + 1: {(task, method): lr} at each method's
+        middle cell after stage 1, {(task, method, cell key): lr} at the other cells after stage 2."""
+        if n == 1:
+            return self.selected_lrs(records)
+        keys = {(c.method, c.key) for c in self.cells if not c.middle}
+        return {(t, m, k): s.lr for (t, m, k), s in selection(records).items() if (m, k) in keys}
+
     def known(self) -> list[RunSpec]:
-        """Every run whose LR is known before training: stage 1, and stage 2 where a grid has one LR."""
-        fixed = {(t, c.method): self.grid(t, c.method)[0] for t in self.tasks for c in self.cells
-                 if len(self.grid(t, c.method)) == 1}
-        return self.stage1() + self.stage2(fixed)
+        """Every run whose LR is known before training: stage 1, and the later stages where a grid has one LR."""
+        one = [(t, c) for t in self.tasks for c in self.cells if len(self.grid(t, c.method)) == 1]
+        return (self.stage1() + self.stage2({(t, c.method): self.grid(t, c.method)[0] for t, c in one})
+                + self.stage3({(t, c.method, c.key): self.grid(t, c.method)[0] for t, c in one}))
 
     def selected_lrs(self, records: list) -> dict:
         """{(task, method): lr} selected on validation among the sweep runs at each method's middle cell."""
         keys = {(c.method, c.key) for c in self.cells if c.middle}
         return {(t, m): s.lr for (t, m, k), s in selection(records).items() if (m, k) in keys}
+
+    def group_name(self, g: tuple) -> str:
+        """A ``group``'s name in messages: "SST-2 lora", or "SST-2 lora 9,216" for a cell's local grid."""
+        if len(g) == 2:
+            return f"{g[0]} {g[1]}"
+        return f"{g[0]} " + next(c.name for c in self.cells if (c.method, c.key) == g[1:])
+
+    def narrowed(self, tasks=None, methods=None) -> Plan:
+        """This plan with only ``tasks`` and the cells of ``methods`` (either None: all)."""
+        return replace(self, tasks=[t for t in self.tasks if tasks is None or t in tasks],
+                       cells=[c for c in self.cells if methods is None or c.method in methods])
 
 
 def make_plan(preset, tasks=None, methods=None, seeds=None, model=None, skip_bad_rows: bool = False,

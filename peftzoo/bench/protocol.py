@@ -1,8 +1,12 @@
 """The measurement protocol: an LR sweep per method, selection on a validation split carved from train, seeds, budgets.
 
 Stage 1 (LR sweep): every method at the middle budget, every LR of its grid, on the first ``sweep_seeds`` seeds.
-Stage 2: the LR selected on validation (mean over the sweep seeds) runs on the remaining seeds at the middle budget
-and on every seed at the other budgets and paper settings: the best LR is *assumed* rank-independent (α/r scaling).
+Stage 2: the LR selected on validation (mean over the sweep seeds) runs on the remaining seeds at the middle budget.
+The other budgets and paper settings either reuse it on every seed (``budget_lr_points = 0``: the LR is
+*transferred*, assumed rank-independent under α/r scaling), or (``budget_lr_points = n``) each sweeps its own local
+grid of n LRs centred on it (``local_grid``) on the sweep seeds in stage 2, and its own selected LR runs on the
+remaining seeds in stage 3. ``separation > 0``: a task's methods other than the baselines run only once the baselines'
+own protocol shows that full FT beats head-only there (``bench.separation``).
 The GLUE dev set is only ever reported: selection reads each epoch's ``val``, never its ``dev`` scores.
 
 Here: the ``Protocol`` options, the budget grid's rules (``budget_grid``: sorted, distinct, the middle one) and
@@ -34,6 +38,12 @@ class Protocol:
     lr_points: int | None = None  # keep only the central n points of every grid (the quick smoke uses 2)
     # methods also run at their paper's own hyperparameters (default: every method that states them, paper_hparams)
     paper_settings: tuple = field(default_factory=_with_paper_hparams)
+    # 0: the other budgets and paper settings reuse the middle budget's LR (transferred); n (odd, >= 3): each selects
+    # its own on n LRs centred on it, since the best LR can move with the budget (rsLoRA; AdaLoRA at r=64 collapses)
+    budget_lr_points: int = 0
+    # > 0: a task's adapters run only once full FT beats head-only there by more than this × the larger 95%
+    # t half-width of the two (a task where they do not differ cannot rank methods); 0: no such check
+    separation: float = 0.0
 
     @classmethod
     def parse(cls, raw: dict | None) -> Protocol:
@@ -48,6 +58,11 @@ class Protocol:
         p = cls(**raw)
         if not 0 < p.val_fraction < 1 or p.val_cap < 1 or p.sweep_seeds < 1:
             raise ValueError(f"protocol: need 0 < val_fraction < 1, val_cap >= 1, sweep_seeds >= 1 (got {raw})")
+        if p.budget_lr_points and (p.budget_lr_points < 3 or p.budget_lr_points % 2 == 0):
+            raise ValueError(f"protocol: budget_lr_points is {p.budget_lr_points}; 0 (the middle budget's LR is "
+                             f"reused) or an odd count >= 3 (a local grid centred on it: 3, 5, ...)")
+        if not p.separation >= 0:
+            raise ValueError(f"protocol: separation is {p.separation}; 0 (no check) or a factor > 0 (e.g. 3)")
         return p
 
     @classmethod
@@ -57,7 +72,16 @@ class Protocol:
         return cls(**{k: (tuple(v) if k == "paper_settings" else v) for k, v in d.items() if k in known})
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "paper_settings": list(self.paper_settings)}
+        """As recorded in every run; the options added later are left out at their default (the old protocol), so
+        a run of an old preset records what it always did."""
+        d = {**dataclasses.asdict(self), "paper_settings": list(self.paper_settings)}
+        return {k: v for k, v in d.items() if not (k in LATER and v == LATER[k])}
+
+    @property
+    def stages(self) -> int:
+        """2 (sweep; the selected LR elsewhere), or 3 where every budget selects its own LR (sweep; local grids;
+        their selected LRs)."""
+        return 3 if self.budget_lr_points else 2
 
     def describe(self, swept: bool = True) -> str:
         """The protocol in words; ``swept=False``: a suite whose every row ran at one LR fixed by its preset."""
@@ -69,9 +93,46 @@ class Protocol:
             ep = "the epoch" if self.select_epoch else "nothing (the final epoch)"
             return (f"Protocol: NO LR sweep in this suite: every row trained at the one LR its preset gives (`lr`), "
                     f"shown in `LR / epoch`; {ep} is selected on {split} by the mean over seeds. {tail}")
+        if self.budget_lr_points:
+            budgets = (f"LR PER BUDGET: every other budget point and paper setting then sweeps its own local grid of "
+                       f"{self.budget_lr_points} LRs centred on the middle budget's (the method grid's spacing, "
+                       f"continued past its ends) on the same seed(s) and selects its own LR likewise (`†`: at that "
+                       f"grid's edge); each selected LR then runs on the other seeds")
+        else:
+            budgets = ("LR TRANSFERRED: the selected LR then runs on the other seeds and budgets (assumed: with α/r "
+                       "scaling the best LR does not depend on the rank; not checked in these runs)")
+        sep = (f" A task's adapters ran only after full FT beat head-only there by more than {self.separation:g} × "
+               f"the larger 95% t half-width." if self.separation else "")
         return (f"Protocol: every method sweeps its LR grid at the middle budget on the first {self.sweep_seeds} "
-                f"seed(s); {ep} are selected on {split} by the mean over seeds; the selected LR then runs on the "
-                f"other seeds and budgets (assumed: with α/r scaling the best LR does not depend on the rank). {tail}")
+                f"seed(s); {ep} are selected on {split} by the mean over seeds; {budgets}.{sep} {tail}")
+
+
+LATER = {"budget_lr_points": 0, "separation": 0.0}  # options added after runs were recorded: their old value
+
+
+def local_grid(grid, centre: float, points: int) -> tuple[float, ...]:
+    """``points`` LRs centred on ``centre`` (a point of ``grid``) with the grid's spacing: its neighbours in the grid,
+    and past the grid's ends its step pattern continued (the period-2 steps of 1e-3, 3e-3, 1e-2 give 3e-2, 1e-1
+    above and 3e-4 below). A one-point grid (a fixed LR) stays that LR; a NaN centre (planning before selection)
+    gives NaNs."""
+    g, h = sorted(float(x) for x in grid), points // 2
+    if centre != centre:
+        return (float("nan"),) * points
+    if len(g) < 2:
+        return (float(centre),)
+    if centre not in g:
+        raise ValueError(f"the LR {centre:g} to centre a local grid on is not in the grid {g}")
+    i = g.index(centre)
+    while len(g) - 1 - i < h:
+        g.append(_round(g[-1] * (g[-2] / g[-3] if len(g) > 2 else g[-1] / g[-2])))
+    while i < h:
+        g.insert(0, _round(g[0] * (g[1] / g[2] if len(g) > 2 else g[0] / g[1])))
+        i += 1
+    return tuple(g[i - h:i + h + 1])
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.6g}")  # 1e-2 × 3 is 0.030000000000000002: the run's LR should read as the grid's do
 
 
 # ---- the budget grid ---------------------------------------------------------------------------------------------

@@ -54,8 +54,9 @@ def bench_args(runs: list, root, suite: str) -> list[str]:
     args += ["--suite", suite, "--results", str(root)]
     if any(r.spec.skip_bad_rows for r in runs):
         args.append("--skip-bad-rows")
-    if any((r.spec.request or {}).get("skip_unreachable") for r in runs):
-        args.append("--skip-unreachable")
+    for flag in ("skip_unreachable", "ignore_separation"):
+        if any((r.spec.request or {}).get(flag) for r in runs):
+            args.append("--" + flag.replace("_", "-"))
     if str(spec.data or "").startswith("local:"):
         args += ["--data-dir", DATA_DIR]
     return args

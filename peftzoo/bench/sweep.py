@@ -33,13 +33,17 @@ class Outcome:
     invalid: list = field(default_factory=list)  # (path, problem): invalid records that were re-run
     not_run: list = field(default_factory=list)  # lines: planned runs that could not be run (no LR was selected)
     dropped: list = field(default_factory=list)  # lines: cells left out by --skip-unreachable
+    refused: list = field(default_factory=list)  # lines: tasks whose adapters did not run (no separation)
 
     def summary(self, where) -> str:
         s = f"{len(self.written)} runs written under {where} ({self.total} in the plan, {self.done_before} done before)"
         if self.dropped:
             s += f"; {len(self.dropped)} (method, budget) cells left out (--skip-unreachable; listed above)"
         if self.not_run:
-            s += f"; {len(self.not_run)} (task, method) pairs got no stage 2 (listed above)"
+            s += f"; {len(self.not_run)} LR sweeps selected nothing, so their later stages did not run (listed above)"
+        if self.refused:
+            s += (f"; {len(self.refused)} tasks ran only the baselines: full FT did not separate from head-only, "
+                  f"or not yet (listed above)")
         if self.busy:
             s += f"; {len(self.busy)} left to another sweep that holds them ({claim.describe(self.busy[0][1], age=False)})"
         if self.failed:
@@ -109,38 +113,70 @@ def failed_before(out: Outcome, root) -> list[str]:
 
 
 def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, retry_failed=False, executor=None,
-                 ray=None) -> Outcome:
-    """Stage 1, selection on validation, stage 2; every run records its protocol and stage and the plan's request
+                 ray=None, only_separation: bool = False, ignore_separation: bool = False) -> Outcome:
+    """The plan's stages (``Plan.stages``: the sweep, selection on validation, the selected LRs, and with
+    ``budget_lr_points`` the local grids between); every run records its protocol and stage and the plan's request
     (how the sweep was asked for: preset, --skip-unreachable; the table's Reproduce line reads it), all carried by
-    its RunSpec.
+    its RunSpec. With ``protocol.separation`` the baselines' stages run first and decide which tasks the other
+    methods run on (``bench.separation``); ``only_separation``: stop after them (``--stage separation``).
 
-    A (task, method) whose sweep is not complete yet (runs held by another sweep) gets no stage 2 now: its LR
-    would be chosen on part of the grid; one whose every sweep run failed gets none either (said, also with -q).
-    Returns the combined ``sweep.Outcome``."""
+    A group (a (task, method) sweep, or a cell's local grid) not complete yet (runs held by another sweep) gets no
+    later stage now: its LR would be chosen on part of the grid; one whose every run failed gets none either (said,
+    also with -q). Returns the combined ``sweep.Outcome``."""
+    from peftzoo.bench import separation
     dropped = [f"{c.name}: {why}" for c, why in plan.dropped]
     for line in dropped:
         _say(f"left out (--skip-unreachable): {line}")
-    s1 = plan.stage1()
-    out1 = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray)
-    recs, incomplete = [], set()
-    for s in s1:
-        rec, _ = store.read_record(store.run_path(root, s.suite, s.task, s.bind_data(data_dir).run_id))
-        if rec is None:
-            incomplete.add((s.task, s.method))
-        else:
-            recs.append(rec)
-    sel = {k: lr for k, lr in plan.selected_lrs(recs).items() if k not in incomplete}
-    if not quiet:
-        for (t, m), lr in sorted(sel.items()):
-            print(f"selected on validation: {t} {m} lr={lr:g}")
-        for t, m in sorted(incomplete):
-            print(f"{t} {m}: its LR sweep is not finished (held by another sweep?): no stage 2 for it this time")
-    waiting = {(s.task, s.method) for s in plan.stage2(None)}
-    not_run = [f"{t} {m}: every run of its LR sweep failed, so no LR was selected and its stage-2 runs (other "
-               f"seeds and budgets) were not run" for t, m in sorted(waiting - set(sel) - incomplete)]
-    for line in not_run:
+    go = lambda p: _stages(p, root, data_dir, device, quiet, retry_failed, executor, ray)  # noqa: E731
+    if not (plan.protocol.separation or only_separation):
+        return _join([go(plan)[0]], dropped=dropped)
+    base, recs = go(separation.check_plan(plan).narrowed(methods=separation.BASELINES))
+    tasks, lines = separation.gate(plan, recs, ignore_separation)
+    for line in lines:
         _say(line)
-    out2 = sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray)
-    return Outcome(**{k: getattr(out1, k) + getattr(out2, k) for k in
-                      ("total", "done_before", "written", "failed", "busy", "invalid")}, not_run=not_run,
-                   dropped=dropped)
+    others = [c.method for c in plan.cells if c.method not in separation.BASELINES]
+    if only_separation or not others:
+        return _join([base], dropped=dropped)
+    rest, _ = go(plan.narrowed(tasks=tasks, methods=others))
+    refused = [ln for t, ln in zip(plan.tasks, lines) if t not in tasks]
+    return _join([base, rest], dropped=dropped, refused=refused)
+
+
+def _record(root, spec, data_dir):
+    return store.read_record(store.run_path(root, spec.suite, spec.task, spec.bind_data(data_dir).run_id))[0]
+
+
+def _stages(plan, root, data_dir, device, quiet, retry_failed, executor, ray) -> tuple[Outcome, list]:
+    """Every stage of ``plan`` in turn, each from what the one before selected: (the Outcome, the records read)."""
+    outs, records, not_run, selected = [], [], [], None
+    for n in plan.stages:
+        specs = plan.stage(n, selected)
+        outs.append(sweep(specs, root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray))
+        done = [(s, _record(root, s, data_dir)) for s in specs]
+        records += [r for _, r in done if r is not None]
+        if n == plan.stages[-1]:
+            break
+        incomplete = {g for s, r in done if r is None and (g := plan.group(n, s)) is not None}
+        selected = {g: lr for g, lr in plan.select(n, [r for _, r in done if r is not None]).items()
+                    if g not in incomplete}
+        waiting = {plan.group(n, s) for s in plan.stage(n + 1, None)} - {None}
+        if not quiet:
+            for g, lr in sorted(selected.items()):
+                print(f"selected on validation: {plan.group_name(g)} lr={lr:g}")
+            for g in sorted(incomplete):
+                print(f"{plan.group_name(g)}: its LR sweep is not finished (held by another sweep?): no stage "
+                      f"{n + 1} for it this time")
+        lines = [f"{plan.group_name(g)}: every run of its LR sweep failed, so no LR was selected and its "
+                 f"stage-{n + 1} runs (other seeds and budgets) were not run" for g in sorted(waiting - set(selected)
+                                                                                       - incomplete)]
+        for line in lines:
+            _say(line)
+        not_run += lines
+    return _join(outs, not_run=not_run), records
+
+
+def _join(outs: list, **kw) -> Outcome:
+    """The Outcomes of several sweeps as one (their counts and lists added), ``kw`` added to its lists."""
+    keys = ("total", "done_before", "written", "failed", "busy", "invalid", "not_run", "dropped", "refused")
+    return Outcome(**{k: sum((getattr(o, k) for o in outs), 0 if k in keys[:2] else list(kw.get(k, [])))
+                      for k in keys})

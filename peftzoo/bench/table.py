@@ -20,7 +20,8 @@ CELLS = ("Cells: GLUE dev metric ×100, mean ± std over seeds (`(n=1)`: a singl
          "and accuracy; STS-B: of Pearson and Spearman; CoLA: Matthews corr.); the CSV adds the 95% t-interval. "
          + SIG + " `budget`: the matched adapter-element count (achieved / target in `params`; AdaLoRA: its final "
          "budget) or `paper` (the method's paper setting). `LR / epoch`: selected on validation; `†`: the selected LR "
-         "is an end point of the swept grid, so the best LR may lie outside it. Step time is the median training "
+         "is an end point of the swept grid (a budget's own local grid, where the protocol says LR per budget), so "
+         "the best LR may lie outside it. Step time is the median training "
          "step relative to head-only and to full fine-tuning. `process peak MB`: ")
 
 
