@@ -1,5 +1,5 @@
 """A run's evaluation after every epoch: the GLUE dev split(s), reported, and the validation split carved from
-train, which selection reads. Predictions are kept compactly per epoch for the table's paired bootstrap."""
+train, which selection reads. Predictions are kept compactly per epoch for the table's bootstrap."""
 from __future__ import annotations
 
 import numpy as np

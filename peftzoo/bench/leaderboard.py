@@ -1,6 +1,8 @@
 """The protocol's leaderboard as data: rows (method, budget), cells mean ± std over seeds at the LR and epoch
-selected on validation, a t-interval, and each method's difference from LoRA tested by a paired bootstrap.
-``build(records)`` returns a ``Board``; ``bench.table`` writes it as markdown, CSV and figures.
+selected on validation, a t-interval, and the tie-aware view of ``bench.ties`` (per task the rows not
+distinguishable from the best, rank intervals, the minimum detectable difference; each row against LoRA), all from
+the two-level bootstrap of ``bench.significance`` (seeds and dev examples). ``build(records)`` returns a ``Board``;
+``bench.table`` writes it as markdown, CSV and figures.
 
 ``use="dev"`` builds the *optimistic* view instead (LR and epoch picked on the dev set it reports); its files are
 named apart and say so in their title.
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from peftzoo import adapters
-from peftzoo.bench import stats
+from peftzoo.bench import significance, stats, ties
 from peftzoo.bench.protocol import Selected, selection
 from peftzoo.bench.tasks import get_task
 
@@ -27,9 +29,11 @@ class TaskCell:
     std: float  # ... and its standard deviation (0 for one seed)
     ci: tuple  # 95% t-interval over seeds ((None, None) for one seed)
     n: int  # seeds
-    diff: float | None = None  # minus LoRA's (``ref``), paired bootstrap over dev examples
-    p: float | None = None  # ... its p-value
+    diff: float | None = None  # minus LoRA's (``ref``), two-level bootstrap over seeds and dev examples
+    p: float | None = None  # ... its two-sided p-value
     ref: str | None = None  # the LoRA row compared with (its budget label)
+    best_group: bool | None = None  # not distinguishable from the task's best (None: not compared, no predictions)
+    rank: tuple | None = None  # 95% interval of its rank on the task (1 = best), e.g. (1, 4)
 
 
 @dataclass
@@ -44,6 +48,8 @@ class Row:
     tasks: dict = field(default_factory=dict)  # {task: TaskCell}
     runs: list = field(default_factory=list)  # [RunRecord] at the selected LRs
     avg: float | None = None  # mean over the board's tasks (None if a task is missing)
+    avg_group: bool | None = None  # ... not distinguishable from the best average (Board.ties["avg"])
+    avg_rank: tuple | None = None  # ... and the 95% interval of its rank on it
     seeds: int = 0  # the fewest seeds of any task
     step_vs_head: float | None = None  # median training step relative to head-only's, same task
     step_vs_full: float | None = None  # ... and to full fine-tuning's
@@ -64,6 +70,7 @@ class Board:
     reproduce: str | None = None  # the table's Reproduce line
     description: str | None = None  # the description of the preset the runs were made with, where known
     step_memory: dict | None = None  # benchmarks/step_memory.py's file, when the suite has one
+    ties: dict = field(default_factory=dict)  # {task or "avg": ties.Ties}: best groups, rank intervals, MDD
 
 
 def _order(row: Row):
@@ -92,30 +99,41 @@ def build(runs: list, use: str = "val", n_boot: int = 2000) -> Board:
         row.tasks[t] = TaskCell(s, mean, sd, stats.t_interval(scores), len(scores))
         row.runs.extend(s.runs)
     for row in rows.values():
-        _test_against_lora(row, rows, n_boot)
         ms = [row.tasks[t].mean if t in row.tasks else None for t in tasks]
         row.avg = float(np.mean(ms)) if all(x is not None for x in ms) else None
         row.seeds = min(c.n for c in row.tasks.values())
     _timing(rows, tasks)
-    return Board(tasks, sorted(rows.values(), key=_order), sel, ok, [r for r in runs if not r.ok])
+    b = Board(tasks, sorted(rows.values(), key=_order), sel, ok, [r for r in runs if not r.ok])
+    _significance(b, n_boot)
+    return b
 
 
 def _achieved(params: dict) -> int:
     return params["solver"] if params.get("solver") is not None else params["adapter"]
 
 
-def _test_against_lora(row: Row, rows: dict, n_boot: int) -> None:
-    """Each task's difference from LoRA at the same budget, with its paired-bootstrap p-value (when every run has
-    per-example predictions)."""
-    for t, cell in row.tasks.items():
-        ref = _lora_ref(rows, t, row.budget)
-        if ref is None or ref is row or not all(r.history[0].preds is not None for r in row.runs + ref.runs):
-            continue  # no LoRA row, or runs without per-example predictions: no test
-        a, b = cell.sel, ref.tasks[t].sel
-        labels = {sp: stats.decode_preds(x) for sp, x in a.runs[0].dev_labels.items()}
-        cell.diff, cell.p = stats.paired_bootstrap(get_task(t).metric, dev_preds(a), dev_preds(b), labels,
-                                                   n_boot=n_boot)
-        cell.ref = ref.label
+def _significance(b: Board, n_boot: int) -> None:
+    """Each task's ties (rows whose runs all have per-example predictions), the average's, and every row's
+    difference from LoRA at the same budget, all from the task's one set of two-level resamples."""
+    for t in b.tasks:
+        rows = [r for r in b.rows if t in r.tasks and all(x.history[0].preds is not None for x in r.tasks[t].sel.runs)]
+        if len(rows) < 2:
+            continue
+        labels = {sp: stats.decode_preds(x) for sp, x in rows[0].tasks[t].sel.runs[0].dev_labels.items()}
+        tt = b.ties[t] = ties.task_ties(t, get_task(t).metric, rows, [dev_preds(r.tasks[t].sel) for r in rows],
+                                        labels, n_boot)
+        for i, row in enumerate(rows):
+            cell = row.tasks[t]
+            cell.best_group, cell.rank, _ = tt.of(row)
+            ref = _lora_ref({id(r): r for r in rows}, t, row.budget)
+            if ref is not None and ref is not row:
+                test = significance.pair(tt.draws, i, tt.index(ref))
+                cell.diff, cell.p, cell.ref = test.diff, test.p, ref.label
+    avg = ties.avg_ties({t: b.ties[t] for t in b.tasks if t in b.ties}) if len(b.ties) == len(b.tasks) else None
+    if avg is not None:
+        b.ties["avg"] = avg
+        for row in avg.rows:
+            row.avg_group, row.avg_rank, _ = avg.of(row)
 
 
 def separation(b: Board, factor: float = 3.0) -> dict:

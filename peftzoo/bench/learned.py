@@ -48,6 +48,6 @@ def one_seed(b) -> str | None:
         return None
     ns = [sum(v for k, v in r.split_sizes.items() if k not in ("train", "val")) for r in b.ok if r.split_sizes]
     err = f" (one run's accuracy on {min(ns):,} dev rows: ±{196 * (0.25 / min(ns)) ** 0.5:.1f} points, 95%)" if ns else ""
-    return ("ONE SEED in some rows: their seed-to-seed spread is not in the table, and a gap between two rows that the "
-            f"paired bootstrap does not mark (`*`) is within the dev set's sampling error{err}: read no order among "
-            "such rows; the `cpu` preset (3 seeds) is the measurement.")
+    return ("ONE SEED in some rows: their seed-to-seed spread is not in the table (nor in its tests), and the gaps "
+            f"inside a column's bold group are within the dev set's sampling error{err}: read no order among such "
+            "rows; the `cpu` preset (3 seeds) is the measurement.")

@@ -29,7 +29,7 @@ class EpochResult:
     """One epoch's evaluation (``Evaluation`` returns it; ``train.fit`` adds the epoch and its mean loss)."""
     dev: dict  # the dev metrics: "score" and its parts (several dev splits: prefixed "split/", score their mean)
     val: dict | None = None  # the validation split's metrics: what selection reads (None: not evaluated)
-    preds: dict | None = None  # per dev split: compact predictions (stats.encode_preds), for the paired bootstrap
+    preds: dict | None = None  # per dev split: compact predictions (stats.encode_preds), for the table's bootstrap
     epoch: int = 0  # 1-based
     loss: float | None = None  # the epoch's mean training loss
 

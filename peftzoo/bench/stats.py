@@ -1,10 +1,12 @@
-"""Statistics of the leaderboard: t-intervals over seeds, compact per-example predictions, a paired bootstrap.
+"""Statistics of the leaderboard: t-intervals over seeds, compact per-example predictions, GLUE scores on resamples
+(``batch_score`` on drawn indices; ``count_score`` on draw counts, by matrix products: what ``bench.significance``'s
+two-level bootstrap, the table's test, runs on), and the example-only paired bootstrap.
 
-The paired bootstrap answers "is method M's dev score different from LoRA's?" with the evaluation examples as the
-unit of resampling: one resample draws n dev examples with replacement and applies *the same* draw to every seed of
-both methods; the statistic is (mean over M's seeds of the GLUE score on the draw) − (the same for LoRA). Pooling
-the seeds this way compares the seed-averaged scores the table reports; the variation it measures is the one from
-the finite dev set. Seed-to-seed variation is shown separately (std and the t-interval over seeds).
+``paired_bootstrap`` answers "is method M's dev score different from LoRA's?" with the evaluation examples as the
+only unit of resampling: one resample draws n dev examples with replacement and applies *the same* draw to every
+seed of both methods; the statistic is (mean over M's seeds of the GLUE score on the draw) − (the same for LoRA).
+It treats the seeds as fixed, so its variation is the finite dev set's alone; the claims report reads it. The
+table's tests also resample seeds (``bench.significance``).
 """
 from __future__ import annotations
 
@@ -75,6 +77,86 @@ def batch_score(metric: str, P: np.ndarray, Y: np.ndarray) -> np.ndarray:
         return (acc + _safe_div(2 * tp, 2 * tp + fp + fn)) / 2
     if metric == "matthews":  # binary (CoLA)
         tn = ((P != 1) & (Y != 1)).sum(1).astype(float)
+        return _safe_div(tp * tn - fp * fn, np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+    raise ValueError(f"no batched score for metric {metric!r}")
+
+
+# ---- GLUE scores on resamples given as counts: one matrix product per sufficient statistic -----------------------
+def resample_counts(rng, n: int, n_boot: int) -> np.ndarray:
+    """[n_boot, n]: how often each of n examples is drawn in each of n_boot resamples of n with replacement (the
+    same draws as ``rng.integers(0, n, (n_boot, n))``, as counts)."""
+    idx = rng.integers(0, n, size=(n_boot, n)) + n * np.arange(n_boot)[:, None]
+    return np.bincount(idx.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)
+
+
+def _wmean(X, W):
+    """Weighted means of each row of X ([R, n]) under each weight row of W ([B, n]): [R, B]."""
+    return (X @ W.T) / W.sum(1)[None]
+
+
+def _centred_ranks(x, W, mid):
+    """x's sort order and, in that order, each example's average rank (ties averaged, as scipy's rankdata) in each
+    resample of W's counts ([B, n]), minus ``mid`` ([B, 1]); also the counts in that order."""
+    order = np.argsort(x, kind="stable")
+    xs, Wo = x[order], W[:, order]
+    r = np.cumsum(Wo, 1)
+    r -= 0.5 * Wo
+    r += 0.5 - mid  # draws before an example, plus the average position among its own draws
+    tie = np.flatnonzero(xs[1:] == xs[:-1]) + 1  # positions that continue a tie group of x's values
+    if len(tie):
+        start = np.r_[True, xs[1:] != xs[:-1]]
+        first = np.maximum.accumulate(np.where(start, np.arange(len(xs)), 0))  # each position's group start
+        last = np.r_[np.flatnonzero(start)[1:], len(xs)][np.cumsum(start) - 1] - 1
+        cols = np.unique(np.r_[tie, tie - 1])  # every member of a tie group
+        def cum(c):  # draws up to and including positions c
+            return r[:, c] + 0.5 * Wo[:, c] - 0.5 + mid
+        before = cum(first[cols]) - Wo[:, first[cols]]
+        r[:, cols] = before + (cum(last[cols]) - before + 1) / 2 - mid
+    return order, Wo, r
+
+
+def _wpearson(X, y, W):
+    """Weighted Pearson of each row of X ([R, n]) with y ([n]) under each weight row of W ([B, n]): [R, B]."""
+    X, y = X - X.mean(1, keepdims=True), (y - y.mean())[None]
+    mx, my = _wmean(X, W), _wmean(y, W)
+    cxy = _wmean(X * y, W) - mx * my
+    vx, vy = _wmean(X * X, W) - mx ** 2, _wmean(y * y, W) - my ** 2
+    return _safe_div(cxy, np.sqrt(np.clip(vx * vy, 0, None)))
+
+
+def _wspearman(P, y, W):
+    """Spearman of each row of P ([R, n]) with y on each resample: the weighted Pearson of the resample's average
+    ranks, whose weighted mean is always (n + 1) / 2: [R, B]."""
+    mid = (W.sum(1, keepdims=True) + 1) / 2
+    oy, Wy, ry_s = _centred_ranks(y, W, mid)
+    ry = np.empty_like(ry_s)
+    ry[:, oy] = ry_s
+    vy = np.einsum("ij,ij,ij->i", Wy, ry_s, ry_s)
+    out = np.empty((len(P), len(W)))
+    for i, p in enumerate(P):
+        order, Wo, rx = _centred_ranks(p, W, mid)
+        Wo *= rx  # the weighted ranks, in place
+        out[i] = _safe_div(np.einsum("ij,ij->i", Wo, ry[:, order]), np.sqrt(np.einsum("ij,ij->i", Wo, rx) * vy))
+    return out
+
+
+def count_score(metric: str, P: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """[R, B]: the GLUE ``score`` of each run's predictions (rows of ``P``, [R, n]) against labels ``y`` on each
+    resample given by its counts (rows of ``W``, [B, n]); equal to ``batch_score`` on the resampled indices."""
+    P, y = np.asarray(P), np.asarray(y)
+    if metric == "pearson_spearman":
+        P, y = P.astype(float), y.astype(float)
+        return (_wpearson(P, y, W) + _wspearman(P, y, W)) / 2
+    n = W.sum(1)[None]
+    acc = ((P == y[None]).astype(float) @ W.T) / n
+    if metric == "accuracy":
+        return acc
+    pos, yes = P == 1, (y == 1)[None]
+    tp, fp, fn = ((a & b).astype(float) @ W.T for a, b in ((pos, yes), (pos, ~yes), (~pos, yes)))
+    if metric == "f1_accuracy":
+        return (acc + _safe_div(2 * tp, 2 * tp + fp + fn)) / 2
+    if metric == "matthews":  # binary (CoLA)
+        tn = ((~pos) & (~yes)).astype(float) @ W.T
         return _safe_div(tp * tn - fp * fn, np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
     raise ValueError(f"no batched score for metric {metric!r}")
 

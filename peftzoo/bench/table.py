@@ -9,16 +9,22 @@ import json
 import sys
 from pathlib import Path
 
-from peftzoo.bench import learned, plots, reproduce, stats, store
+from peftzoo.bench import learned, plots, reproduce, store, ties
 from peftzoo.bench.configs import check_configs, config_line
 from peftzoo.bench.leaderboard import Board, at_edge, build, separation
 
-SIG = ("`*` / `**`: the difference from LoRA at the same budget (LoRA at the middle budget for baselines and paper "
-       "settings) is significant at p < 0.05 / 0.01, paired bootstrap over dev examples (2,000 resamples, the same "
-       "draw applied to every seed of both methods, scores averaged over seeds).")
+SIG = ("**Bold**: not distinguishable from the column's best row (two-sided p ≥ 0.05 against it); `(a–b)`: the ranks "
+       "the tests leave open to the row (1 = best; from 1 + the number of rows significantly above it to R − the "
+       "number significantly below it, R the rows compared); rows are in the registry's order, not by score. `▲` / `▼`: above / below LoRA at "
+       "the same budget (LoRA at the middle budget for baselines and paper settings) at p < 0.05. All from a "
+       "two-level bootstrap (`peftzoo/bench/significance.py`, {n_boot:,} resamples): each resample draws the dev "
+       "examples once per task, the same draw for every row (paired), and each row's seeds within the row, their "
+       "spread scaled to the seed variance beyond dev sampling; a difference is tested as Δ / its bootstrap SE on "
+       "Satterthwaite's degrees of freedom. `avg`: the mean over the tasks, ranked the same way (each task's draws "
+       "independent).")
 CELLS = ("Cells: GLUE dev metric ×100, mean ± std over seeds (`(n=1)`: a single seed, so no std; MRPC: mean of F1 "
          "and accuracy; STS-B: of Pearson and Spearman; CoLA: Matthews corr.); the CSV adds the 95% t-interval. "
-         + SIG + " `budget`: the matched adapter-element count (achieved / target in `params`; AdaLoRA: its final "
+         "{sig} `budget`: the matched adapter-element count (achieved / target in `params`; AdaLoRA: its final "
          "budget) or `paper` (the method's paper setting). `LR / epoch`: selected on validation; `†`: the selected LR "
          "is an end point of the swept grid (a budget's own local grid, where the protocol says LR per budget), so "
          "the best LR may lie outside it. Step time is the median training "
@@ -59,7 +65,9 @@ def _header(suite: str, b: Board, use: str) -> list[str]:
             "Examples (train / validation / dev): "
             + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {_n_dev(s):,}" if s else f"{t} not recorded"
                         for t, s in sizes.items()) + ".", "",
-            CELLS + f"{b.rows[0].peak_mem_kind if b.rows else '—'} during training (weights, data and the sweep's "
+            *([m, ""] if (m := ties.mdd_sentence(b)) else []),
+            CELLS.replace("{sig}", _sig(b))
+            + f"{b.rows[0].peak_mem_kind if b.rows else '—'} during training (weights, data and the sweep's "
             "earlier runs included). `step MB`: " + (sm["measured"] + f" (`{sm['command']}`, batch "
                                                      f"{sm['batch_size']} × {sm['max_len']})" if sm
                                                      else "not measured (run benchmarks/step_memory.py)") + ".", ""]
@@ -74,16 +82,33 @@ def layers_line(ok: list) -> str:
                     f"{names(json.loads(h))}." for t, h in got)
 
 
+def _sig(b: Board) -> str:
+    n_boot = next((x.n_boot for x in b.ties.values()), None)
+    if n_boot is None:
+        return "No significance: these runs keep no per-example dev predictions (rerun them with `peftzoo bench`)."
+    return SIG.format(n_boot=n_boot)
+
+
+def _ranked(text: str, group: bool | None, rank: tuple | None) -> str:
+    """A value with the tie-aware marks: bold in the best group, then its rank interval."""
+    return (f"**{text}**" if group else text) + (f" ({ties.rank_text(rank)})" if rank else "")
+
+
+def _cell(c) -> str:
+    if c is None:
+        return "—"
+    spread = f" ± {100 * c.std:.1f}" if c.n > 1 else " (n=1)"  # one seed has no spread
+    vs_lora = "" if c.p is None or c.p >= 0.05 else ("▲" if c.diff > 0 else "▼")
+    return _ranked(f"{100 * c.mean:.1f}{spread}", c.best_group, c.rank) + vs_lora
+
+
 def _row_line(r, tasks) -> str:
     hp = ", ".join(f"{k}={x}" for k, x in r.hparams.items()) or "—"
-    cells = []
-    for t in tasks:
-        c = r.tasks.get(t)
-        spread = f" ± {100 * c.std:.1f}" if c and c.n > 1 else " (n=1)"  # one seed has no spread
-        cells.append("—" if c is None else f"{100 * c.mean:.1f}{spread}{stats.significance_mark(c.p)}")
+    cells = [_cell(r.tasks.get(t)) for t in tasks]
+    avg = "—" if r.avg is None else _ranked(f"{100 * r.avg:.1f}", r.avg_group, r.avg_rank)
     tgt = f" / {r.budget:,}" if r.budget else ""
     return (f"| {r.method} | {r.label} | {hp} | " + " | ".join(cells)
-            + f" | {_num(r.avg and 100 * r.avg, '{:.1f}')} | {_lrs(r, tasks)} | {r.achieved:,}{tgt} "
+            + f" | {avg} | {_lrs(r, tasks)} | {r.achieved:,}{tgt} "
             f"| {r.trainable:,} | {_num(r.step_vs_head)} | {_num(r.step_vs_full)} "
             f"| {r.peak_mem_mb:.0f} | {_num(r.step_mb, '{:.0f}')} | {r.file_kb:.0f} | {r.seeds} |")
 
@@ -94,7 +119,7 @@ def markdown(suite: str, b: Board, use: str) -> str:
         "| method | budget | hparams | " + " | ".join(tasks) + " | avg | LR / epoch | params | trainable "
         "| step / head | step / full | process peak MB | step MB | file KB | seeds |",
         "|" + "---|" * (len(tasks) + 14)] + [_row_line(r, tasks) for r in b.rows]
-    for s in (learned.not_learning(b), learned.one_seed(b)):
+    for s in (ties.groups_sentence(b), learned.not_learning(b), learned.one_seed(b)):
         if s is not None:
             lines += ["", s]
     sep = separation(b)
@@ -113,18 +138,22 @@ def markdown(suite: str, b: Board, use: str) -> str:
 
 def csv_text(b: Board) -> str:
     tasks = b.tasks
-    per = ["mean", "std", "ci95_lo", "ci95_hi", "n_seeds", "lr", "lr_at_grid_edge", "epoch", "diff_vs_lora", "p_vs_lora"]
+    per = ["mean", "std", "ci95_lo", "ci95_hi", "n_seeds", "lr", "lr_at_grid_edge", "epoch", "diff_vs_lora",
+           "p_vs_lora", "best_group", "rank_lo", "rank_hi"]
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["method", "budget", "hparams", *[f"{t}_{k}" for t in tasks for k in per], "avg", "params_target",
+    w.writerow(["method", "budget", "hparams", *[f"{t}_{k}" for t in tasks for k in per], "avg", "avg_best_group",
+                "avg_rank_lo", "avg_rank_hi", "params_target",
                 "params_achieved", "trainable", "step_vs_head", "step_vs_full", "peak_mem_mb", "step_mb", "file_kb"])
     for r in b.rows:
         vals = []
         for t in tasks:
             c = r.tasks.get(t)
             vals += ([None] * len(per) if c is None else
-                     [c.mean, c.std, *c.ci, c.n, c.sel.lr, at_edge(c.sel), c.sel.epoch, c.diff, c.p])
-        w.writerow([r.method, r.label, store_hp(r.hparams), *vals, r.avg, r.budget, r.achieved, r.trainable,
+                     [c.mean, c.std, *c.ci, c.n, c.sel.lr, at_edge(c.sel), c.sel.epoch, c.diff, c.p, c.best_group,
+                      *(c.rank or (None, None))])
+        w.writerow([r.method, r.label, store_hp(r.hparams), *vals, r.avg, r.avg_group,
+                    *(r.avg_rank or (None, None)), r.budget, r.achieved, r.trainable,
                     r.step_vs_head, r.step_vs_full, r.peak_mem_mb, r.step_mb, r.file_kb])
     return out.getvalue()
 
