@@ -13,7 +13,7 @@ BASELINES = {"full": "#000000", "head": "#7f7f7f"}  # full FT black, head-only g
 METHODS = {  # a method added later gets its line here (else ``_other`` gives it a stable colour from its name)
     "lora": "#1f77b4", "rslora": "#17becf", "loraplus": "#393b79", "dora": "#2ca02c", "vera": "#d62728",
     "adalora": "#9467bd", "ia3": "#ff7f0e", "loha": "#8c564b", "lokr": "#e377c2", "oft": "#bcbd22",
-    "bitfit": "#637939", "deltalora": "#7b4173", "galore": "#e7ba52", "did": "#843c39", "said": "#d6616b",
+    "bitfit": "#637939", "deltalora": "#7b4173", "galore": "#e7ba52", "did": "#843c39", "said": "#8c6d31",
     "prompt": "#5254a3",
 }
 _FALLBACK = ("#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7969c", "#de9ed6",
