@@ -21,7 +21,7 @@ SUITES = ("cpu",)
 def block(suite: str, root: Path = ROOT) -> str:
     md = (root / "results" / suite / "leaderboard.md").read_text()
     body = md.split("\n", 1)[1].strip()  # drop the "# Leaderboard: ..." title
-    figs = [f for f in ("leaderboard.png", "leaderboard-lr.png") if (root / "results" / suite / f).exists()]
+    figs = [f for f in ("leaderboard.png", "leaderboard-lr.png", "leaderboard.html") if (root / "results" / suite / f).exists()]
     links = " · ".join(f"[{f}](results/{suite}/{f})" for f in figs)
     return (f"<!-- results:{suite}:start -->\n"
             f"*Copied from [results/{suite}/leaderboard.md](results/{suite}/leaderboard.md) by "

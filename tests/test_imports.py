@@ -17,7 +17,7 @@ PKG = ROOT / "peftzoo"
 # Lowest first. A module may import modules of its own floor or below, never above. The first matching prefix wins.
 FLOORS = [
     ("ground: files, registry, injection, file formats",
-     ["peftzoo._atomic", "peftzoo.registry", "peftzoo.defaults", "peftzoo.inject", "peftzoo.io"]),
+     ["peftzoo._atomic", "peftzoo.registry", "peftzoo.defaults", "peftzoo.inject", "peftzoo.io", "peftzoo.palette"]),
     ("layer types and methods", ["peftzoo.adapters."]),
     ("the list of methods", ["peftzoo.adapters"]),
     ("public API", ["peftzoo.api", "peftzoo.hf", "peftzoo"]),

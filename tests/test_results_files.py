@@ -1,8 +1,9 @@
 """Every file committed under results/ still reads with this version of peftzoo: run records load as records and
 keep their run id (their file name), d90 searches load as a resumable search under their recorded settings, every
-other JSON is strict JSON, the text files are UTF-8 and the figures are PNGs."""
+other JSON is strict JSON, the text files are UTF-8, the figures are PNGs and a page's links reach committed files."""
 import dataclasses
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -21,6 +22,7 @@ def committed() -> list[Path]:
 
 
 FILES = committed()
+RESOLVED = {p.resolve() for p in FILES}
 LEGACY = {f.metadata.get("key", f.name): f.metadata["legacy"] for f in dataclasses.fields(RunSpec)
           if "legacy" in f.metadata}  # the RunSpec fields added after runs were recorded, and the value they had
 
@@ -64,6 +66,11 @@ def test_every_other_committed_file_reads(path):
             assert s.scores == {k: float(v) for k, v in d["scores"].items()}
     elif path.suffix == ".png":
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    elif path.suffix == ".html":  # a leaderboard page: whole, and each of its links reaches a committed file
+        text = path.read_text(encoding="utf-8")
+        assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+        links = re.findall(r'(?:src|href)="([^"#][^"]*)"', text)
+        assert links and all((path.parent / x).resolve() in RESOLVED for x in links), "regenerate it: see its header"
     else:
         assert path.suffix in (".md", ".csv", ".txt"), f"{path}: a file of a kind this test does not know"
         assert path.read_text(encoding="utf-8")

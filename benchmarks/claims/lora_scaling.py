@@ -20,6 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import lb  # noqa: E402
 
+from peftzoo import palette  # noqa: E402
 from peftzoo.bench import stats, store  # noqa: E402
 from peftzoo.bench.leaderboard import at_edge, dev_preds  # noqa: E402
 from peftzoo.bench.plan import Cell, run_spec  # noqa: E402
@@ -242,9 +243,10 @@ def plot_c2(d, out_dir) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     axes[1].sharey(axes[0])
     for ax, (m, name) in zip(axes, (("lora", "LoRA (α/r)"), ("rslora", "rsLoRA (α/√r)"))):
+        shades = palette.shades(m, len(d["curves"][m]))  # the method's colour, lighter for smaller r
         for i, (r, c) in enumerate(d["curves"][m].items()):
             sm = np.convolve(c, np.ones(5) / 5, "valid") if len(c) >= 5 else c
-            ax.plot(np.arange(len(sm)) + (len(c) - len(sm)) // 2 + 1, sm, color=f"C{i}", label=f"r={r}")
+            ax.plot(np.arange(len(sm)) + (len(c) - len(sm)) // 2 + 1, sm, color=shades[i], label=f"r={r}")
         ax.axvline(d["early_steps"], color="0.6", ls=":", lw=0.8)
         ax.set(xlabel="step", title=f"{name}, lr {d['shared_lr']:g}, seed 0")
         ax.legend(fontsize=8)
@@ -252,7 +254,7 @@ def plot_c2(d, out_dir) -> Path:
     for j, (m, v) in enumerate(d["sweep"].items()):
         for r, s in v.items():
             xs = [x for x, y in s["per_lr"] if y is not None]
-            axes[2].plot(xs, [y for _, y in s["per_lr"] if y is not None], marker="o", color=f"C{j}",
+            axes[2].plot(xs, [y for _, y in s["per_lr"] if y is not None], marker="o", color=palette.color(m),
                          ls="-" if r == str(d["ends"][0]) else "--", label=f"{m} r={r}")
     axes[2].set(xscale="log", xlabel="LR", ylabel="validation accuracy (best epoch)", title="LR sweeps (seed 0)")
     axes[2].legend(fontsize=8)

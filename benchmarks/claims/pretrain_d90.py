@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import mnist_d90  # noqa: E402
 from measure import ci95, fmt  # noqa: E402
 
+from peftzoo import palette  # noqa: E402
+
 ACC = 0.85  # fixed absolute MNIST test accuracy for the second metric
 PRETRAIN = {"task": "fashion-mnist", "net": "fc", "epochs": 3, "lr": 1e-3, "batch_size": 128, "max_train": None}
 PLOT = "c9_pretrain_d90.png"
@@ -172,12 +174,13 @@ def plot(d: dict, out: Path) -> Path:
 
     from peftzoo.bench.store import write_figure
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    colors = palette.series(["did"] * len(d["cases"]))  # both θ0's searched with DID: shades of its colour
     for i, (name, c) in enumerate(d["cases"].items()):
         for j, curve in enumerate(c["curves"]):
             ds = sorted(curve, key=int)
-            ax.plot([int(x) for x in ds], [curve[x] for x in ds], marker="o", ms=3, lw=1, alpha=0.8, color=f"C{i}",
+            ax.plot([int(x) for x in ds], [curve[x] for x in ds], marker="o", ms=3, lw=1, alpha=0.8, color=colors[i],
                     label=f"{name} (per seed)" if j == 0 else None)
-        ax.axhline(np.mean(c["target"]), color=f"C{i}", ls="--", lw=0.8, label=f"{name}: 90% of full FT")
+        ax.axhline(np.mean(c["target"]), color=colors[i], ls="--", lw=0.8, label=f"{name}: 90% of full FT")
     ax.axhline(d["acc"], color="k", ls=":", lw=0.8, label=f"accuracy {d['acc']}")
     ax.set_xscale("log")
     ax.set(xlabel="subspace dimension d (DID)", ylabel="MNIST test accuracy",

@@ -42,6 +42,18 @@ def scaling(data: dict, args, out: Path) -> None:
     lora_scaling.plot_c2(data["c2"], out)
 
 
+def redraw(out: Path) -> None:
+    """Every figure of claims.json's measured claims, drawn again from the numbers it holds."""
+    data = json.loads((out / "claims.json").read_text())
+    data["c5"] = {int(k) if k.isdigit() else k: v for k, v in data["c5"].items()}  # JSON made the ranks strings
+    plots.all_plots(data, out)
+    if "c2" in data:
+        lora_scaling.plot_c2(data["c2"], out)
+    if "c9" in data:
+        pretrain_d90.plot(data["c9"], out)
+    print(f"redrew the figures under {out} from {out / 'claims.json'}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="local-results/claims", help="cache of trained runs and adapters")
@@ -53,8 +65,13 @@ def main(argv=None):
                    "(claims 1, 3, 11)")
     p.add_argument("--reuse-measured", action="store_true", help="take claims 4, 5, 7, 8, 10 from the existing "
                    "claims.json (an earlier full invocation) and recompute only the leaderboard's claims")
+    p.add_argument("--plots-only", action="store_true", help="redraw every figure from the existing claims.json "
+                   "(no training, no search; e.g. after a colour change) and exit")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.plots_only:
+        redraw(out)
+        return
     if args.reuse_measured:
         t0 = time.perf_counter()
         data = json.loads((out / "claims.json").read_text())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from peftzoo import _atomic
+from peftzoo import _atomic, palette
 
 
 def _savefig(fig, path) -> Path:
@@ -40,13 +40,14 @@ def _grid(n: int, height: float = 2.3):
     return fig, list(axes.flat)
 
 
-def plot_spectra(layers: dict, path, title: str) -> Path:
+def plot_spectra(layers: dict, path, title: str, color: str | None = None) -> Path:
+    """``color``: the analysed method's (``palette.color``)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
     fig, axes = _grid(len(layers), 2.1)
     for ax, (n, v) in zip(axes, layers.items()):
         s = [x for x in v["singular_values"] if x > 0]
-        ax.semilogy(range(1, len(s) + 1), s, lw=1, marker="." if len(s) <= 16 else None, ms=3)
+        ax.semilogy(range(1, len(s) + 1), s, lw=1, marker="." if len(s) <= 16 else None, ms=3, color=color)
         ax.set_title(_short(n), fontsize=7, pad=2)
         ax.text(0.97, 0.95, f"eff. rank {v['effective_rank']:.1f}\nstable rank {v['stable_rank']:.1f}",
                 transform=ax.transAxes, ha="right", va="top", fontsize=6)
@@ -64,7 +65,8 @@ def plot_spectra(layers: dict, path, title: str) -> Path:
         plt.close(fig)
 
 
-def plot_intruders(layers: dict, path, title: str) -> Path:
+def plot_intruders(layers: dict, path, title: str, color: str | None = None) -> Path:
+    """``color``: the analysed method's, for the mean over layers (``palette.color``)."""
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 3.5))
     eps = list(next(iter(layers.values()))["intruders"]["counts"])
@@ -72,7 +74,7 @@ def plot_intruders(layers: dict, path, title: str) -> Path:
     for n, v in layers.items():
         ax.plot(xs, [v["intruders"]["counts"][e] for e in eps], color="0.7", lw=0.7)
     mean = [sum(v["intruders"]["counts"][e] for v in layers.values()) / len(layers) for e in eps]
-    ax.plot(xs, mean, color="C3", lw=2, label="mean over layers")
+    ax.plot(xs, mean, color=color or "C3", lw=2, label="mean over layers")
     k = next(iter(layers.values()))["intruders"]["k"]
     ax.set(xlabel="ε (max |cos| with every pre-trained singular vector)", ylabel=f"intruders among top {k}")
     ax.set_title(f"{title}: intruder dimensions", fontsize=9)
@@ -120,8 +122,9 @@ def write(result: dict, out, plots: bool = True) -> list[Path]:
     if plots:
         import matplotlib
         matplotlib.use("Agg")
-        written.append(plot_spectra(result["layers"], out / "spectra.png", title))
-        written.append(plot_intruders(result["layers"], out / "intruders.png", title))
+        color = palette.color(result["source"].get("method", "update"))  # the method's colour in every figure
+        written.append(plot_spectra(result["layers"], out / "spectra.png", title, color))
+        written.append(plot_intruders(result["layers"], out / "intruders.png", title, color))
         if "compare" in result:
             written.append(plot_similarity(result["compare"]["similarity"], out / "similarity.png", title,
                                            describe(result["compare"]["source"])))

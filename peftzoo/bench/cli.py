@@ -38,12 +38,15 @@ def register(sub) -> None:
     from peftzoo.bench.ray_executor import add_arguments as executor_arguments
     executor_arguments(b)
     b.set_defaults(fn=bench)
-    t = sub.add_parser("table", help="write <results>/<suite>/leaderboard.{md,csv,png} and leaderboard-lr.png")
+    t = sub.add_parser("table", help="write <results>/<suite>/leaderboard.{md,csv,png} and leaderboard-lr.png "
+                       "(--html: and leaderboard.html)")
     t.add_argument("--suite", default="quick", help="the suite (results sub-folder) to tabulate")
     t.add_argument("--results", default=LOCAL_RESULTS, help="results folder bench wrote to; --results results "
                    "for the repository's committed leaderboards")
     t.add_argument("--optimistic", action="store_true", help="OPTIMISTIC view: LR and epoch picked on the dev set "
                    "it reports (biased upward; written to leaderboard-optimistic.*)")
+    t.add_argument("--html", action="store_true", help="also write leaderboard.html: one self-contained page (the "
+                   "sortable table, per task the Pareto and LR plots, each cell's runs linked)")
     t.set_defaults(fn=table)
 
 
@@ -131,9 +134,11 @@ def preset_ref(preset: str) -> str:
 
 
 def table(args) -> int:
+    from peftzoo.bench import html
     from peftzoo.bench.table import write
     written = []
-    path = write(args.results, args.suite, optimistic=args.optimistic, written=written)
+    path = write(args.results, args.suite, optimistic=args.optimistic, written=written,
+                 also=(html.write,) if args.html else ())
     print(path.read_text())
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

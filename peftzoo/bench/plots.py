@@ -3,10 +3,16 @@
 * ``pareto``: dev score vs trainable parameters per task (log x, error bars = std over seeds), one line per method
   through its budgets: the view the VeRA and AdaLoRA papers draw.
 * ``lr_curves``: the validation score of the LR sweep vs LR per method and task (the U-curves selection reads).
+
+Each has a ``*_figure`` twin that returns the figure (the HTML page draws the same figures, per task, as inline SVG:
+``svg``). Colours come from ``peftzoo.palette``: one colour per method in every figure.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from peftzoo import palette
 
 
 def _fig(ncols: int):
@@ -15,11 +21,6 @@ def _fig(ncols: int):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, ncols, figsize=(4.8 * ncols, 3.9), squeeze=False)
     return plt, fig, axes[0]
-
-
-def _color(method: str, methods: list[str]) -> str:
-    """One colour per method across every panel (tab10 in the order the methods first appear)."""
-    return f"C{methods.index(method) % 10}"
 
 
 def _legend(fig, axes) -> None:
@@ -37,30 +38,57 @@ def save_atomic(fig, path: Path, dpi: int = 110) -> None:
     store.write_figure(Path(path), fig, dpi=dpi, bbox_inches="tight")  # temp file + rename; OutputError if it cannot be written
 
 
+X_TRAINABLE = ("x", "trainable parameters (incl. head)", True)  # (point key, axis label, log axis)
+
+
 def pareto(path, tasks: list[str], points: list[dict], title: str = "") -> None:
     """``points``: {"task", "method", "x" (trainable), "mean", "std"} (scores in [0, 1])."""
-    plt, fig, axes = _fig(len(tasks))
-    methods = list(dict.fromkeys(p["method"] for p in points))
-    for ax, t in zip(axes, tasks):
+    fig = pareto_figure([(t, t, X_TRAINABLE) for t in tasks], points, title)
+    save_atomic(fig, path)
+    _close(fig)
+
+
+def pareto_figure(panels: list[tuple], points: list[dict], title: str = ""):
+    """One panel per (task, panel title, (x key, x label, log x)): the task's points, x read from ``p[x key]``
+    (points without it are left out), one line per method in order of trainable parameters (its budgets)."""
+    plt, fig, axes = _fig(len(panels))
+    for ax, (t, name, (key, xlabel, log)) in zip(axes, panels):
         by: dict = {}
         for p in points:
-            if p["task"] == t and p["mean"] is not None:
+            if p["task"] == t and p["mean"] is not None and p.get(key) is not None:
                 by.setdefault(p["method"], []).append(p)
         for m, ps in by.items():
             ps = sorted(ps, key=lambda p: p["x"])
-            ax.errorbar([p["x"] for p in ps], [100 * p["mean"] for p in ps], yerr=[100 * p["std"] for p in ps],
-                        fmt="o-", capsize=3, label=m, ms=4, lw=1, color=_color(m, methods))
-        ax.set_xscale("log")
-        ax.set_title(t)
-        ax.set_xlabel("trainable parameters (incl. head)")
+            ax.errorbar([p[key] for p in ps], [100 * p["mean"] for p in ps], yerr=[100 * p["std"] for p in ps],
+                        fmt="o-", capsize=3, label=m, ms=4, lw=1, color=palette.color(m))
+        if log:
+            ax.set_xscale("log")
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("dev score ×100 (mean ± std over seeds)")
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _legend(fig, axes)
-    save_atomic(fig, path)
+    return fig
+
+
+def _close(fig) -> None:
+    import matplotlib.pyplot as plt
     plt.close(fig)
+
+
+def svg(fig, salt: str) -> str:
+    """The figure as an inline <svg> element: text as text (searchable, no embedded glyphs), ids salted by ``salt``
+    (unique in a page holding several figures, and the same on every run: a regenerated page diffs cleanly)."""
+    import matplotlib
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    _close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
 
 
 def lr_label(lr: float) -> str:
@@ -85,15 +113,20 @@ def _lr_ticks(ax, lrs) -> None:
 
 def lr_curves(path, tasks: list[str], curves: list[dict], ylabel: str = "validation score ×100") -> None:
     """``curves``: {"task", "method", "per_lr": {lr: score or None}, "selected": lr}."""
+    fig = lr_curves_figure(tasks, curves, ylabel)
+    save_atomic(fig, path)
+    _close(fig)
+
+
+def lr_curves_figure(tasks: list[str], curves: list[dict], ylabel: str = "validation score ×100"):
     plt, fig, axes = _fig(len(tasks))
-    methods = list(dict.fromkeys(c["method"] for c in curves))
     for ax, t in zip(axes, tasks):
         for c in curves:
             if c["task"] != t:
                 continue
             xs = [lr for lr, v in sorted(c["per_lr"].items()) if v is not None]
             line, = ax.plot(xs, [100 * c["per_lr"][x] for x in xs], "o-", ms=4, lw=1, label=c["method"],
-                            color=_color(c["method"], methods))
+                            color=palette.color(c["method"]))
             if c["selected"] in c["per_lr"] and c["per_lr"][c["selected"]] is not None:
                 ax.plot([c["selected"]], [100 * c["per_lr"][c["selected"]]], "*", ms=11, color=line.get_color())
         ax.set_xscale("log")
@@ -104,5 +137,4 @@ def lr_curves(path, tasks: list[str], curves: list[dict], ylabel: str = "validat
         ax.grid(alpha=0.3)
     fig.tight_layout()
     _legend(fig, axes)
-    save_atomic(fig, path)
-    plt.close(fig)
+    return fig

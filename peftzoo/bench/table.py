@@ -1,6 +1,6 @@
 """`peftzoo table`: a suite's run records as leaderboard.{md,csv,png} and leaderboard-lr.png (the board's rows and
-statistics: ``leaderboard``; one config per table: ``configs``; the Reproduce line: ``reproduce``), each file
-written atomically."""
+statistics: ``leaderboard``; one config per table: ``configs``; the Reproduce line: ``reproduce``; the HTML page,
+``--html``: ``bench.html``), each file written atomically."""
 from __future__ import annotations
 
 import csv
@@ -35,7 +35,8 @@ def _num(x, f="{:.2f}"):
     return "—" if x is None else f.format(x)
 
 
-def _lrs(row, tasks):
+def lr_cell(row, tasks) -> str:
+    """The LR / epoch column: one value for all tasks where they agree, else one per task."""
     got = {t: (f"{row.tasks[t].sel.lr:g}" + ("†" if at_edge(row.tasks[t].sel) else ""), row.tasks[t].sel.epoch)
            for t in tasks if t in row.tasks}
     if len({v for v in got.values()}) == 1:
@@ -48,7 +49,8 @@ def _n_dev(sizes: dict) -> int:
     return sum(x for k, x in sizes.items() if k not in ("train", "val"))
 
 
-def _header(suite: str, b: Board, use: str) -> list[str]:
+def header(suite: str, b: Board, use: str) -> list[str]:
+    """The lines above the table (markdown): title, Reproduce, protocol, device and config, what the cells mean."""
     ok = b.ok
     prot = ok[0].spec.protocol if ok else None
     v, spec = ok[0].versions, ok[0].spec
@@ -89,51 +91,59 @@ def _sig(b: Board) -> str:
     return SIG.format(n_boot=n_boot)
 
 
-def _ranked(text: str, group: bool | None, rank: tuple | None) -> str:
-    """A value with the tie-aware marks: bold in the best group, then its rank interval."""
-    return (f"**{text}**" if group else text) + (f" ({ties.rank_text(rank)})" if rank else "")
+def _ranked(text: str, group: bool | None, rank: tuple | None, bold: bool = True) -> str:
+    """A value with the tie-aware marks: bold (markdown, unless ``bold=False``) in the best group, then its rank
+    interval."""
+    return (f"**{text}**" if group and bold else text) + (f" ({ties.rank_text(rank)})" if rank else "")
 
 
-def _cell(c) -> str:
+def cell_text(c, bold: bool = True) -> str:
+    """A task cell: mean ± std over seeds ×100, bold in the best group, its rank interval, ▲/▼ against LoRA."""
     if c is None:
         return "—"
     spread = f" ± {100 * c.std:.1f}" if c.n > 1 else " (n=1)"  # one seed has no spread
     vs_lora = "" if c.p is None or c.p >= 0.05 else ("▲" if c.diff > 0 else "▼")
-    return _ranked(f"{100 * c.mean:.1f}{spread}", c.best_group, c.rank) + vs_lora
+    return _ranked(f"{100 * c.mean:.1f}{spread}", c.best_group, c.rank, bold) + vs_lora
 
 
 def _row_line(r, tasks) -> str:
     hp = ", ".join(f"{k}={x}" for k, x in r.hparams.items()) or "—"
-    cells = [_cell(r.tasks.get(t)) for t in tasks]
+    cells = [cell_text(r.tasks.get(t)) for t in tasks]
     avg = "—" if r.avg is None else _ranked(f"{100 * r.avg:.1f}", r.avg_group, r.avg_rank)
     tgt = f" / {r.budget:,}" if r.budget else ""
     return (f"| {r.method} | {r.label} | {hp} | " + " | ".join(cells)
-            + f" | {avg} | {_lrs(r, tasks)} | {r.achieved:,}{tgt} "
+            + f" | {avg} | {lr_cell(r, tasks)} | {r.achieved:,}{tgt} "
             f"| {r.trainable:,} | {_num(r.step_vs_head)} | {_num(r.step_vs_full)} "
             f"| {r.peak_mem_mb:.0f} | {_num(r.step_mb, '{:.0f}')} | {r.file_kb:.0f} | {r.seeds} |")
 
 
 def markdown(suite: str, b: Board, use: str) -> str:
     tasks = b.tasks
-    lines = _header(suite, b, use) + [
+    lines = header(suite, b, use) + [
         "| method | budget | hparams | " + " | ".join(tasks) + " | avg | LR / epoch | params | trainable "
         "| step / head | step / full | process peak MB | step MB | file KB | seeds |",
         "|" + "---|" * (len(tasks) + 14)] + [_row_line(r, tasks) for r in b.rows]
-    for s in (ties.groups_sentence(b), learned.not_learning(b), learned.one_seed(b)):
-        if s is not None:
-            lines += ["", s]
+    for s in notes(b):
+        lines += ["", *s]
+    return "\n".join(lines) + "\n"
+
+
+def notes(b: Board) -> list[list[str]]:
+    """The paragraphs under the table (markdown; a list item is a line starting "- "): rows that did not learn, one
+    seed, separation, runs not in the table, records that did not read."""
+    out = [[s] for s in (ties.groups_sentence(b), learned.not_learning(b), learned.one_seed(b)) if s is not None]
     sep = separation(b)
     if sep:
-        lines += ["", "Separation (a task is in a preset only if full FT beats head-only by more than 3× the larger 95% "
+        out += [["Separation (a task is in a preset only if full FT beats head-only by more than 3× the larger 95% "
                   "half-width): " + "; ".join(
                       f"{t} {100 * x['gap']:.1f} vs 3 × {100 * x['half_width']:.1f} = {300 * x['half_width']:.1f}: "
-                      + ("separates" if x["separates"] else "DOES NOT SEPARATE") for t, x in sep.items()) + "."]
+                      + ("separates" if x["separates"] else "DOES NOT SEPARATE") for t, x in sep.items()) + "."]]
     if b.bad:
-        lines += ["", "Runs not in the table:", ""]
-        lines += [f"- {r.task} {r.method} lr={r.spec.lr:g} s{r.seed}: {r.status}: {r.why}" for r in b.bad]
+        out += [["Runs not in the table:"],
+                [f"- {r.task} {r.method} lr={r.spec.lr:g} s{r.seed}: {r.status}: {r.why}" for r in b.bad]]
     if b.invalid:
-        lines += ["", "Invalid run records (skipped):", ""] + [f"- `{p}`: {why}" for p, why in b.invalid]
-    return "\n".join(lines) + "\n"
+        out += [["Invalid run records (skipped):"], [f"- `{p}`: {why}" for p, why in b.invalid]]
+    return out
 
 
 def csv_text(b: Board) -> str:
@@ -205,9 +215,22 @@ def _read(root, suite: str) -> tuple[list, list]:
     return runs, invalid
 
 
-def write(root, suite: str, optimistic: bool = False, n_boot: int = 2000, written: list | None = None) -> Path:
+LR_YLABEL = {"val": "validation score ×100", "dev": "dev score ×100 (optimistic)"}
+
+
+def lr_curves(b: Board, task: str | None = None) -> list[dict]:
+    """The swept groups' selection score per LR (``plots.lr_curves``'s curves), methods in the table's order."""
+    order = {r.method: i for i, r in reversed(list(enumerate(b.rows)))}
+    return sorted(({"task": t, "method": m, "per_lr": s.per_lr, "selected": s.lr}
+                   for (t, m, _), s in b.selection.items() if len(s.per_lr) > 1 and task in (None, t)),
+                  key=lambda c: (order.get(c["method"], len(order)), c["task"]))
+
+
+def write(root, suite: str, optimistic: bool = False, n_boot: int = 2000, written: list | None = None,
+          also: tuple = ()) -> Path:
     """The table's files under <root>/<suite>/ (``optimistic=True``: the flagged best-on-dev view); returns the .md
-    path and appends every path written to ``written``."""
+    path and appends every path written to ``written``. ``also``: more writers of the same board, each called as
+    ``w(suite, board, use, folder)`` and returning the paths it wrote (``--html``: ``bench.html.write``)."""
     runs, invalid = _read(root, suite)
     out, use = Path(root) / suite, "dev" if optimistic else "val"
     b = build(runs, use, n_boot)
@@ -222,9 +245,9 @@ def write(root, suite: str, optimistic: bool = False, n_boot: int = 2000, writte
     pts = [{"task": t, "method": r.method, "x": r.trainable, "mean": c.mean, "std": c.std}
            for r in b.rows for t, c in r.tasks.items()]
     plots.pareto(paths[2], b.tasks, pts, "optimistic (selected on dev)" if use == "dev" else "")
-    curves = [{"task": t, "method": m, "per_lr": s.per_lr, "selected": s.lr}
-              for (t, m, _), s in b.selection.items() if len(s.per_lr) > 1]
-    plots.lr_curves(paths[3], b.tasks, curves, "validation score ×100" if use == "val" else "dev score ×100 (optimistic)")
+    plots.lr_curves(paths[3], b.tasks, lr_curves(b), LR_YLABEL[use])
+    for w in also:
+        paths += w(suite, b, use, out)
     if written is not None:
         written += paths
     return paths[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peftzoo import palette
 from peftzoo.bench.store import write_figure
 from peftzoo.intrinsic.d90 import fmt2
 
@@ -100,15 +101,17 @@ def table(results: dict[str, dict]) -> str:
 
 
 def plot(results: dict[str, dict], path: str | Path, title: str = "") -> None:
-    """Score vs d (log axis), one colour per result: the mean over seeds where every seed was scored (error bars:
+    """Score vs d (log axis), one colour per result, its method's (``peftzoo.palette``; shades of it where results
+    share a method): the mean over seeds where every seed was scored (error bars:
     std), single-seed bisection points faint; full FT dotted, the target dashed, the trivial score thin solid, the
     d_90 dash-dotted. Not informative (and old, unchecked) results say so in the legend."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for i, (label, r) in enumerate(results.items()):
-        c, n = f"C{i}", len(r.get("seeds") or [0])
+    colors = palette.series([r.get("method") or label for label, r in results.items()])  # DID, SAID: their colours
+    for c, (label, r) in zip(colors, results.items()):
+        n = len(r.get("seeds") or [0])
         pts = sorted((int(d), v) for d, v in r["curve"].items())
         full = [(d, v) for d, v in pts if len(v["scores"]) >= n]
         part = [(d, s) for d, v in pts if len(v["scores"]) < n for s in v["scores"]]
