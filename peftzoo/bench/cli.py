@@ -28,6 +28,10 @@ def register(sub) -> None:
                    help="leave out malformed data rows (counted, recorded in every run) instead of stopping")
     b.add_argument("--skip-unreachable", action="store_true", help="run the other cells when some (method, budget) "
                    "cells cannot run on this model (listed, also with -q) instead of stopping before training")
+    b.add_argument("--save-adapters", action="store_true", help="keep each run's trained adapter (peftzoo's own "
+                   "format, the head included) beside its JSON, <run id>.adapter/, named in the record "
+                   "(saved_adapter); `peftzoo analyze --adapter RUN.json` reads it. Full FT keeps none (its adapter "
+                   "is the whole model). Warns when the results folder would outgrow its size budget")
     b.add_argument("--dry-run", action="store_true", help="print the planned runs and their count, and exit")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bars (for logs); problems are still said")
     from peftzoo.bench.ray_executor import add_arguments as executor_arguments
@@ -79,7 +83,7 @@ def bench(args) -> int:
         dry_run(plan, args.data_dir)
         return 0
     out = run_protocol(plan, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
-                       retry_failed=args.retry_failed, ray=ray)
+                       retry_failed=args.retry_failed, ray=ray, save_adapters=args.save_adapters)
     for line in failed_before(out, args.results):
         print(line, file=sys.stderr)
     print(out.summary(f"{args.results}/{plan.preset.suite}/runs"))

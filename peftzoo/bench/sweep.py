@@ -4,6 +4,7 @@ Each run is claimed before it executes (``claim.acquire``), so several sweeps on
 """
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ class Outcome:
     invalid: list = field(default_factory=list)  # (path, problem): invalid records that were re-run
     not_run: list = field(default_factory=list)  # lines: planned runs that could not be run (no LR was selected)
     dropped: list = field(default_factory=list)  # lines: cells left out by --skip-unreachable
+    unsaved: list = field(default_factory=list)  # paths: finished before, without the adapter --save-adapters asks for
+    budget: store.AdapterBudget | None = None  # --save-adapters: the results folder's size budget, watched
 
     def summary(self, where) -> str:
         s = f"{len(self.written)} runs written under {where} ({self.total} in the plan, {self.done_before} done before)"
@@ -45,6 +48,9 @@ class Outcome:
         if self.failed:
             s += (f"; {len(self.failed)} failed (listed above): fix the cause, then rerun with --retry-failed "
                   f"to run them again")
+        if self.unsaved:
+            s += (f"; {len(self.unsaved)} finished before without a saved adapter (e.g. {self.unsaved[0]}): move "
+                  f"their JSONs away to train them again with --save-adapters")
         return s
 
 
@@ -54,11 +60,16 @@ def _say(msg: str) -> None:
 
 
 def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quiet=False, retry_failed=False,
-          executor=None, ray=None) -> Outcome:
+          executor=None, ray=None, save_adapters: bool = False, budget=None, later: int = 0) -> Outcome:
     """Run every unfinished spec, writing one JSON each as it finishes (an invalid record counts as unfinished).
-    ``ray``: a ``ray_executor.RayOptions`` to run them as Ray tasks (written here all the same)."""
+    ``ray``: a ``ray_executor.RayOptions`` to run them as Ray tasks (written here all the same). ``save_adapters``:
+    each run's trained adapter is kept beside its JSON (``store.adapter_dir``), ``budget`` (a
+    ``store.AdapterBudget``) watching the folder's size, with ``later`` more runs to come after these."""
     from tqdm.auto import tqdm
     executor = executor or execute
+    if save_adapters:
+        executor = functools.partial(executor, save_adapter=True)
+        budget = budget or store.AdapterBudget(root, _say)
     bound = {}
     for s in specs:  # the data's identity is part of each run's; duplicates collapse here
         s = s.bind_data(data_dir)
@@ -69,6 +80,8 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
         path = store.run_path(root, s.suite, s.task, s.run_id)
         if store.is_finished(path, retry_failed):
             out.done_before += 1
+            if save_adapters and _unsaved(path):
+                out.unsaved.append(path)
             continue
         if path.exists():
             problem = store.read_record(path)[1]
@@ -76,6 +89,9 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
                 out.invalid.append((path, problem))
                 _say(f"invalid run record {path}: {problem}; running it again")
         todo.append(s)
+    out.budget = budget
+    if budget is not None:
+        budget.expect(len(todo) + later)
     if ray is not None:
         from peftzoo.bench.ray_executor import run_on_ray
         run_on_ray(todo, root, out, data_dir, device, quiet, retry_failed, ray, executor)
@@ -88,7 +104,7 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
             continue
         try:
             rec = executor(spec, data_dir=data_dir, device=device, progress=not quiet)
-            store.write_record(path, rec)
+            store.write_record(path, rec, budget)
         finally:
             claim.release(path)
         out.written.append(path)
@@ -101,6 +117,12 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
     return out
 
 
+def _unsaved(path) -> bool:
+    """A finished ok run whose record names no saved adapter (nor why it has none)."""
+    rec, _ = store.read_record(path)
+    return rec is not None and rec.ok and rec.saved_adapter is None
+
+
 def failed_before(out: Outcome, root) -> list[str]:
     """One line per failed run that this sweep did not run (failed in an earlier sweep, not retried)."""
     now = {Path(p) for p in out.written}
@@ -109,7 +131,7 @@ def failed_before(out: Outcome, root) -> list[str]:
 
 
 def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, retry_failed=False, executor=None,
-                 ray=None) -> Outcome:
+                 ray=None, save_adapters: bool = False) -> Outcome:
     """Stage 1, selection on validation, stage 2; every run records its protocol and stage and the plan's request
     (how the sweep was asked for: preset, --skip-unreachable; the table's Reproduce line reads it), all carried by
     its RunSpec.
@@ -121,7 +143,8 @@ def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, 
     for line in dropped:
         _say(f"left out (--skip-unreachable): {line}")
     s1 = plan.stage1()
-    out1 = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray)
+    out1 = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray,
+                 save_adapters=save_adapters, later=len(plan.stage2(None)))
     recs, incomplete = [], set()
     for s in s1:
         rec, _ = store.read_record(store.run_path(root, s.suite, s.task, s.bind_data(data_dir).run_id))
@@ -140,7 +163,8 @@ def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, 
                f"seeds and budgets) were not run" for t, m in sorted(waiting - set(sel) - incomplete)]
     for line in not_run:
         _say(line)
-    out2 = sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray)
+    out2 = sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray,
+                 save_adapters=save_adapters, budget=out1.budget)
     return Outcome(**{k: getattr(out1, k) + getattr(out2, k) for k in
-                      ("total", "done_before", "written", "failed", "busy", "invalid")}, not_run=not_run,
-                   dropped=dropped)
+                      ("total", "done_before", "written", "failed", "busy", "invalid", "unsaved")}, not_run=not_run,
+                   dropped=dropped, budget=out1.budget)
