@@ -89,8 +89,9 @@ def test_the_path_keeps_the_penalty_best_on_validation():
 
 
 def _spec(preset, **kw):
-    return RunSpec(suite="t", task="SST-2", method="head", seed=0, model=preset["model"], lr=1.0, epochs=1,
-                   batch_size=16, max_len=16, max_train=32, max_eval=24, val_cap=16, head_fit="cached", **kw)
+    kw = {"task": "SST-2", "max_train": 32, "max_eval": 24, **kw}
+    return RunSpec(suite="t", method="head", seed=0, model=preset["model"], lr=1.0, epochs=1, batch_size=16,
+                   max_len=16, val_cap=16, head_fit="cached", **kw)
 
 
 def test_a_cached_run_scores_as_the_model_itself_and_a_second_seed_reuses_the_cache(tiny_setup):  # noqa: F811
@@ -171,3 +172,32 @@ def test_the_cached_head_reaches_sklearns_logistic_regression_on_real_sst2_featu
     lr = sk.LogisticRegression(max_iter=10000).fit(x_train, data["train"].labels[idx])
     theirs = float((lr.predict(x_dev) == data["dev"].labels[:150]).mean())
     assert rec.history[0].dev["accuracy"] >= theirs - 0.01, (rec.history[0].dev, theirs)
+
+
+@pytest.mark.skipif(not GLUE, reason="PEFTZOO_DATA_DIR not set")
+def test_a_cached_stsb_run_is_closed_form_ridge_on_standardised_targets(tiny_setup):  # noqa: F811
+    """Regression end to end: the run's dev predictions are closed-form ridge at the λ it selected, fitted on the
+    cached features against the standardised training labels and mapped back to label units."""
+    from transformers import AutoModelForSequenceClassification
+
+    from peftzoo.bench.runner import execute, load_data
+    from peftzoo.bench.stats import decode_preds
+    from peftzoo.bench.tasks import split_indices
+    preset, _, _ = tiny_setup
+    AutoModelForSequenceClassification.from_pretrained(preset["model"], num_labels=1, ignore_mismatched_sizes=True
+                                                       ).save_pretrained(preset["model"])  # a one-output head
+    headfit.clear_cache()
+    spec = _spec(preset, task="STS-B", regression_targets="standardize", max_train=60, max_eval=40)
+    rec = execute(spec, data_dir=GLUE, progress=False)
+    assert rec.ok, rec.error
+    x, _, x_dev = [v.double().numpy() for v in headfit._CACHE.values()]  # train, validation, dev
+    _, data = load_data(spec.bind_data(GLUE), GLUE)
+    idx, _ = split_indices(len(data["train"].labels), 60, 0.1, 16, 0)
+    y = data["train"].labels[idx]
+    z = (y - y.mean()) / y.std()
+    l2, n = rec.extra["cached_fit"]["l2"], len(z)
+    xc = x - x.mean(0)
+    w = np.linalg.lstsq(xc.T @ xc + n * l2 / 2 * np.eye(x.shape[1]), xc.T @ (z - z.mean()), rcond=None)[0]
+    want = ((x_dev - x.mean(0)) @ w + z.mean()) * y.std() + y.mean()
+    assert rec.target_scale == pytest.approx({"mean": float(y.mean()), "std": float(y.std())})
+    np.testing.assert_allclose(decode_preds(rec.history[0].preds["dev"]), want, atol=2e-3)

@@ -8,9 +8,10 @@ BERT the pooled output); the head is then fitted on those features alone:
 * the objective is the model's own loss on the head's output (cross-entropy; mean squared error for regression, on
   the standardised targets when the run standardises them) plus ``λ/2·‖W‖²`` over the head's weight matrices
   (biases unpenalised, as scikit-learn's intercept). For BERT's linear head that is multinomial logistic
-  regression, or ridge regression: convex, and full-batch L-BFGS (strong-Wolfe line search) reaches its optimum;
-* λ is chosen on the validation split (never dev) along ``L2_PATH``, strong to none, each fit warm-started from the
-  previous one; ties keep the stronger penalty.
+  regression, or ridge regression: convex, and full-batch L-BFGS (strong-Wolfe line search, in float64) reaches its
+  optimum;
+* λ is chosen on the validation split (never dev) along ``L2_PATH``, strong to weak, each fit warm-started from the
+  previous one, among the fits that converged (stopped before ``MAX_ITER``); ties keep the stronger penalty.
 
 Why L-BFGS rather than many Adam epochs with early stopping: the problem is small (examples × hidden) and convex,
 so the optimum is reached rather than approached, independent of an LR and of the seed; the regularisation early
@@ -39,9 +40,11 @@ from peftzoo.bench import batches
 from peftzoo.bench.evaluation import EVAL_BATCH
 from peftzoo.bench.train import NonFiniteLoss, TrainResult, autocast
 
-# λ of the L2 penalty, strong to none: mean loss + λ/2·‖W‖² is scikit-learn's C = 1/(λ·n) (n training examples;
-# its default C=1 at n=1,350 is λ ≈ 7e-4, inside the path)
-L2_PATH = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 0.0)
+# λ of the L2 penalty, strong to weak: mean loss + λ/2·‖W‖² is scikit-learn's C = 1/(λ·n) (n training examples;
+# its default C=1 at n=1,500 is λ ≈ 7e-4, inside the path). Never 0: unpenalised, the optimum can lie at infinity
+# (separable classes) or not be unique (measured: SST-2 at λ=0 ran into MAX_ITER); an unconverged fit would be
+# early stopping by accident
+L2_PATH = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
 MAX_ITER = 1000  # L-BFGS iterations per λ at most; a converged fit stops before (recorded per λ)
 TOL_GRAD, TOL_CHANGE = 1e-6, 1e-10  # L-BFGS stops at this max |gradient|, or this change of the objective
 CACHE_SIZE = 16  # feature sets kept per process (SST-2's 1,500 × 384 floats: 2.3 MB)
@@ -121,9 +124,9 @@ def clear_cache() -> None:
 
 def objective(head, x, y, regression: bool, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(the model's loss on the head's outputs, that loss + λ/2·‖W‖² over the head's weight matrices)."""
-    out = head(x).float()
-    loss = F.mse_loss(out.squeeze(-1), y.float()) if regression else F.cross_entropy(out, y.long())
-    pen = sum((p.float() ** 2).sum() for p in head.parameters() if p.requires_grad and p.ndim >= 2)
+    out = head(x)
+    loss = F.mse_loss(out.squeeze(-1), y.to(out.dtype)) if regression else F.cross_entropy(out, y.long())
+    pen = sum((p ** 2).sum() for p in head.parameters() if p.requires_grad and p.ndim >= 2)
     return loss, loss + 0.5 * l2 * pen
 
 
@@ -154,23 +157,24 @@ def lbfgs(head, x, y, regression: bool, l2: float, lr: float = 1.0) -> dict:
 def outputs(head, x, regression: bool):
     """The head's predictions (argmax, or the value for regression) as numpy."""
     with torch.no_grad():
-        out = head(x).float()
-    return (out.squeeze(-1) if regression else out.argmax(-1)).cpu().numpy()
+        out = head(x)
+    return (out.squeeze(-1).float() if regression else out.argmax(-1)).cpu().numpy()
 
 
 def fit_path(head, x, y, regression: bool, val_score, lr: float = 1.0, path=L2_PATH) -> tuple[float, list[dict]]:
-    """Fit the head at every λ of ``path`` (warm-started), keep the one whose ``val_score()`` is best (ties: the
-    stronger penalty); returns (that λ, every λ's fit with its ``val``)."""
+    """Fit the head at every λ of ``path`` (warm-started), keep the converged fit whose ``val_score()`` is best
+    (ties: the stronger penalty); returns (that λ, every λ's fit with its ``val``)."""
     points, best = [], None
     for l2 in path:
         pt = lbfgs(head, x, y, regression, l2, lr)
         s = val_score()
         pt["val"] = s if s is not None and math.isfinite(s) else None
         points.append(pt)
-        if pt["val"] is not None and (best is None or pt["val"] > best[0]):
+        if pt["converged"] and pt["val"] is not None and (best is None or pt["val"] > best[0]):
             best = (pt["val"], l2, {k: v.detach().clone() for k, v in head.state_dict().items()})
     if best is None:
-        raise HeadFitError(f"no λ of {list(path)} gave a finite validation score")
+        raise HeadFitError(f"no λ of {list(path)} gave a converged fit (within {MAX_ITER} L-BFGS iterations) with "
+                           f"a finite validation score: {points}")
     head.load_state_dict(best[2])
     return best[1], points
 
@@ -196,10 +200,16 @@ def fit_cached(spec, run, callbacks=()) -> TrainResult:
     x = {k: v.to(dev) for k, (v, _) in parts.items()}
     y = torch.as_tensor(run.labels).to(dev)
     head.eval()  # deterministic: L-BFGS needs the same objective at every evaluation (a head's own dropout is off)
+    dtype = next(head.parameters()).dtype
+    head.double()  # fitted in float64: in float32 the objective's last changes drown in rounding and L-BFGS stops
+    try:
+        x64, y64 = x["validation"].double(), (y.double() if regression else y)
 
-    def val_score():
-        return ev.val_metrics(ev.unscale(outputs(head, x["validation"], regression)))["score"]
-    l2, path = fit_path(head, x["train"], y, regression, val_score, spec.lr)
+        def val_score():
+            return ev.val_metrics(ev.unscale(outputs(head, x64, regression)))["score"]
+        l2, path = fit_path(head, x["train"].double(), y64, regression, val_score, spec.lr)
+    finally:
+        head.to(dtype)  # scored (and saved) as the model runs it
     result = ev.result({s: ev.unscale(outputs(head, x[s], regression)) for s in ev.task.dev},
                        ev.unscale(outputs(head, x["validation"], regression)))
     result.epoch = 1
