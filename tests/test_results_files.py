@@ -64,6 +64,9 @@ def test_every_other_committed_file_reads(path):
             assert s.scores == {k: float(v) for k, v in d["scores"].items()}
     elif path.suffix == ".png":
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    elif path.suffix == ".safetensors":  # a run's saved adapter (bench --save-adapters): <run id>.adapter/
+        from safetensors.torch import load_file
+        assert path.parent.name.endswith(store.ADAPTER_SUFFIX) and load_file(str(path))
     else:
         assert path.suffix in (".md", ".csv", ".txt"), f"{path}: a file of a kind this test does not know"
         assert path.read_text(encoding="utf-8")

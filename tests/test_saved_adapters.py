@@ -19,7 +19,7 @@ from peftzoo.bench.tasks import get_task, load_task
 from peftzoo.cli import main
 
 
-def test_bench_saves_each_runs_adapter_and_the_saved_adapter_is_the_trained_one(tiny_setup, tmp_path, capsys):  # noqa: F811
+def test_bench_saves_each_runs_adapter_and_it_is_the_trained_one(tiny_setup, tmp_path, capsys):  # noqa: F811
     p, data, results = tiny_setup
     p.update(methods=["lora", "head", "full"], epochs=1)
     path = tmp_path / "p.json"
@@ -40,7 +40,8 @@ def test_bench_saves_each_runs_adapter_and_the_saved_adapter_is_the_trained_one(
         model, tok = load_model(rec.spec.model, task)
         ad = peftzoo.load(model, folder)  # the own format, the head included
         enc = batches.encode_split(tok, dev, np.arange(len(dev.labels)), rec.spec.max_len, task.name)
-        got = batches.predict(ad.model.eval(), enc, 64, torch.device("cpu"), False, torch.autocast("cpu", enabled=False))
+        got = batches.predict(ad.model.eval(), enc, 64, torch.device("cpu"), False,
+                              torch.autocast("cpu", enabled=False))
         np.testing.assert_array_equal(got, decode_preds(rec.history[-1].preds["dev"]))  # the final epoch's model
     full = runs["full"].saved_adapter
     assert set(full) == {"skipped"} and "its trained tensors are every weight of the model" in full["skipped"]

@@ -114,12 +114,13 @@ class HeadOnly(_Baseline):
     def head(self) -> tuple[str, nn.Module]:
         """(name, module) of the head this baseline trains: its outermost ``train`` module (BERT's ``classifier``,
         after the pooler). Everything before the head's input is frozen, so that input is where a feature cache can
-        stand (``bench.headfit``). Separate train modules are an error: one module's input is no cache point for them."""
+        stand (``bench.headfit``). Separate train modules are an error: one module's input caches not all of them."""
         mods = self.train_modules
         outer = {n: m for n, m in mods.items() if not any(n.startswith(o + ".") for o in mods)}
         if len(outer) != 1:
             raise ValueError(
-                f"the head baseline trains {', '.join(map(repr, outer)) or 'no module'} (train={list(self.config.train)}): "
+                f"the head baseline trains {', '.join(map(repr, outer)) or 'no module'} "
+                f"(train={list(self.config.train)}): "
                 "a feature cache needs one head module whose input is the cached point; name it alone in train= "
                 "(its full name, e.g. train=['classifier'] matches DistilBERT's pre_classifier too), or fit the head "
                 "in the training loop (head_fit='steps')")

@@ -40,7 +40,7 @@ from peftzoo.bench import batches
 from peftzoo.bench.evaluation import EVAL_BATCH
 from peftzoo.bench.train import NonFiniteLoss, TrainResult, autocast
 
-# λ of the L2 penalty, strong to weak: mean loss + λ/2·‖W‖² is scikit-learn's C = 1/(λ·n) (n training examples;
+# λ of the L2 penalty, strong to weak: mean loss + λ/2·‖W‖² is scikit-learn's C = 1/(λ·n) (n: training examples;
 # its default C=1 at n=1,500 is λ ≈ 7e-4, inside the path). Never 0: unpenalised, the optimum can lie at infinity
 # (separable classes) or not be unique (measured: SST-2 at λ=0 ran into MAX_ITER); an unconverged fit would be
 # early stopping by accident
@@ -185,42 +185,51 @@ def fit_cached(spec, run, callbacks=()) -> TrainResult:
     if callbacks:
         raise ValueError("head_fit='cached' runs no training loop, so it takes no training-loop callbacks (step "
                          "probes); probe the head's steps with head_fit='steps'")
-    t0 = time.perf_counter()
-    ad, ev = run.adapter, run.evaluation
-    name, head = ad.head()
-    data, regression = ev.data, ev.task.regression
+    t0, ev, regression = time.perf_counter(), run.evaluation, run.evaluation.task.regression
+    name, head = run.adapter.head()
+    x, seconds = cached_splits(spec, run, name, head)
+    y = torch.as_tensor(run.labels).to(x["train"].device)
+    l2, path = fit_float64(head, x, y, regression, lambda p: ev.val_metrics(ev.unscale(p))["score"], spec.lr)
+    result = ev.result({s: ev.unscale(outputs(head, x[s], regression)) for s in ev.task.dev},
+                       ev.unscale(outputs(head, x["validation"], regression)))
+    with torch.no_grad():
+        result.epoch, result.loss = 1, float(objective(head, x["train"], y, regression, l2)[0])
+    per_iter = [p["seconds"] / p["iterations"] for p in path for _ in range(p["iterations"])]
+    return TrainResult([result], per_iter, sum(p["iterations"] for p in path), time.perf_counter() - t0,
+                       examples_per_step=len(y), extra={"cached_fit": {
+                           "solver": "L-BFGS (strong Wolfe), full batch, float64, on cached features "
+                                     "(peftzoo/bench/headfit.py)",
+                           "cache_point": f"the input of {name} ({type(head).__name__})",
+                           "feature_shape": list(x["train"].shape[1:]),
+                           "encoder_pass_s": seconds,  # per split; null: the cache answered
+                           "l2": l2, "path": path}})
+
+
+def cached_splits(spec, run, name: str, head) -> tuple[dict, dict]:
+    """({split: the head's inputs, on the head's device}, {split: encoder-pass seconds, None when cached}) for
+    "train" (the training subset), "validation" and each dev split."""
+    ev = run.evaluation
 
     def feats(split, rows):
         enc = batches.encode_split(ev.tok, split, rows, spec.max_len, ev.task.name)  # cached per process
-        return features(spec, ad.model, name, head, enc, run.device)
-    parts = {"train": features(spec, ad.model, name, head, run.enc, run.device),
-             "validation": feats(data["train"], run.val_idx),
-             **{s: feats(data[s], ev.dev_rows[s]) for s in ev.task.dev}}
+        return features(spec, run.adapter.model, name, head, enc, run.device)
+    parts = {"train": features(spec, run.adapter.model, name, head, run.enc, run.device),
+             "validation": feats(ev.data["train"], run.val_idx),
+             **{s: feats(ev.data[s], ev.dev_rows[s]) for s in ev.task.dev}}
     dev = next(head.parameters()).device
-    x = {k: v.to(dev) for k, (v, _) in parts.items()}
-    y = torch.as_tensor(run.labels).to(dev)
-    head.eval()  # deterministic: L-BFGS needs the same objective at every evaluation (a head's own dropout is off)
-    dtype = next(head.parameters()).dtype
-    head.double()  # fitted in float64: in float32 the objective's last changes drown in rounding and L-BFGS stops
-    try:
-        x64, y64 = x["validation"].double(), (y.double() if regression else y)
+    return {k: v.to(dev) for k, (v, _) in parts.items()}, {k: t for k, (_, t) in parts.items()}
 
-        def val_score():
-            return ev.val_metrics(ev.unscale(outputs(head, x64, regression)))["score"]
-        l2, path = fit_path(head, x["train"].double(), y64, regression, val_score, spec.lr)
+
+def fit_float64(head, x: dict, y, regression: bool, val_score, lr: float) -> tuple[float, list[dict]]:
+    """``fit_path`` in float64 (in float32 the objective's last changes drown in rounding and L-BFGS stops early),
+    the head in eval mode (L-BFGS needs the same objective at every evaluation: a head's own dropout is off); the
+    head is back in its own dtype after, as the model runs it. ``val_score(predictions)`` scores the validation's."""
+    head.eval()
+    dtype = next(head.parameters()).dtype
+    head.double()
+    try:
+        xv = x["validation"].double()
+        return fit_path(head, x["train"].double(), y.double() if regression else y, regression,
+                        lambda: val_score(outputs(head, xv, regression)), lr)
     finally:
-        head.to(dtype)  # scored (and saved) as the model runs it
-    result = ev.result({s: ev.unscale(outputs(head, x[s], regression)) for s in ev.task.dev},
-                       ev.unscale(outputs(head, x["validation"], regression)))
-    result.epoch = 1
-    with torch.no_grad():
-        result.loss = float(objective(head, x["train"], y, regression, l2)[0])
-    iters = [p["iterations"] for p in path]
-    return TrainResult([result], [p["seconds"] / max(1, p["iterations"]) for p in path for _ in range(p["iterations"])],
-                       sum(iters), time.perf_counter() - t0, examples_per_step=len(y),
-                       extra={"cached_fit": {
-                           "solver": "L-BFGS (strong Wolfe), full batch, on cached features (peftzoo/bench/headfit.py)",
-                           "cache_point": f"the input of {name} ({type(head).__name__})",
-                           "feature_shape": list(x["train"].shape[1:]),
-                           "encoder_pass_s": {k: s for k, (_, s) in parts.items()},  # null: the cache answered
-                           "l2": l2, "path": path}})
+        head.to(dtype)
