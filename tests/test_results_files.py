@@ -71,6 +71,9 @@ def test_every_other_committed_file_reads(path):
         assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
         links = re.findall(r'(?:src|href)="([^"#][^"]*)"', text)
         assert links and all((path.parent / x).resolve() in RESOLVED for x in links), "regenerate it: see its header"
+    elif path.suffix == ".safetensors":  # a run's saved adapter (bench --save-adapters): <run id>.adapter/
+        from safetensors.torch import load_file
+        assert path.parent.name.endswith(store.ADAPTER_SUFFIX) and load_file(str(path))
     else:
         assert path.suffix in (".md", ".csv", ".txt"), f"{path}: a file of a kind this test does not know"
         assert path.read_text(encoding="utf-8")

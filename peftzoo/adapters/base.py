@@ -83,6 +83,9 @@ class Adapter(ABC):
     layers: dict[str, "AdapterLayer"] = MappingProxyType({})
     merges: ClassVar[bool] = True  # False: the update is no weight change (prompt tuning); merge() refuses, saying so
     trains_model_tensors: ClassVar[bool] = False  # True: it trains the model's own tensors (BitFit): nothing to fold
+    # True: it trains nothing but its ``train`` modules (the head baseline), so a benchmark may fit them on features
+    # cached once (``head_fit="cached"``: bench/headfit.py)
+    trains_head_only: ClassVar[bool] = False
     # what load_peft did beyond loading adapter tensors, as PEFT does (modules_to_save names that match nothing,
     # embedding weights saved beside the adapter); () for an adapter not loaded from a PEFT file
     load_notes: tuple[str, ...] = ()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+from torch import nn
+
 from peftzoo.adapters.base import Adapter, AdapterConfig, find_train
 from peftzoo.adapters.info import MethodInfo
 from peftzoo.registry import register
@@ -83,6 +85,15 @@ class FullFinetune(_Baseline):
                              "trained model")
         return self.model
 
+    def save(self, path) -> None:
+        """Refused: an adapter file holds no base weights, and full fine-tuning's trained tensors are the whole model
+        (``peftzoo.load`` of such a file would restore the head only)."""
+        mb = sum(p.numel() * p.element_size() for p in self.trainable_parameters()) / 1e6
+        raise NotImplementedError(
+            f"full fine-tuning has no adapter file: its trained tensors are every weight of the model ({mb:.1f} MB "
+            f"here), and an adapter file holds no base weights. Save the trained model instead, "
+            f"ad.unload(merge=True).save_pretrained(path); `peftzoo analyze --finetuned path` reads it")
+
     @classmethod
     def count(cls, model, config):
         head = {id(p) for m in find_train(model, config).values() for p in m.parameters()}
@@ -95,8 +106,25 @@ class HeadOnly(_Baseline):
     info = MethodInfo(equation="only the train modules (the classification head) trained", formula="0",
                       default_lr=1e-3, lr_grid=(3e-4, 1e-3, 3e-3, 1e-2), baseline=True)
 
+    trains_head_only = True
+
     def roles(self):
         return {}
+
+    def head(self) -> tuple[str, nn.Module]:
+        """(name, module) of the head this baseline trains: its outermost ``train`` module (BERT's ``classifier``,
+        after the pooler). Everything before the head's input is frozen, so that input is where a feature cache can
+        stand (``bench.headfit``). Separate train modules are an error: one module's input caches not all of them."""
+        mods = self.train_modules
+        outer = {n: m for n, m in mods.items() if not any(n.startswith(o + ".") for o in mods)}
+        if len(outer) != 1:
+            raise ValueError(
+                f"the head baseline trains {', '.join(map(repr, outer)) or 'no module'} "
+                f"(train={list(self.config.train)}): "
+                "a feature cache needs one head module whose input is the cached point; name it alone in train= "
+                "(its full name, e.g. train=['classifier'] matches DistilBERT's pre_classifier too), or fit the head "
+                "in the training loop (head_fit='steps')")
+        return next(iter(outer.items()))
 
     @classmethod
     def count(cls, model, config):

@@ -12,11 +12,14 @@ def register(sub) -> None:
                        "adapters. Writes analysis.json and PNGs to --out.")
     p.add_argument("--model", default=None, help="the base model: transformers id or path (default: embedded MiniLM)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--adapter", help="adapter folder (peftzoo.json or PEFT's adapter_config.json)")
+    src.add_argument("--adapter", help="adapter folder (peftzoo.json or PEFT's adapter_config.json), or a run JSON "
+                     "of `peftzoo bench --save-adapters` (its saved adapter, on the model it ran on)")
     src.add_argument("--finetuned", help="a fully fine-tuned checkpoint of --model (transformers folder)")
-    p.add_argument("--compare", help="a second adapter folder for the same base: adds φ(i, j) between the two")
+    p.add_argument("--compare", help="a second adapter folder (or run JSON) for the same base: adds φ(i, j) between "
+                   "the two")
     p.add_argument("--num-labels", type=int, default=None,
-                   help="classification head size the adapter was trained with (default: the model config's)")
+                   help="classification head size the adapter was trained with (default: the one its peftzoo.json "
+                   "records, else the model config's)")
     p.add_argument("--rank", type=int, default=None, help="r of the amplification factor (default: ΔW's rank)")
     p.add_argument("--top-k", type=int, default=10, help="top singular vectors checked for intruder dimensions")
     p.add_argument("--eps", type=float, nargs="+", default=None, help="intruder cosine thresholds (default 0.1..0.9)")
@@ -44,6 +47,30 @@ def _load(path: str | None, num_labels: int | None, head: bool):
         raise FileNotFoundError(f"cannot load model {path!r}: {where}") from e
 
 
+def saved_adapter(path: str, model: str | None) -> tuple[str, str | None]:
+    """(adapter folder, base model) of ``--adapter``: a folder as given, with ``model``; a run JSON of ``bench
+    --save-adapters``: the folder its record names (beside it) and, unless ``model`` is given, the model it ran on."""
+    p = Path(path)
+    if not (p.is_file() and p.suffix == ".json"):
+        return path, model
+    from peftzoo.bench import store
+    rec, problem = store.read_record(p)
+    if rec is None:
+        raise ValueError(f"{p} is not a run record ({problem}): --adapter takes an adapter folder or a run JSON")
+    saved = rec.saved_adapter or {}
+    if "path" not in saved:
+        why = saved.get("skipped") or "it ran without `peftzoo bench --save-adapters`"
+        raise FileNotFoundError(f"run {p} has no saved adapter: {why}")
+    return str(p.parent / saved["path"]), model or rec.spec.model
+
+
+def _num_labels(adapter: str) -> int | None:
+    """The head size a peftzoo-format adapter records of its base model (None: not recorded, or PEFT's format)."""
+    import json
+    meta = Path(adapter) / "peftzoo.json"
+    return json.loads(meta.read_text()).get("base_model", {}).get("num_labels") if meta.is_file() else None
+
+
 def run(args) -> None:
     from peftzoo.analysis.core import AnalysisConfig, analyze_adapter, analyze_checkpoints
     from peftzoo.analysis.report import write
@@ -53,7 +80,9 @@ def run(args) -> None:
                          **({"eps": tuple(args.eps)} if args.eps else {}))
     cfg.check()
     if args.adapter:
-        res = analyze_adapter(_load(args.model, args.num_labels, head=True), args.adapter, args.compare, cfg)
+        adapter, model = saved_adapter(args.adapter, args.model)
+        compare = saved_adapter(args.compare, None)[0] if args.compare else None
+        res = analyze_adapter(_load(model, args.num_labels or _num_labels(adapter), head=True), adapter, compare, cfg)
     else:
         res = analyze_checkpoints(_load(args.model, None, head=False), _load(args.finetuned, None, head=False), cfg)
     paths = write(res, args.out, plots=not args.no_plots)

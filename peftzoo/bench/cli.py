@@ -33,6 +33,10 @@ def register(sub) -> None:
                    "head-only (sweep, selection, seeds) and whether each task separates them (protocol.separation)")
     b.add_argument("--ignore-separation", action="store_true", help="run the other methods also on a task where "
                    "full FT did not separate from head-only (protocol.separation; said per task)")
+    b.add_argument("--save-adapters", action="store_true", help="keep each run's trained adapter (peftzoo's own "
+                   "format, the head included) beside its JSON, <run id>.adapter/, named in the record "
+                   "(saved_adapter); `peftzoo analyze --adapter RUN.json` reads it. Full FT keeps none (its adapter "
+                   "is the whole model). Warns when the results folder would outgrow its size budget")
     b.add_argument("--dry-run", action="store_true", help="print the planned runs and their count, and exit")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bars (for logs); problems are still said")
     from peftzoo.bench.ray_executor import add_arguments as executor_arguments
@@ -92,7 +96,7 @@ def bench(args) -> int:
         return 0
     out = run_protocol(plan, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
                        retry_failed=args.retry_failed, ray=ray, only_separation=args.stage == "separation",
-                       ignore_separation=args.ignore_separation)
+                       ignore_separation=args.ignore_separation, save_adapters=args.save_adapters)
     for line in failed_before(out, args.results):
         print(line, file=sys.stderr)
     print(out.summary(f"{args.results}/{plan.preset.suite}/runs"))

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from peftzoo.bench.protocol import Protocol, budget_entries, budget_grid
-from peftzoo.bench.spec import REGRESSION_TARGETS
+from peftzoo.bench.spec import HEAD_FITS, REGRESSION_TARGETS
 from peftzoo.bench.train import PRECISIONS
 
 
@@ -62,6 +62,8 @@ class Preset:
     precision: str = setting("auto", choices=PRECISIONS)
     # "standardize": regression labels scaled by the training subset (see RunSpec)
     regression_targets: str = setting("raw", choices=REGRESSION_TARGETS)
+    # the head baseline: "steps" (the training loop) or "cached" (fitted to convergence on cached features; RunSpec)
+    head_fit: str = setting("steps", choices=HEAD_FITS)
     lr: dict[str, float] = per_task(dict)  # per method: a fixed LR (no sweep); a method's grid when absent
     hparams: dict[str, dict] = field(default_factory=dict)  # per method: fixed method options (e.g. alpha)
     task_overrides: dict[str, dict] = field(default_factory=dict)  # per task: any per-task field (OVERRIDABLE)
@@ -92,6 +94,7 @@ class Preset:
         preset = cls(**kw)
         preset._check_budgets(source)
         _check_grids(kw, source)
+        _check_cached_heads(preset, source)
         return preset
 
     def for_task(self, task: str) -> Preset:
@@ -200,6 +203,23 @@ def _check_grids(kw: dict, source: str) -> None:
         for m, g in grids.items():
             if not g or min(g) <= 0:
                 raise PresetError(f"{source}: '{where}.{m}' is {list(g)}: an LR grid needs values > 0")
+
+
+def _check_cached_heads(preset: Preset, source: str) -> None:
+    """A head fitted on cached features (``head_fit: "cached"``) is fitted by L-BFGS, whose LR is its step length:
+    a sweep over it would fit the same head again and again, so the preset fixes it."""
+    from peftzoo.registry import get
+    for task in (None, *preset.task_overrides):
+        p = preset.for_task(task) if task else preset
+        for m in p.methods:
+            grid = p.lr_grid.get(m) or ((p.lr[m],) if m in p.lr else ())
+            if p.head_fit == "cached" and get(m).trains_head_only and len(grid) != 1:
+                where = f"'task_overrides.{task}'" if task else "the preset"
+                raise PresetError(
+                    f"{source}: 'head_fit' is 'cached' in {where}, so {m} is fitted by L-BFGS to convergence "
+                    f"(peftzoo/bench/headfit.py) and its LR is L-BFGS's step length, not a rate to sweep "
+                    f"({'a grid of ' + str(len(grid)) if grid else 'the class grid'} here): give \"lr\": "
+                    f"{{\"{m}\": 1.0}} and no lr_grid.{m}")
 
 
 def _required(f) -> bool:

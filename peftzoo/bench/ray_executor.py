@@ -171,7 +171,7 @@ def run_on_ray(todo: list, root, out, data_dir=None, device=None, quiet=False, r
                                         f"folder; the worker said: {rec.error or 'ok'}")
                 else:
                     rec = dataclasses.replace(rec, ray=where)
-            store.write_record(path, rec)
+            store.write_record(path, rec, out.budget)
             claim.release(path)
             released.add(i)
             out.written.append(path)

@@ -70,7 +70,11 @@ class RunRecord:
     traceback: str | None = None  # failed: its last lines
     reason: str | None = None  # skipped: why
     ray: dict | None = None  # where a Ray worker ran it
+    # --save-adapters: {"path": the adapter folder beside the run JSON, "bytes"}, or {"skipped": why}
+    saved_adapter: dict | None = None
     extra: dict = field(default_factory=dict)  # the adapter's own fields (Adapter.report()) and keys kept as read
+    # the saved adapter's files ({name: bytes}) on their way to the store (store.write_record), never in the JSON
+    adapter_files: dict | None = field(default=None, repr=False, compare=False, metadata={"transient": True})
 
     @property
     def run_id(self) -> str:
@@ -180,7 +184,8 @@ def _check_ok(d: dict) -> None:
         raise RecordError("status ok but median_step_s is not a number")
 
 
-_FIELDS = [f.name for f in dataclasses.fields(RunRecord)][4:-1]  # the optional ones, written when set
+_FIELDS = [f.name for f in dataclasses.fields(RunRecord)[4:]  # the optional ones, written when set
+           if f.name != "extra" and not f.metadata.get("transient")]
 _OK = {"params", "steps", "wall_s", "train_s", "median_step_s", "throughput_ex_s", "peak_mem_mb", "peak_mem_kind",
        "device", "adapter_file_bytes", "split_sizes", "dev_labels"}  # written by every run that trained
 _KNOWN = {"spec", "run_id", "task", "method", "seed", "status", "versions", "protocol", "bench", "history",

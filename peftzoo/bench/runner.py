@@ -8,16 +8,19 @@ The executor here is in-process and sequential; a distributed one (e.g. Ray) onl
 """
 from __future__ import annotations
 
+import dataclasses
 import random
+import tempfile
 import time
 from dataclasses import dataclass
 import traceback
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from peftzoo.bench import batches
+from peftzoo.bench import batches, store
 from peftzoo.bench.evaluation import Evaluation
 from peftzoo.bench.machine import device_name, peak_memory, versions
 from peftzoo.bench.models import load_model, make_adapter
@@ -48,6 +51,8 @@ class Prepared:
     idx: np.ndarray  # the training subset
     val_idx: np.ndarray  # the validation split carved from train (disjoint)
     device: torch.device
+    enc: object = None  # the training subset, encoded (batches.Encoded)
+    labels: np.ndarray | None = None  # its labels as trained on (standardised when the spec says so)
 
 
 def prepare(spec: RunSpec, task, data: dict, dev: torch.device, attach=make_adapter) -> Prepared:
@@ -73,7 +78,7 @@ def prepare(spec: RunSpec, task, data: dict, dev: torch.device, attach=make_adap
     def epoch_batches(epoch):
         return batches.train_batches(enc, labels, spec.batch_size, spec.seed, epoch, dev)
     return Prepared(ad, epoch_batches, -(-len(idx) // spec.batch_size),
-                    Evaluation(spec, task, data, val_idx, tok, ad.model, dev, scale), idx, val_idx, dev)
+                    Evaluation(spec, task, data, val_idx, tok, ad.model, dev, scale), idx, val_idx, dev, enc, labels)
 
 
 def target_scale(spec: RunSpec, task, labels) -> tuple[float, float] | None:
@@ -88,23 +93,28 @@ def target_scale(spec: RunSpec, task, labels) -> tuple[float, float] | None:
 
 
 def fit_run(spec: RunSpec, run: Prepared, progress: bool, callbacks=()):
+    """The training loop (``train.fit``), or for ``head_fit="cached"`` the head fitted on cached features."""
     from tqdm.auto import tqdm
 
     from peftzoo.bench.train import fit
-    with tqdm(total=spec.epochs * run.n_batches, desc=spec.label, leave=False,
-              disable=not progress) as bar:
-        res = fit(run.adapter, run.epoch_batches, spec.epochs, spec.lr, run.evaluation, spec.warmup,
-                  spec.weight_decay, progress=bar, precision=spec.precision, callbacks=callbacks)
+    if spec.head_fit == "cached":  # (RunSpec keeps "cached" only for a method that trains nothing but its head)
+        from peftzoo.bench.headfit import fit_cached
+        res = fit_cached(spec, run, callbacks)
+    else:
+        with tqdm(total=spec.epochs * run.n_batches, desc=spec.label, leave=False, disable=not progress) as bar:
+            res = fit(run.adapter, run.epoch_batches, spec.epochs, spec.lr, run.evaluation, spec.warmup,
+                      spec.weight_decay, progress=bar, precision=spec.precision, callbacks=callbacks)
     if res.steps < 1:
         raise ValueError(f"no training step was taken (epochs={spec.epochs}, {run.n_batches} batches)")
     return res
 
 
 def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: bool = True, callbacks=(),
-            attach=make_adapter) -> RunRecord:
+            attach=make_adapter, save_adapter: bool = False) -> RunRecord:
     """Train and evaluate one run; returns its record (status ok/failed/skipped), never raises. ``callbacks``:
     ``train.Callback`` objects the training loop calls (a per-step probe, timings); ``attach(model, spec)``: the
-    adapter (default: the spec's method by name; a benchmark passes another implementation to run it here)."""
+    adapter (default: the spec's method by name; a benchmark passes another implementation to run it here);
+    ``save_adapter``: the record carries the trained adapter's files (``keep_adapter``) for the store to write."""
     try:
         spec = spec.bind_data(data_dir)
     except (OSError, ValueError):
@@ -119,7 +129,8 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
         run = prepare(spec, task, data, dev, attach)
         with peak_memory(dev) as peak:
             res = fit_run(spec, run, progress, callbacks)
-        return finished(spec, run, res, peak, t0, skipped)
+        rec = finished(spec, run, res, peak, t0, skipped)
+        return keep_adapter(rec, run.adapter) if save_adapter else rec
     except Exception as e:  # recorded, the sweep goes on
         return RunRecord(spec, "failed", versions(), error=f"{type(e).__name__}: {e}", data_skipped=skipped,
                          traceback=traceback.format_exc()[-4000:], wall_s=time.perf_counter() - t0)
@@ -135,8 +146,24 @@ def finished(spec: RunSpec, run: Prepared, res, peak: dict, t0: float, skipped: 
         spec, "ok", versions(), res.history, data_skipped=skipped, steps=res.steps,
         params={"target": spec.budget, "achieved": summary["adapter"], "solver": spec.achieved,
                 **{k: v for k, v in summary.items() if k != "method"}},
-        wall_s=time.perf_counter() - t0, train_s=res.wall_s, median_step_s=st, throughput_ex_s=spec.batch_size / st if st else None,
+        wall_s=time.perf_counter() - t0, train_s=res.wall_s, median_step_s=st,
+        throughput_ex_s=(res.examples_per_step or spec.batch_size) / st if st else None,
         peak_mem_mb=peak["mb"], peak_mem_kind=peak["kind"], device=device_name(run.device),
         adapter_file_bytes=ad.file_bytes(), dev_labels=ev.dev_labels(),
         split_sizes={"train": len(run.idx), "val": len(run.val_idx), **{s: len(r) for s, r in ev.dev_rows.items()}},
-        target_scale={"mean": ev.scale[0], "std": ev.scale[1]} if ev.scale else None, extra=ad.report())
+        target_scale={"mean": ev.scale[0], "std": ev.scale[1]} if ev.scale else None,
+        extra={**ad.report(), **res.extra})
+
+
+def keep_adapter(rec: RunRecord, ad) -> RunRecord:
+    """``rec`` with the trained adapter's files (its own save format, ``peftzoo.io``: the head included) for the
+    store to write beside the run JSON (``store.write_record``), or with why there are none: an adapter whose save
+    refuses (full fine-tuning, whose trained tensors are the whole model) is recorded as skipped, with its reason."""
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            ad.save(d)
+        except NotImplementedError as e:
+            return dataclasses.replace(rec, saved_adapter={"skipped": str(e)})
+        files = {p.name: p.read_bytes() for p in sorted(Path(d).iterdir())}
+    return dataclasses.replace(rec, adapter_files=files, saved_adapter={
+        "path": store.adapter_dir(Path(f"{rec.run_id}.json")).name, "bytes": sum(map(len, files.values()))})

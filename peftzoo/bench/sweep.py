@@ -4,6 +4,7 @@ Each run is claimed before it executes (``claim.acquire``), so several sweeps on
 """
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ class Outcome:
     not_run: list = field(default_factory=list)  # lines: planned runs that could not be run (no LR was selected)
     dropped: list = field(default_factory=list)  # lines: cells left out by --skip-unreachable
     refused: list = field(default_factory=list)  # lines: tasks whose adapters did not run (no separation)
+    unsaved: list = field(default_factory=list)  # paths: finished before, without the adapter --save-adapters asks for
+    budget: store.AdapterBudget | None = None  # --save-adapters: the results folder's size budget, watched
 
     def summary(self, where) -> str:
         s = f"{len(self.written)} runs written under {where} ({self.total} in the plan, {self.done_before} done before)"
@@ -49,6 +52,9 @@ class Outcome:
         if self.failed:
             s += (f"; {len(self.failed)} failed (listed above): fix the cause, then rerun with --retry-failed "
                   f"to run them again")
+        if self.unsaved:
+            s += (f"; {len(self.unsaved)} finished before without a saved adapter (e.g. {self.unsaved[0]}): move "
+                  f"their JSONs away to train them again with --save-adapters")
         return s
 
 
@@ -58,11 +64,16 @@ def _say(msg: str) -> None:
 
 
 def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quiet=False, retry_failed=False,
-          executor=None, ray=None) -> Outcome:
+          executor=None, ray=None, save_adapters: bool = False, budget=None, later: int = 0) -> Outcome:
     """Run every unfinished spec, writing one JSON each as it finishes (an invalid record counts as unfinished).
-    ``ray``: a ``ray_executor.RayOptions`` to run them as Ray tasks (written here all the same)."""
+    ``ray``: a ``ray_executor.RayOptions`` to run them as Ray tasks (written here all the same). ``save_adapters``:
+    each run's trained adapter is kept beside its JSON (``store.adapter_dir``), ``budget`` (a
+    ``store.AdapterBudget``) watching the folder's size, with ``later`` more runs to come after these."""
     from tqdm.auto import tqdm
     executor = executor or execute
+    if save_adapters:
+        executor = functools.partial(executor, save_adapter=True)
+        budget = budget or store.AdapterBudget(root, _say)
     bound = {}
     for s in specs:  # the data's identity is part of each run's; duplicates collapse here
         s = s.bind_data(data_dir)
@@ -73,6 +84,8 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
         path = store.run_path(root, s.suite, s.task, s.run_id)
         if store.is_finished(path, retry_failed):
             out.done_before += 1
+            if save_adapters and _unsaved(path):
+                out.unsaved.append(path)
             continue
         if path.exists():
             problem = store.read_record(path)[1]
@@ -80,6 +93,9 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
                 out.invalid.append((path, problem))
                 _say(f"invalid run record {path}: {problem}; running it again")
         todo.append(s)
+    out.budget = budget
+    if budget is not None:
+        budget.expect(len(todo) + later)
     if ray is not None:
         from peftzoo.bench.ray_executor import run_on_ray
         run_on_ray(todo, root, out, data_dir, device, quiet, retry_failed, ray, executor)
@@ -92,7 +108,7 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
             continue
         try:
             rec = executor(spec, data_dir=data_dir, device=device, progress=not quiet)
-            store.write_record(path, rec)
+            store.write_record(path, rec, budget)
         finally:
             claim.release(path)
         out.written.append(path)
@@ -105,6 +121,12 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
     return out
 
 
+def _unsaved(path) -> bool:
+    """A finished ok run whose record names no saved adapter (nor why it has none)."""
+    rec, _ = store.read_record(path)
+    return rec is not None and rec.ok and rec.saved_adapter is None
+
+
 def failed_before(out: Outcome, root) -> list[str]:
     """One line per failed run that this sweep did not run (failed in an earlier sweep, not retried)."""
     now = {Path(p) for p in out.written}
@@ -113,7 +135,8 @@ def failed_before(out: Outcome, root) -> list[str]:
 
 
 def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, retry_failed=False, executor=None,
-                 ray=None, only_separation: bool = False, ignore_separation: bool = False) -> Outcome:
+                 ray=None, only_separation: bool = False, ignore_separation: bool = False,
+                 save_adapters: bool = False) -> Outcome:
     """The plan's stages (``Plan.stages``: the sweep, selection on validation, the selected LRs, and with
     ``budget_lr_points`` the local grids between); every run records its protocol and stage and the plan's request
     (how the sweep was asked for: preset, --skip-unreachable; the table's Reproduce line reads it), all carried by
@@ -127,7 +150,8 @@ def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, 
     dropped = [f"{c.name}: {why}" for c, why in plan.dropped]
     for line in dropped:
         _say(f"left out (--skip-unreachable): {line}")
-    go = lambda p: _stages(p, root, data_dir, device, quiet, retry_failed, executor, ray)  # noqa: E731
+    keep = {"save_adapters": save_adapters, "budget": None}  # one size budget watched across every stage
+    go = lambda p: _stages(p, root, data_dir, device, quiet, retry_failed, executor, ray, keep)  # noqa: E731
     if not (plan.protocol.separation or only_separation):
         return _join([go(plan)[0]], dropped=dropped)
     base, recs = go(separation.check_plan(plan).narrowed(methods=separation.BASELINES))
@@ -146,12 +170,16 @@ def _record(root, spec, data_dir):
     return store.read_record(store.run_path(root, spec.suite, spec.task, spec.bind_data(data_dir).run_id))[0]
 
 
-def _stages(plan, root, data_dir, device, quiet, retry_failed, executor, ray) -> tuple[Outcome, list]:
-    """Every stage of ``plan`` in turn, each from what the one before selected: (the Outcome, the records read)."""
+def _stages(plan, root, data_dir, device, quiet, retry_failed, executor, ray, keep) -> tuple[Outcome, list]:
+    """Every stage of ``plan`` in turn, each from what the one before selected: (the Outcome, the records read).
+    ``keep``: {"save_adapters": bool, "budget": the results folder's AdapterBudget once made, shared by the stages}."""
     outs, records, not_run, selected = [], [], [], None
     for n in plan.stages:
         specs = plan.stage(n, selected)
-        outs.append(sweep(specs, root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray))
+        later = sum(len(plan.stage(k, None)) for k in plan.stages if k > n) if keep["save_adapters"] else 0
+        outs.append(sweep(specs, root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray,
+                          save_adapters=keep["save_adapters"], budget=keep["budget"], later=later))
+        keep["budget"] = outs[-1].budget
         done = [(s, _record(root, s, data_dir)) for s in specs]
         records += [r for _, r in done if r is not None]
         if n == plan.stages[-1]:
@@ -177,6 +205,6 @@ def _stages(plan, root, data_dir, device, quiet, retry_failed, executor, ray) ->
 
 def _join(outs: list, **kw) -> Outcome:
     """The Outcomes of several sweeps as one (their counts and lists added), ``kw`` added to its lists."""
-    keys = ("total", "done_before", "written", "failed", "busy", "invalid", "not_run", "dropped", "refused")
+    keys = ("total", "done_before", "written", "failed", "busy", "invalid", "not_run", "dropped", "refused", "unsaved")
     return Outcome(**{k: sum((getattr(o, k) for o in outs), 0 if k in keys[:2] else list(kw.get(k, [])))
-                      for k in keys})
+                      for k in keys}, budget=next((o.budget for o in outs if o.budget is not None), None))

@@ -86,6 +86,8 @@ class TrainResult:
     step_times: list = field(default_factory=list)
     steps: int = 0
     wall_s: float = 0.0
+    examples_per_step: int | None = None  # None: the run's batch size (a full-batch fit: every training example)
+    extra: dict = field(default_factory=dict)  # the fit's own fields for the run's record (headfit: its L2 path)
 
 
 def fit(ad, batches_per_epoch, epochs: int, lr: float, evaluate=None, warmup: float = 0.06,
