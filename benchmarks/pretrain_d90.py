@@ -105,17 +105,19 @@ def d90_path(args, ckpt: Path) -> Path:
 
 
 def measure(args, ckpt: Path) -> str:
-    """The checkpoint's d90 search, unless its JSON is finished or refused; returns the checkpoint's status."""
-    from peftzoo.intrinsic.cli import add_arguments, run_d90
-    from peftzoo.intrinsic.d90 import Uninformative
-    path = d90_path(args, ckpt)
-    done = report.status(json.loads(path.read_text())) if path.is_file() else "pending"
-    if done != "pending":
-        return done
+    """The checkpoint's d90 search, unless its JSON is finished (or refused) under these settings; returns the
+    checkpoint's status. A JSON of other settings is left to ``run_d90``, which refuses it (``CacheMismatch``)."""
+    from peftzoo.intrinsic.cli import add_arguments, config, run_d90
+    from peftzoo.intrinsic.d90 import Uninformative, config_id
     p = argparse.ArgumentParser(prog="peftzoo d90")
     add_arguments(p)
+    d90_args = p.parse_args(d90_argv(args, ckpt))
+    path = d90_path(args, ckpt)
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old is not None and old.get("config_id") == config_id(config(d90_args)) and report.status(old) != "pending":
+        return report.status(old)
     try:
-        run_d90(p.parse_args(d90_argv(args, ckpt)))
+        run_d90(d90_args)
     except Uninformative as e:
         print(f"{ckpt.name}: {report.REFUSED}: {e}", file=sys.stderr)
     return report.status(json.loads(path.read_text()))

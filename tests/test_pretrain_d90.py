@@ -151,12 +151,18 @@ def test_a_checkpoint_at_trivial_is_recorded_refused_and_a_rerun_skips_finished_
         assert "d90" not in r and len(r["full_ft"]["scores"]) == 1
     assert res["corpus"]["verified_overlap"] == 0 and (out / "checkpoints" / ".gitignore").read_text() == "*\n"
     assert report.REFUSED in (out / "README.md").read_text() and (out / "pretrain-d90.png").stat().st_size > 1000
-    import peftzoo.intrinsic.cli
-    monkeypatch.setattr(peftzoo.intrinsic.cli, "run_d90", lambda a: pytest.fail("a finished search ran again"))
+    import peftzoo.intrinsic.cli as cli
+    run_d90, start = cli.run_d90, mlm.Trainer.start
+    monkeypatch.setattr(cli, "run_d90", lambda a: pytest.fail("a finished search ran again"))
     monkeypatch.setattr(mlm.Trainer, "start", lambda self, upto: pytest.fail("finished pre-training ran again"))
     assert script.main([*TINY, "--steps", "0", "2", "--out", str(out)]) == 0
     again = json.loads((out / "pretrain-d90.json").read_text())
     assert again["rows"] == res["rows"] and len(again["time"]["invocations"]) == 2
+    monkeypatch.setattr(cli, "run_d90", run_d90)
+    monkeypatch.setattr(mlm.Trainer, "start", start)
+    from peftzoo.intrinsic.d90 import CacheMismatch
+    with pytest.raises(CacheMismatch, match="lr: 0.02 there, 0.05 now"):  # another setting: never the old result
+        script.main([*TINY, "--steps", "0", "2", "--out", str(out), "--said-lr", "0.05"])
 
 
 def test_an_allowed_search_is_marked_and_measured_from_the_local_checkpoint(glue, tmp_path, threads):
