@@ -14,7 +14,6 @@ import numpy as np
 from peftzoo import adapters
 from peftzoo.bench import stats
 from peftzoo.bench.protocol import Selected, selection
-from peftzoo.bench.tasks import get_task
 
 BASELINES = ("full", "head")
 
@@ -30,6 +29,8 @@ class TaskCell:
     diff: float | None = None  # minus LoRA's (``ref``), paired bootstrap over dev examples
     p: float | None = None  # ... its p-value
     ref: str | None = None  # the LoRA row compared with (its budget label)
+    test: float | None = None  # the test split's score at the same LR and epoch, mean over seeds (tasks with one)
+    test_std: float | None = None  # ... and its standard deviation
 
 
 @dataclass
@@ -64,6 +65,12 @@ class Board:
     reproduce: str | None = None  # the table's Reproduce line
     description: str | None = None  # the description of the preset the runs were made with, where known
     step_memory: dict | None = None  # benchmarks/step_memory.py's file, when the suite has one
+    task_of: dict = field(default_factory=dict)  # {task: taskdef.Task} as its runs record it (metric, classes)
+
+    @property
+    def test_tasks(self) -> list:
+        """The tasks whose rows have test scores (a test split), in board order."""
+        return [t for t in self.tasks if any(r.tasks.get(t) and r.tasks[t].test is not None for r in self.rows)]
 
 
 def _order(row: Row):
@@ -89,7 +96,9 @@ def build(runs: list, use: str = "val", n_boot: int = 2000) -> Board:
                                           _achieved(r0.params), r0.params["trainable"]))
         scores = s.scores()
         mean, sd = stats.mean_std(scores)
-        row.tasks[t] = TaskCell(s, mean, sd, stats.t_interval(scores), len(scores))
+        cell = row.tasks[t] = TaskCell(s, mean, sd, stats.t_interval(scores), len(scores))
+        if s.test_scores():
+            cell.test, cell.test_std = stats.mean_std(s.test_scores())
         row.runs.extend(s.runs)
     for row in rows.values():
         _test_against_lora(row, rows, n_boot)
@@ -97,7 +106,8 @@ def build(runs: list, use: str = "val", n_boot: int = 2000) -> Board:
         row.avg = float(np.mean(ms)) if all(x is not None for x in ms) else None
         row.seeds = min(c.n for c in row.tasks.values())
     _timing(rows, tasks)
-    return Board(tasks, sorted(rows.values(), key=_order), sel, ok, [r for r in runs if not r.ok])
+    task_of = {t: next(r.spec.task_spec() for r in ok if r.task == t) for t in tasks}
+    return Board(tasks, sorted(rows.values(), key=_order), sel, ok, [r for r in runs if not r.ok], task_of=task_of)
 
 
 def _achieved(params: dict) -> int:
@@ -113,8 +123,8 @@ def _test_against_lora(row: Row, rows: dict, n_boot: int) -> None:
             continue  # no LoRA row, or runs without per-example predictions: no test
         a, b = cell.sel, ref.tasks[t].sel
         labels = {sp: stats.decode_preds(x) for sp, x in a.runs[0].dev_labels.items()}
-        cell.diff, cell.p = stats.paired_bootstrap(get_task(t).metric, dev_preds(a), dev_preds(b), labels,
-                                                   n_boot=n_boot)
+        cell.diff, cell.p = stats.paired_bootstrap(a.runs[0].spec.task_spec().scorer, dev_preds(a), dev_preds(b),
+                                                   labels, n_boot=n_boot)
         cell.ref = ref.label
 
 

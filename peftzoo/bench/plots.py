@@ -37,8 +37,9 @@ def save_atomic(fig, path: Path, dpi: int = 110) -> None:
     store.write_figure(Path(path), fig, dpi=dpi, bbox_inches="tight")  # temp file + rename; OutputError if it cannot be written
 
 
-def pareto(path, tasks: list[str], points: list[dict], title: str = "") -> None:
-    """``points``: {"task", "method", "x" (trainable), "mean", "std"} (scores in [0, 1])."""
+def pareto(path, tasks: list[str], points: list[dict], title: str = "", titles: dict | None = None) -> None:
+    """``points``: {"task", "method", "x" (trainable), "mean", "std"} (scores in [0, 1]); ``titles``: a panel's
+    title by task (default: the task's name)."""
     plt, fig, axes = _fig(len(tasks))
     methods = list(dict.fromkeys(p["method"] for p in points))
     for ax, t in zip(axes, tasks):
@@ -51,7 +52,7 @@ def pareto(path, tasks: list[str], points: list[dict], title: str = "") -> None:
             ax.errorbar([p["x"] for p in ps], [100 * p["mean"] for p in ps], yerr=[100 * p["std"] for p in ps],
                         fmt="o-", capsize=3, label=m, ms=4, lw=1, color=_color(m, methods))
         ax.set_xscale("log")
-        ax.set_title(t)
+        ax.set_title((titles or {}).get(t, t))
         ax.set_xlabel("trainable parameters (incl. head)")
         ax.set_ylabel("dev score ×100 (mean ± std over seeds)")
         ax.grid(alpha=0.3)

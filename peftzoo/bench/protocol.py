@@ -121,6 +121,10 @@ class Selected:
         """The dev score of every run at the selected LR, at the selected epoch (or ``at_epoch``)."""
         return [r.history[(at_epoch or self.epoch) - 1].dev["score"] for r in self.runs]
 
+    def test_scores(self) -> list[float]:
+        """The test score of every run at the selected LR and epoch (selection never reads it); [] without one."""
+        return [h.test["score"] for r in self.runs if (h := r.history[self.epoch - 1]).test is not None]
+
 
 def hkey(hparams: dict) -> str:
     return json.dumps(hparams, sort_keys=True)

@@ -48,40 +48,18 @@ def decode_preds(enc) -> np.ndarray:
     return arr.astype(np.float64 if arr.dtype.kind == "f" else np.int64)
 
 
-# ---- GLUE scores over a batch of resamples (rows), matching tasks.compute_metrics' "score" -------------------------
-def _safe_div(a, b):
-    return np.divide(a, b, out=np.zeros_like(a, dtype=float), where=b != 0)
-
-
-def _pearson_rows(x, y):
-    x = x - x.mean(1, keepdims=True)
-    y = y - y.mean(1, keepdims=True)
-    return _safe_div((x * y).sum(1), np.sqrt((x * x).sum(1) * (y * y).sum(1)))
-
-
-def batch_score(metric: str, P: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """The GLUE ``score`` of each row of predictions ``P`` against labels ``Y`` (both shaped [resamples, n])."""
-    if metric == "pearson_spearman":
-        from scipy.stats import rankdata
-        P, Y = P.astype(float), Y.astype(float)
-        return (_pearson_rows(P, Y) + _pearson_rows(rankdata(P, axis=1), rankdata(Y, axis=1))) / 2
-    acc = (P == Y).mean(1)
-    if metric == "accuracy":
-        return acc
-    tp = ((P == 1) & (Y == 1)).sum(1).astype(float)
-    fp = ((P == 1) & (Y != 1)).sum(1).astype(float)
-    fn = ((P != 1) & (Y == 1)).sum(1).astype(float)
-    if metric == "f1_accuracy":
-        return (acc + _safe_div(2 * tp, 2 * tp + fp + fn)) / 2
-    if metric == "matthews":  # binary (CoLA)
-        tn = ((P != 1) & (Y != 1)).sum(1).astype(float)
-        return _safe_div(tp * tn - fp * fn, np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
-    raise ValueError(f"no batched score for metric {metric!r}")
+# ---- task scores over a batch of resamples (rows), matching tasks.compute_metrics' "score" -------------------------
+def batch_score(metric, P: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """The ``score`` of each row of predictions ``P`` against labels ``Y`` (both shaped [resamples, n]); ``metric``:
+    a ``metrics.Metric`` (a task's ``scorer``), or a metric's name (binary, positive class 1)."""
+    from peftzoo.bench.metrics import Metric
+    return (metric if isinstance(metric, Metric) else Metric(metric)).batch(P, Y)
 
 
 def paired_bootstrap(metric: str, a: list, b: list, labels: dict, n_boot: int = 2000,
                      seed: int = 0) -> tuple[float, float]:
-    """Difference of seed-averaged scores (a − b) and its two-sided bootstrap p-value.
+    """Difference of seed-averaged scores (a − b) and its two-sided bootstrap p-value; ``metric`` as in
+    ``batch_score``.
 
     ``a`` and ``b`` are lists (one per seed) of {dev split: predictions}; ``labels`` is {dev split: labels}.
     Every split is resampled with its own draw shared by all seeds of both methods; multi-split tasks (MNLI)

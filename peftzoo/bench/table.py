@@ -38,7 +38,33 @@ def _lrs(row, tasks):
 
 
 def _n_dev(sizes: dict) -> int:
-    return sum(x for k, x in sizes.items() if k not in ("train", "val"))
+    return sum(x for k, x in sizes.items() if k not in ("train", "val") and not k.startswith("test"))
+
+
+def _n_test(sizes: dict) -> str:
+    n = sum(x for k, x in sizes.items() if k.startswith("test"))
+    return f" / test {n:,}" if n else ""
+
+
+def _user_tasks(b: Board) -> list:
+    """The board's user-defined tasks (a task file's or a preset's definitions), in board order."""
+    user = {r.task for r in b.ok if r.spec.task_def is not None}
+    return [t for t in b.tasks if t in user]
+
+
+def task_sentence(b: Board) -> str | None:
+    """What the cells of user-defined tasks are (metric, classes) and that test splits are never selected on."""
+    parts = []
+    for t in _user_tasks(b):
+        task = b.task_of[t]
+        what = "regression" if task.regression else f"{task.num_labels} classes ({', '.join(task.labels)})"
+        pos = f", positive class {task.positive!r}" if task.positive is not None else ""
+        parts.append(f"{t}: {task.metric}{pos}, {what}")
+    out = f"User-defined tasks: {'; '.join(parts)}." if parts else ""
+    if b.test_tasks:
+        out += (" `<task> test`: the test split's score at the LR and epoch selected on validation (mean ± std over "
+                "seeds), shown beside dev and never used to select.")
+    return out.strip() or None
 
 
 def _header(suite: str, b: Board, use: str) -> list[str]:
@@ -56,21 +82,28 @@ def _header(suite: str, b: Board, use: str) -> list[str]:
             f"Device: {', '.join(sorted({r.device for r in ok}))}. Versions: {', '.join(f'{k} {x}' for k, x in v.items())}. "
             f"Model: `{spec.model or 'all-MiniLM-L6-v2 (embedded)'}`. Config: {config_line(ok)} "
             "Examples (train / validation / dev): "
-            + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {_n_dev(s):,}" if s else f"{t} not recorded"
+            + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {_n_dev(s):,}{_n_test(s)}" if s else f"{t} not recorded"
                         for t, s in sizes.items()) + ".", "",
+            *([s, ""] if (s := task_sentence(b)) else []),
             CELLS + f"{b.rows[0].peak_mem_kind if b.rows else '—'} during training (weights, data and the sweep's "
             "earlier runs included). `step MB`: " + (sm["measured"] + f" (`{sm['command']}`, batch "
                                                      f"{sm['batch_size']} × {sm['max_len']})" if sm
                                                      else "not measured (run benchmarks/step_memory.py)") + ".", ""]
 
 
-def _row_line(r, tasks) -> str:
+def _cell(mean: float, std: float, n: int, mark: str = "") -> str:
+    spread = f" ± {100 * std:.1f}" if n > 1 else " (n=1)"  # one seed has no spread
+    return f"{100 * mean:.1f}{spread}{mark}"
+
+
+def _row_line(r, tasks, test_tasks=()) -> str:
     hp = ", ".join(f"{k}={x}" for k, x in r.hparams.items()) or "—"
     cells = []
     for t in tasks:
         c = r.tasks.get(t)
-        spread = f" ± {100 * c.std:.1f}" if c and c.n > 1 else " (n=1)"  # one seed has no spread
-        cells.append("—" if c is None else f"{100 * c.mean:.1f}{spread}{stats.significance_mark(c.p)}")
+        cells.append("—" if c is None else _cell(c.mean, c.std, c.n, stats.significance_mark(c.p)))
+        if t in test_tasks:
+            cells.append("—" if c is None or c.test is None else _cell(c.test, c.test_std, c.n))
     tgt = f" / {r.budget:,}" if r.budget else ""
     return (f"| {r.method} | {r.label} | {hp} | " + " | ".join(cells)
             + f" | {_num(r.avg and 100 * r.avg, '{:.1f}')} | {_lrs(r, tasks)} | {r.achieved:,}{tgt} "
@@ -79,11 +112,12 @@ def _row_line(r, tasks) -> str:
 
 
 def markdown(suite: str, b: Board, use: str) -> str:
-    tasks = b.tasks
+    tasks, test = b.tasks, b.test_tasks
+    cols = [c for t in tasks for c in ([t, f"{t} test"] if t in test else [t])]
     lines = _header(suite, b, use) + [
-        "| method | budget | hparams | " + " | ".join(tasks) + " | avg | LR / epoch | params | trainable "
+        "| method | budget | hparams | " + " | ".join(cols) + " | avg | LR / epoch | params | trainable "
         "| step / head | step / full | process peak MB | step MB | file KB | seeds |",
-        "|" + "---|" * (len(tasks) + 14)] + [_row_line(r, tasks) for r in b.rows]
+        "|" + "---|" * (len(cols) + 14)] + [_row_line(r, tasks, test) for r in b.rows]
     for s in (learned.not_learning(b), learned.one_seed(b)):
         if s is not None:
             lines += ["", s]
@@ -102,18 +136,22 @@ def markdown(suite: str, b: Board, use: str) -> str:
 
 
 def csv_text(b: Board) -> str:
-    tasks = b.tasks
+    tasks, test = b.tasks, b.test_tasks
     per = ["mean", "std", "ci95_lo", "ci95_hi", "n_seeds", "lr", "lr_at_grid_edge", "epoch", "diff_vs_lora", "p_vs_lora"]
+    per_test = ["test_mean", "test_std"]  # tasks with a test split only
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["method", "budget", "hparams", *[f"{t}_{k}" for t in tasks for k in per], "avg", "params_target",
-                "params_achieved", "trainable", "step_vs_head", "step_vs_full", "peak_mem_mb", "step_mb", "file_kb"])
+    w.writerow(["method", "budget", "hparams", *[f"{t}_{k}" for t in tasks for k in per + per_test * (t in test)],
+                "avg", "params_target", "params_achieved", "trainable", "step_vs_head", "step_vs_full",
+                "peak_mem_mb", "step_mb", "file_kb"])
     for r in b.rows:
         vals = []
         for t in tasks:
             c = r.tasks.get(t)
             vals += ([None] * len(per) if c is None else
                      [c.mean, c.std, *c.ci, c.n, c.sel.lr, at_edge(c.sel), c.sel.epoch, c.diff, c.p])
+            if t in test:
+                vals += [None, None] if c is None else [c.test, c.test_std]
         w.writerow([r.method, r.label, store_hp(r.hparams), *vals, r.avg, r.budget, r.achieved, r.trainable,
                     r.step_vs_head, r.step_vs_full, r.peak_mem_mb, r.step_mb, r.file_kb])
     return out.getvalue()
@@ -182,7 +220,8 @@ def write(root, suite: str, optimistic: bool = False, n_boot: int = 2000, writte
     store.write_text(paths[1], csv_text(b))
     pts = [{"task": t, "method": r.method, "x": r.trainable, "mean": c.mean, "std": c.std}
            for r in b.rows for t, c in r.tasks.items()]
-    plots.pareto(paths[2], b.tasks, pts, "optimistic (selected on dev)" if use == "dev" else "")
+    titles = {t: f"{t} ({b.task_of[t].metric})" for t in _user_tasks(b)}
+    plots.pareto(paths[2], b.tasks, pts, "optimistic (selected on dev)" if use == "dev" else "", titles)
     curves = [{"task": t, "method": m, "per_lr": s.per_lr, "selected": s.lr}
               for (t, m, _), s in b.selection.items() if len(s.per_lr) > 1]
     plots.lr_curves(paths[3], b.tasks, curves, "validation score ×100" if use == "val" else "dev score ×100 (optimistic)")
