@@ -3,7 +3,7 @@
 Stage 1 (LR sweep): every method at the middle budget, every LR of its grid, on the first ``sweep_seeds`` seeds.
 Stage 2: the LR selected on validation (mean over the sweep seeds) runs on the remaining seeds at the middle budget
 and on every seed at the other budgets and paper settings: the best LR is *assumed* rank-independent (α/r scaling).
-The GLUE dev set is only ever reported: selection reads each epoch's ``val``, never its ``dev`` scores.
+The dev (and test) sets are only ever reported: selection reads each epoch's ``val``, never its ``dev`` scores.
 
 Here: the ``Protocol`` options, the budget grid's rules (``budget_grid``: sorted, distinct, the middle one) and
 ``selection``. The plan that expands a preset into runs under them is ``bench.plan``.
@@ -64,7 +64,7 @@ class Protocol:
         ep = "the LR and the epoch" if self.select_epoch else "the LR (final epoch)"
         split = (f"a validation split carved from train ({self.val_fraction:.0%} of it, at most {self.val_cap:,} "
                  f"examples, split seed {self.val_seed}, the same for every run, disjoint from the training subset)")
-        tail = "Reported scores are the GLUE dev set, never used for any choice."
+        tail = "Reported scores are the tasks' dev sets (and test splits, where a task has one), never used for any choice."
         if not swept:
             ep = "the epoch" if self.select_epoch else "nothing (the final epoch)"
             return (f"Protocol: NO LR sweep in this suite: every row trained at the one LR its preset gives (`lr`), "

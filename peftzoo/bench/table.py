@@ -16,7 +16,7 @@ from peftzoo.bench.leaderboard import Board, at_edge, build, separation
 SIG = ("`*` / `**`: the difference from LoRA at the same budget (LoRA at the middle budget for baselines and paper "
        "settings) is significant at p < 0.05 / 0.01, paired bootstrap over dev examples (2,000 resamples, the same "
        "draw applied to every seed of both methods, scores averaged over seeds).")
-CELLS = ("Cells: GLUE dev metric ×100, mean ± std over seeds (`(n=1)`: a single seed, so no std; MRPC: mean of F1 "
+CELLS = ("Cells: each task's dev metric ×100 (a user-defined task's is said above), mean ± std over seeds (`(n=1)`: a single seed, so no std; MRPC: mean of F1 "
          "and accuracy; STS-B: of Pearson and Spearman; CoLA: Matthews corr.); the CSV adds the 95% t-interval. "
          + SIG + " `budget`: the matched adapter-element count (achieved / target in `params`; AdaLoRA: its final "
          "budget) or `paper` (the method's paper setting). `LR / epoch`: selected on validation; `†`: the selected LR "

@@ -119,7 +119,7 @@ def identity(d: dict | None) -> dict | None:
         return None
     d = {**d, "source": dict(d.get("source", {}))}
     if d["source"].get("format") != "hub":
-        d["splits"] = list(d.get("splits", {}))
+        d["splits"] = sorted(d.get("splits", {}))
         d["source"].pop("data_dir", None)
     if d.get("fallback"):
         d["fallback"] = identity(d["fallback"])
@@ -145,6 +145,7 @@ def from_dict(d, where: str = "task", base: Path | None = None, parent: dict | N
         raise TaskError(f"{where}: 'splits' must be an object of split name: file path (or hub split name), e.g. "
                         f'{{"train": "train.csv", "dev": "dev.csv"}}; got {json.dumps(splits)}')
     _check_split_names(list(splits), where)
+    splits = dict(sorted(splits.items(), key=lambda kv: (_order(kv[0]), kv[0])))  # the same order, however written
     source = _source(d.get("source"), splits, where)
     headerless = source.format in ("csv", "tsv") and not source.header
     text, label = _columns(d, headerless, where)
@@ -176,6 +177,10 @@ def _check_keys(d: dict, known, where: str) -> None:
             close = difflib.get_close_matches(str(k), list(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"
             raise TaskError(f"{where}: unknown key {k!r}{hint}")
+
+
+def _order(split: str) -> int:
+    return 0 if split == "train" else 1 if split.startswith("dev") else 2
 
 
 def _check_split_names(names: list, where: str) -> None:
