@@ -258,3 +258,18 @@ def test_glue_read_as_data_gives_what_the_old_loader_gave(name):
     task = TASKS[name]
     got = {"data": data_source(task), **{s: _digest(x) for s, x in load_task(task).items()}}
     assert got == want
+
+
+def test_the_test_split_is_reported_at_the_lr_and_epoch_validation_selected():
+    from peftzoo.bench.leaderboard import build
+    from peftzoo.bench.record import EpochResult, RunRecord
+    from peftzoo.bench.spec import RunSpec
+
+    def run(lr, val, test):  # one epoch: validation, dev and test scores as given
+        spec = RunSpec(suite="s", task="SST-2", method="lora", seed=0, hparams={"r": 2}, lr=lr, data="local:x")
+        return RunRecord(spec, "ok", {}, [EpochResult({"score": 0.7}, {"score": val}, epoch=1, test={"score": test})],
+                         params={"target": None, "achieved": 8, "solver": None, "adapter": 8, "trainable": 9},
+                         steps=1, median_step_s=0.1, peak_mem_mb=1.0, device="cpu", adapter_file_bytes=10)
+    b = build([run(1e-3, 0.9, 0.6), run(1e-2, 0.8, 0.95)])  # the test split prefers 1e-2; validation 1e-3
+    (row,) = b.rows
+    assert row.tasks["SST-2"].sel.lr == 1e-3 and row.tasks["SST-2"].test == 0.6 and b.test_tasks == ["SST-2"]

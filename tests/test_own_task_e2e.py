@@ -68,7 +68,9 @@ def test_own_tasks_through_bench_and_table(tmp_path, tiny_model, capsys):
     (tmp_path / "p.json").write_text(json.dumps(preset))
     rc = main(["bench", "--preset", str(tmp_path / "p.json"), "--task-file", str(tasks), "--results", str(results),
                "-q"])
-    assert rc == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "stars dev: warning: 24 of its 24 examples are also in train (the same text)" in err  # 3 distinct texts
     assert main(["table", "--suite", "own", "--results", str(results)]) == 0
     runs = {(r.task, r.method): r for r in store.read_runs(results, "own")}
     assert set(runs) == {(t, m) for t in ("tickets", "stars") for m in ("head", "lora")}  # SST-2 replaced
