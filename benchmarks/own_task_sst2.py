@@ -40,7 +40,9 @@ def write_task(folder: Path) -> Path:
 def quick_head_lora(folder: Path) -> Path:
     """The quick preset with head and LoRA only, LoRA at its r=8 count (the quick runs' middle budget)."""
     p = json.loads((ROOT / "peftzoo" / "presets" / "quick.json").read_text())
-    p.update(suite="own-task-sst2", methods=["head", "lora"], seeds=[0], budgets=["lora:r=8"], method_budgets={})
+    p.update(suite="own-task-sst2", methods=["head", "lora"], seeds=[0], budgets=["lora:r=8"], method_budgets={},
+             description="The quick preset's settings for head and LoRA (its r=8 count), seed 0, on SST-2 and on "
+                         "SST-2 written as CSV with string labels (benchmarks/own_task_sst2.py).")
     (folder / "preset.json").write_text(json.dumps(p, indent=1))
     return folder / "preset.json"
 
