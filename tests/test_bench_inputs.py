@@ -72,7 +72,7 @@ BAD = [  # (what is wrong, how to make it, the error text a user sees)
     ("unknown task", _set(tasks=["SST-3"]), r"unknown task 'SST-3'"),
     ("JSON syntax", _raw_preset('{"suite": "t",\n  "tasks": [,]}'), r"bad\.json: invalid JSON at line 2, column 13"),
     ("label 7 in dev", _edit("dev", 3, b"a film\t7"),
-     r"dev\.tsv: 1 bad row: line 3: label '7' is not in the label set \(0, 1\)"),
+     r"dev\.tsv: 1 bad row: line 3, column 'label': label '7' is not in the label set \(0, 1\)"),
     ("short row", _edit("train", 5, b"no tab in this row"), r"train\.tsv: 1 bad row: line 5: 1 columns, the header has 2"),
     ("extra column", _edit("train", 6, b"a\tfilm\t1"), r"train\.tsv: 1 bad row: line 6: 3 columns, the header has 2"),
     ("empty file", _edit("dev", 0, whole=b""), r"dev\.tsv: empty file"),
@@ -137,7 +137,9 @@ def test_presets_are_package_data_found_from_any_folder(tmp_path, monkeypatch):
     root = Path(__file__).resolve().parents[1]
     declared = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["peftzoo"]
     on_disk = {p.stem for p in (root / "peftzoo" / "presets").glob("*.json")}
-    assert declared == ["presets/*.json"] and set(shipped()) == on_disk >= {"quick", "cpu", "glue", "smoke"}
+    assert declared == ["presets/*.json", "tasks/*.json"] and set(shipped()) == on_disk >= {"quick", "cpu", "glue", "smoke"}
+    from peftzoo.bench.taskdef import builtin
+    assert (root / "peftzoo" / "tasks" / "glue.json").is_file() and len(builtin()) == 9  # the GLUE tasks: data too
     monkeypatch.chdir(tmp_path)
     assert load_preset("cpu").suite == "cpu"
     (tmp_path / "quick").mkdir()  # a folder named like a preset is not a preset file
@@ -163,7 +165,9 @@ def _other(v):
 def test_every_field_but_the_excluded_ones_changes_the_run_id():
     base = RunSpec(suite="s", task="STS-B", method="lora", seed=0, hparams={"r": 8}, data="local:abc")
     ids = {base.run_id}
-    valid = {"regression_targets": "standardize"}  # a field with a closed set of values
+    from peftzoo.bench.tasks import get_task
+    # fields with a closed set of values; a task definition (here STS-B's own, as a user task would record it)
+    valid = {"regression_targets": "standardize", "task_def": get_task("STS-B").to_dict()}
     for f in dataclasses.fields(RunSpec):
         if f.name == "head_fit":  # normalised away for a method that trains more than its head (lora): on head
             head = dataclasses.replace(base, method="head")

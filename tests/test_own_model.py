@@ -236,4 +236,6 @@ def test_a_decoder_through_bench_and_table_scores_its_predictions(folders, tmp_p
         assert len(preds) == n_dev
         acc = float(np.mean(preds == labels))
         assert float(table[method]["SST-2_mean"]) == pytest.approx(acc, abs=1e-12)
-        assert f"| {method} | — | " in md and f" | {100 * acc:.1f} (n=1) | " in md.split(f"| {method} | — | ")[1]
+        assert f"| {method} | — | " in md  # the cell: the score, bold when in the best group, then its rank interval
+        cell = md.split(f"| {method} | — | ")[1].split(" | ")[1]
+        assert cell.replace("**", "").startswith(f"{100 * acc:.1f} (n=1)"), cell

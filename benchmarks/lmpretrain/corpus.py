@@ -16,7 +16,14 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftzoo.bench.tasks import get_task, load_task, task_dir
+from peftzoo.bench.taskdata import located
+from peftzoo.bench.tasks import get_task, load_task
+
+
+def task_dir(task, data_dir) -> Path | None:
+    """The folder of ``task``'s local files (None: the hub); FileNotFoundError when the data directory lacks them."""
+    _, files = located(task, data_dir)
+    return None if files is None else Path(files["train"]).parent
 
 WINDOW = 6  # words: a corpus text this long or longer is removed when all its windows of this size are in dev/test
 CORPUS_TASKS = ("CoLA", "SST-2", "MRPC", "RTE", "STS-B", "WNLI")  # the GLUE tasks with local data (shared/data)
@@ -45,7 +52,7 @@ def unlabelled_texts(task, data_dir) -> list[str]:
         return []
     lines = path.read_text(encoding="utf-8-sig").split("\n")
     head = lines[0].rstrip("\r").split("\t")
-    cols = [head.index(c) for c in task.hub_text if c in head]
+    cols = [head.index(c) for c in (task.fallback or task).text if isinstance(c, str) and c in head]  # hub column names
     rows = [ln.rstrip("\r").split("\t") for ln in lines[1:] if ln.strip()]
     return [r[c] for r in rows for c in cols if c < len(r)]
 

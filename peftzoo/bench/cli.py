@@ -10,7 +10,7 @@ LOCAL_RESULTS = "local-results"  # bench/table's default results folder: the use
 
 
 def register(sub) -> None:
-    b = sub.add_parser("bench", help="train methods on GLUE tasks at matched parameter budgets")
+    b = sub.add_parser("bench", help="train methods on GLUE tasks, or your own, at matched parameter budgets")
     b.add_argument("--preset", default="quick", help="a shipped preset's name (quick, smoke, cpu, glue, ...), or a "
                    "path to a preset JSON file")
     b.add_argument("--data-dir", default=None, help="glue_data folder (default: $PEFTZOO_DATA_DIR, else the hub)")
@@ -20,7 +20,10 @@ def register(sub) -> None:
     b.add_argument("--model", default=None, help="transformers id or path of any sequence-classification "
                    "checkpoint, encoder or decoder (default: the preset's); budgets given relative to the model "
                    "(\"lora:r=8\") and a preset's default layers are resolved on it")
-    b.add_argument("--tasks", nargs="*", help="GLUE tasks to run (default: the preset's)")
+    b.add_argument("--task-file", action="append", metavar="FILE", help="a JSON file defining one task or a list "
+                   "(docs/own-task.md); run on its tasks instead of the preset's (repeatable)")
+    b.add_argument("--tasks", nargs="*", help="tasks to run: GLUE names and those of --task-file (default: the "
+                   "preset's, or the task files')")
     b.add_argument("--methods", nargs="*", help="methods to run (default: the preset's)")
     b.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: the preset's)")
     b.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
@@ -63,14 +66,26 @@ def _plan(args):
     from peftzoo.bench.preset import load_preset, normalise_tasks
     preset = load_preset(args.preset)
     preset = replace(preset, suite=args.suite or preset.suite, model=args.model or preset.model)
-    tasks = normalise_tasks(args.tasks, "--tasks") if args.tasks else preset.tasks
+    if args.task_file:
+        preset = preset.with_tasks(task_files(args.task_file))
+    tasks = normalise_tasks(args.tasks, "--tasks", preset.defined) if args.tasks else preset.tasks
     if not args.dry_run:
-        preflight(preset.model, tasks, args.data_dir, args.results, preset.suite, args.device, args.skip_bad_rows,
-                  precisions=preset_precisions(preset))
+        preflight(preset.model, [preset.task(t) for t in tasks], args.data_dir, args.results, preset.suite,
+                  args.device, args.skip_bad_rows, precisions=preset_precisions(preset))
     request = {"preset": preset_ref(args.preset), "skip_unreachable": args.skip_unreachable,
-               **({"ignore_separation": True} if args.ignore_separation else {})}  # recorded only where given
+               **({"ignore_separation": True} if args.ignore_separation else {}),  # recorded only where given
+               **({"task_files": [str(Path(f).resolve()) for f in args.task_file]} if args.task_file else {})}
     return make_plan(preset, tasks=tasks, methods=args.methods, seeds=args.seeds, skip_bad_rows=args.skip_bad_rows,
                      drop_unrunnable=args.skip_unreachable, request=request)
+
+
+def task_files(paths) -> dict:
+    """{name: Task} of every --task-file, a name defined twice an error."""
+    from peftzoo.bench.tasks import load_task_file
+    out = {}
+    for f in paths:
+        out.update(load_task_file(f, taken=out))
+    return out
 
 
 def _check_flags(args) -> None:

@@ -16,7 +16,6 @@ import numpy as np
 from peftzoo import adapters
 from peftzoo.bench import significance, stats, ties
 from peftzoo.bench.protocol import Selected, selection
-from peftzoo.bench.tasks import get_task
 
 BASELINES = ("full", "head")
 
@@ -34,6 +33,8 @@ class TaskCell:
     ref: str | None = None  # the LoRA row compared with (its budget label)
     best_group: bool | None = None  # not distinguishable from the task's best (None: not compared, no predictions)
     rank: tuple | None = None  # 95% interval of its rank on the task (1 = best), e.g. (1, 4)
+    test: float | None = None  # the test split's score at the same LR and epoch, mean over seeds (tasks with one)
+    test_std: float | None = None  # ... and its standard deviation
 
 
 @dataclass
@@ -71,6 +72,12 @@ class Board:
     description: str | None = None  # the description of the preset the runs were made with, where known
     step_memory: dict | None = None  # benchmarks/step_memory.py's file, when the suite has one
     ties: dict = field(default_factory=dict)  # {task or "avg": ties.Ties}: best groups, rank intervals, MDD
+    task_of: dict = field(default_factory=dict)  # {task: taskdef.Task} as its runs record it (metric, classes)
+
+    @property
+    def test_tasks(self) -> list:
+        """The tasks whose rows have test scores (a test split), in board order."""
+        return [t for t in self.tasks if any(r.tasks.get(t) and r.tasks[t].test is not None for r in self.rows)]
 
 
 def _order(row: Row):
@@ -96,14 +103,17 @@ def build(runs: list, use: str = "val", n_boot: int = 2000) -> Board:
                                           _achieved(r0.params), r0.params["trainable"]))
         scores = s.scores()
         mean, sd = stats.mean_std(scores)
-        row.tasks[t] = TaskCell(s, mean, sd, stats.t_interval(scores), len(scores))
+        cell = row.tasks[t] = TaskCell(s, mean, sd, stats.t_interval(scores), len(scores))
+        if s.test_scores():
+            cell.test, cell.test_std = stats.mean_std(s.test_scores())
         row.runs.extend(s.runs)
     for row in rows.values():
         ms = [row.tasks[t].mean if t in row.tasks else None for t in tasks]
         row.avg = float(np.mean(ms)) if all(x is not None for x in ms) else None
         row.seeds = min(c.n for c in row.tasks.values())
     _timing(rows, tasks)
-    b = Board(tasks, sorted(rows.values(), key=_order), sel, ok, [r for r in runs if not r.ok])
+    task_of = {t: next(r.spec.task_spec() for r in ok if r.task == t) for t in tasks}
+    b = Board(tasks, sorted(rows.values(), key=_order), sel, ok, [r for r in runs if not r.ok], task_of=task_of)
     _significance(b, n_boot)
     return b
 
@@ -120,7 +130,7 @@ def _significance(b: Board, n_boot: int) -> None:
         if len(rows) < 2:
             continue
         labels = {sp: stats.decode_preds(x) for sp, x in rows[0].tasks[t].sel.runs[0].dev_labels.items()}
-        tt = b.ties[t] = ties.task_ties(t, get_task(t).metric, rows, [dev_preds(r.tasks[t].sel) for r in rows],
+        tt = b.ties[t] = ties.task_ties(t, b.task_of[t].scorer, rows, [dev_preds(r.tasks[t].sel) for r in rows],
                                         labels, n_boot)
         for i, row in enumerate(rows):
             cell = row.tasks[t]

@@ -46,7 +46,8 @@ def one_seed(b) -> str | None:
     with the smallest dev split's sampling error of one accuracy-like score (95%, at p = 0.5: 1.96·√(0.25/n))."""
     if not any(c.n == 1 for r in b.rows for c in r.tasks.values()):
         return None
-    ns = [sum(v for k, v in r.split_sizes.items() if k not in ("train", "val")) for r in b.ok if r.split_sizes]
+    ns = [sum(v for k, v in r.split_sizes.items() if k not in ("train", "val") and not k.startswith("test"))
+          for r in b.ok if r.split_sizes]
     err = f" (one run's accuracy on {min(ns):,} dev rows: ±{196 * (0.25 / min(ns)) ** 0.5:.1f} points, 95%)" if ns else ""
     return ("ONE SEED in some rows: their seed-to-seed spread is not in the table (nor in its tests), and the gaps "
             f"inside a column's bold group are within the dev set's sampling error{err}: read no order among such "

@@ -79,8 +79,7 @@ class _Sizes:
     def get_model(self):
         if self.model is None:
             from peftzoo.bench.models import load_model
-            from peftzoo.bench.tasks import get_task
-            self.model = load_model(self.preset.model, get_task(self.preset.tasks[0]))[0]
+            self.model = load_model(self.preset.model, self.preset.task(self.preset.tasks[0]))[0]
         return self.model
 
     def __call__(self, entry) -> int:
@@ -103,8 +102,7 @@ def layers(preset: Preset, model=None) -> Preset:
     architecture's defaults where it names none; named ones checked), on ``model`` or the module tree of the
     preset's model, built from its config without weights."""
     from peftzoo.bench.models import plan_layers, skeleton
-    from peftzoo.bench.tasks import get_task
-    tree = model if model is not None else skeleton(preset.model, get_task(preset.tasks[0]).num_labels)
+    tree = model if model is not None else skeleton(preset.model, preset.task(preset.tasks[0]).num_labels)
     return plan_layers(preset, tree, model_name(preset, model))
 
 
@@ -186,8 +184,9 @@ def run_spec(preset: Preset, task: str, cell: Cell, lr: float, seed: int, stage:
     """The RunSpec of one run: the preset's settings for ``task``, the cell's method and budget, an LR and a seed,
     under the preset's protocol (its validation split, and the stage recorded beside the spec)."""
     p, prot = preset.for_task(task), preset.protocol
-    return RunSpec(suite=p.suite, task=task, method=cell.method, seed=seed, hparams=cell.hparams, lr=lr,
-                   budget=cell.budget, achieved=cell.achieved, skip_reason=cell.skip, cell=cell.label,
+    task_def = preset.defined[task].to_dict() if task in preset.defined else None  # a user task travels with its runs
+    return RunSpec(suite=p.suite, task=task, task_def=task_def, method=cell.method, seed=seed, hparams=cell.hparams,
+                   lr=lr, budget=cell.budget, achieved=cell.achieved, skip_reason=cell.skip, cell=cell.label,
                    val_fraction=prot.val_fraction, val_cap=prot.val_cap, val_seed=prot.val_seed,
                    skip_bad_rows=skip_bad_rows, protocol=prot, stage=stage, request=request, **p.settings())
 
@@ -313,7 +312,7 @@ def make_plan(preset, tasks=None, methods=None, seeds=None, model=None, skip_bad
     if not isinstance(preset, Preset):
         preset = Preset.from_dict(preset)
     preset = layers(preset, model)
-    tasks = list(normalise_tasks(tasks, "--tasks") if tasks else preset.tasks)
+    tasks = list(normalise_tasks(tasks, "--tasks", preset.defined) if tasks else preset.tasks)
     methods = list(normalise_methods(methods, "--methods") if methods else preset.methods)
     seeds = list(dict.fromkeys(seeds if seeds else preset.seeds))
     sizes = _Sizes(preset, model)

@@ -41,9 +41,10 @@ def save_atomic(fig, path: Path, dpi: int = 110) -> None:
 X_TRAINABLE = ("x", "trainable parameters (incl. head)", True)  # (point key, axis label, log axis)
 
 
-def pareto(path, tasks: list[str], points: list[dict], title: str = "") -> None:
-    """``points``: {"task", "method", "x" (trainable), "mean", "std"} (scores in [0, 1])."""
-    fig = pareto_figure([(t, t, X_TRAINABLE) for t in tasks], points, title)
+def pareto(path, tasks: list[str], points: list[dict], title: str = "", titles: dict | None = None) -> None:
+    """``points``: {"task", "method", "x" (trainable), "mean", "std"} (scores in [0, 1]); ``titles``: a panel's
+    title by task (default: the task's name)."""
+    fig = pareto_figure([(t, (titles or {}).get(t, t), X_TRAINABLE) for t in tasks], points, title)
     save_atomic(fig, path)
     _close(fig)
 

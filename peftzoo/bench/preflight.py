@@ -56,7 +56,8 @@ def check_model(model: str | None) -> None:
 
 
 def check_data(tasks, data_dir, skip_bad_rows: bool = False) -> None:
-    """Every task's splits loaded and validated now (the runs reuse them from the cache)."""
+    """Every task's splits (``tasks``: Tasks, or built-in names) loaded and validated now (the runs reuse them from
+    the cache); rows skipped, and dev or test examples that are also training examples, are said."""
     from peftzoo.bench.runner import load_splits
     d = resolve_data_dir(data_dir)
     src = "--data-dir" if data_dir else f"${ENV}"
@@ -67,12 +68,15 @@ def check_data(tasks, data_dir, skip_bad_rows: bool = False) -> None:
             raise PreflightError(f"{src} {d}: the folder is empty (it must hold the glue_data layout: "
                                  f"<dir>/SST-2/train.tsv, dev.tsv, ...)")
     for t in tasks:
-        task = get_task(t)
-        data = load_splits(task.name, str(data_dir) if data_dir else None, skip_bad_rows)
-        for split, s in data.items():
-            if s.skipped:  # printed even with -q: the data is not what the files say
+        task = get_task(t) if isinstance(t, str) else t
+        data = load_splits(task, str(data_dir) if data_dir else None, skip_bad_rows)
+        for split, s in data.items():  # printed even with -q: the data is not what the files say
+            if s.skipped:
                 print(f"{task.name} {split}: {s.skipped} bad rows skipped (--skip-bad-rows; recorded in every run)",
                       file=sys.stderr)
+            if s.overlap:
+                print(f"{task.name} {split}: warning: {s.overlap:,} of its {len(s.labels):,} examples are also in "
+                      f"train (the same text): its score is partly on training examples", file=sys.stderr)
 
 
 def check_results(root, suite: str) -> None:

@@ -41,7 +41,8 @@ def per_task(factory):
 @dataclass(frozen=True)
 class Preset:
     suite: str  # results sub-folder and the leaderboard's name
-    tasks: tuple[str, ...]  # GLUE task names (aliases such as sst2 accepted)
+    # built-in task names (GLUE; aliases such as sst2 accepted) or task definitions (objects: bench.taskdef)
+    tasks: tuple[str | dict, ...]
     methods: tuple[str, ...]  # registered methods and the baselines full, head
     description: str = ""  # free text for humans
     model: str | None = setting(None, per_task=False)  # transformers id or local path; None = embedded MiniLM
@@ -73,9 +74,13 @@ class Preset:
     method_budgets: dict[str, tuple[int | str, ...]] = field(default_factory=dict)  # per method: its budgets ([]: paper only)
     lr_grid: dict[str, tuple[float, ...]] = per_task(dict)  # per method: its LR sweep (else the class's)
     protocol: Protocol = field(default_factory=Protocol)  # selection options: the fields of bench.protocol.Protocol
+    # the user-defined tasks by name (given inline in ``tasks``, or by --task-file: ``with_tasks``); not a JSON key
+    defined: dict = field(default_factory=dict, metadata={"internal": True})
 
     @classmethod
-    def from_dict(cls, d, source: str = "preset") -> Preset:
+    def from_dict(cls, d, source: str = "preset", base: Path | None = None) -> Preset:
+        """The preset ``d``, checked; ``base``: the folder relative paths of its task definitions are read from
+        (the preset file's; default: the current folder)."""
         if not isinstance(d, dict):
             raise PresetError(f"{source}: a preset is a JSON object, not a {type(d).__name__}")
         _check_keys(d, FIELDS, source)
@@ -84,8 +89,8 @@ class Preset:
             raise PresetError(f"{source}: missing required key{'s' * (len(missing) > 1)} "
                               f"{', '.join(map(repr, missing))}")
         kw = {k: _value(k, v, source, k) for k, v in d.items() if k != "protocol"}
-        _check_names(kw, source)
-        kw["task_overrides"] = _overrides(kw.get("task_overrides", {}), source)
+        _check_names(kw, source, base)
+        kw["task_overrides"] = _overrides(kw.get("task_overrides", {}), source, kw["defined"])
         _check_lrs(kw, source)
         try:
             kw["protocol"] = Protocol.parse(d.get("protocol"))
@@ -96,6 +101,18 @@ class Preset:
         _check_grids(kw, source)
         _check_cached_heads(preset, source)
         return preset
+
+    def task(self, name: str):
+        """The task of that (canonical) name: a user-defined one, else the built-in one."""
+        from peftzoo.bench.tasks import get_task
+        return self.defined[name] if name in self.defined else get_task(name)
+
+    def with_tasks(self, defined: dict) -> Preset:
+        """This preset run on the tasks ``defined`` ({name: Task}, e.g. a --task-file's) instead of its own."""
+        clash = sorted(set(defined) & set(self.defined))
+        if clash:
+            raise PresetError(f"duplicate task name {clash[0]!r}: the preset defines it too; rename one of them")
+        return dataclasses.replace(self, tasks=tuple(defined), defined={**self.defined, **defined})
 
     def for_task(self, task: str) -> Preset:
         """This preset as it applies to ``task``: its ``task_overrides`` in place. A method's LR given there (a
@@ -139,7 +156,7 @@ class Preset:
             raise PresetError(f"{source}: {e}") from None
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(Preset)}
+FIELDS = {f.name: f for f in dataclasses.fields(Preset) if not f.metadata.get("internal")}
 HINTS = typing.get_type_hints(Preset)
 OVERRIDABLE = tuple(f.name for f in dataclasses.fields(Preset) if f.metadata.get("per_task"))
 RENAMED = {"train": "train_modules"}  # old key: its new name
@@ -154,13 +171,16 @@ def _value(name: str, v, source: str, key: str):
     return v
 
 
-def _check_names(kw: dict, source: str) -> None:
-    """Tasks, methods and seeds: non-empty, known, normalised; the methods named in per-method tables known."""
+def _check_names(kw: dict, source: str, base: Path | None) -> None:
+    """Tasks, methods and seeds: non-empty, known, normalised (task definitions read: ``defined``); the methods
+    named in per-method tables known."""
     for k in ("tasks", "methods", "seeds"):
         if k in kw and not kw[k]:
             raise PresetError(f"{source}: {k!r} is empty")
     check_seeds(kw.get("seeds", ()), f"{source}: 'seeds'")
-    kw["tasks"] = normalise_tasks(kw["tasks"], source)
+    kw["defined"] = _define(kw["tasks"], source, base)
+    kw["tasks"] = normalise_tasks([t["name"] if isinstance(t, dict) else t for t in kw["tasks"]], source,
+                                  kw["defined"])
     kw["methods"] = normalise_methods(kw["methods"], source)
     for k in ("lr", "hparams", "lr_grid", "method_budgets"):
         for m in kw.get(k, {}):
@@ -169,12 +189,25 @@ def _check_names(kw: dict, source: str) -> None:
         _method_options(m, hp, source, f"hparams.{m}")
 
 
-def _overrides(given: dict, source: str) -> dict:
+def _define(entries, source: str, base: Path | None) -> dict:
+    """{name: Task} of the task definitions among a preset's ``tasks``."""
+    from peftzoo.bench.tasks import define
+    out = {}
+    for i, e in enumerate(entries):
+        if isinstance(e, dict):
+            try:
+                out.update(define([e], f"{source}: 'tasks[{i}]'", base, taken=out))
+            except (ValueError, OSError) as err:
+                raise PresetError(str(err)) from None
+    return out
+
+
+def _overrides(given: dict, source: str, defined: dict) -> dict:
     """``task_overrides`` under canonical task names, each value checked as its field is."""
     over = {}
     for t, o in given.items():
         where = f"{source}: 'task_overrides.{t}'"
-        (name,) = normalise_tasks([t], where)
+        (name,) = normalise_tasks([t], where, defined)
         _check_keys(o, OVERRIDABLE, where)
         over[name] = {k: _value(k, v, source, f"task_overrides.{t}.{k}") for k, v in o.items()}
         for m in over[name].get("lr", {}):
@@ -282,15 +315,17 @@ def _check(v, t, src: str, key: str, minimum=None):
     return v
 
 
-def normalise_tasks(names, where: str) -> tuple[str, ...]:
-    """Canonical GLUE names, duplicates (after normalising: SST-2 = sst2) dropped, order kept."""
+def normalise_tasks(names, where: str, defined=()) -> tuple[str, ...]:
+    """Canonical task names (``defined``: the user tasks' names, as they are), duplicates (after normalising:
+    SST-2 = sst2) dropped, order kept."""
     from peftzoo.bench.tasks import get_task
     out = []
     for t in names:
         try:
-            name = get_task(t).name
+            name = t if t in defined else get_task(t).name
         except ValueError as e:
-            raise PresetError(f"{where}: {e}") from None
+            own = f"; defined here: {', '.join(defined)}" if defined else ""
+            raise PresetError(f"{where}: {e}{own}") from None
         if name not in out:
             out.append(name)
     return tuple(out)
@@ -361,4 +396,4 @@ def parse_file(path: Path, source: str | None = None) -> Preset:
         d = json.loads(text)
     except json.JSONDecodeError as e:
         raise PresetError(f"{source}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    return Preset.from_dict(d, source)
+    return Preset.from_dict(d, source, Path(path).resolve().parent)

@@ -7,7 +7,7 @@ The other budgets and paper settings either reuse it on every seed (``budget_lr_
 grid of n LRs centred on it (``local_grid``) on the sweep seeds in stage 2, and its own selected LR runs on the
 remaining seeds in stage 3. ``separation > 0``: a task's methods other than the baselines run only once the baselines'
 own protocol shows that full FT beats head-only there (``bench.separation``).
-The GLUE dev set is only ever reported: selection reads each epoch's ``val``, never its ``dev`` scores.
+The dev (and test) sets are only ever reported: selection reads each epoch's ``val``, never its ``dev`` scores.
 
 Here: the ``Protocol`` options, the budget grid's rules (``budget_grid``: sorted, distinct, the middle one) and
 ``selection``. The plan that expands a preset into runs under them is ``bench.plan``.
@@ -88,7 +88,7 @@ class Protocol:
         ep = "the LR and the epoch" if self.select_epoch else "the LR (final epoch)"
         split = (f"a validation split carved from train ({self.val_fraction:.0%} of it, at most {self.val_cap:,} "
                  f"examples, split seed {self.val_seed}, the same for every run, disjoint from the training subset)")
-        tail = "Reported scores are the GLUE dev set, never used for any choice."
+        tail = "Reported scores are the tasks' dev sets (and test splits, where a task has one), never used for any choice."
         if not swept:
             ep = "the epoch" if self.select_epoch else "nothing (the final epoch)"
             return (f"Protocol: NO LR sweep in this suite: every row trained at the one LR its preset gives (`lr`), "
@@ -181,6 +181,10 @@ class Selected:
     def scores(self, at_epoch: int | None = None) -> list[float]:
         """The dev score of every run at the selected LR, at the selected epoch (or ``at_epoch``)."""
         return [r.history[(at_epoch or self.epoch) - 1].dev["score"] for r in self.runs]
+
+    def test_scores(self) -> list[float]:
+        """The test score of every run at the selected LR and epoch (selection never reads it); [] without one."""
+        return [h.test["score"] for r in self.runs if (h := r.history[self.epoch - 1]).test is not None]
 
 
 def hkey(hparams: dict) -> str:

@@ -32,6 +32,8 @@ class EpochResult:
     preds: dict | None = None  # per dev split: compact predictions (stats.encode_preds), for the table's bootstrap
     epoch: int = 0  # 1-based
     loss: float | None = None  # the epoch's mean training loss
+    test: dict | None = None  # the test split's metrics, as ``dev`` (a task with a test split; never selected on)
+    test_preds: dict | None = None  # ... and its compact predictions
 
     @property
     def score(self):
@@ -39,11 +41,14 @@ class EpochResult:
 
     def to_json(self) -> dict:
         out = {"epoch": self.epoch, "loss": self.loss, "metrics": self.dev}
-        return {**out, **{k: v for k, v in (("val_metrics", self.val), ("dev_preds", self.preds)) if v is not None}}
+        return {**out, **{k: v for k, v in (("val_metrics", self.val), ("dev_preds", self.preds),
+                                            ("test_metrics", self.test), ("test_preds", self.test_preds))
+                          if v is not None}}
 
     @classmethod
     def from_json(cls, d: dict) -> EpochResult:
-        return cls(d["metrics"], d.get("val_metrics"), d.get("dev_preds"), d.get("epoch", 0), d.get("loss"))
+        return cls(d["metrics"], d.get("val_metrics"), d.get("dev_preds"), d.get("epoch", 0), d.get("loss"),
+                   d.get("test_metrics"), d.get("test_preds"))
 
 
 @dataclass
@@ -64,6 +69,7 @@ class RunRecord:
     adapter_file_bytes: int | None = None  # the adapter's saved size
     split_sizes: dict | None = None  # examples: train (the subset), val, each dev split
     dev_labels: dict | None = None  # per dev split: the labels scored against (compact), for the bootstrap
+    test_labels: dict | None = None  # per test split: its labels (compact), where the task has a test split
     target_scale: dict | None = None  # {"mean", "std"} the regression labels were standardised with
     data_skipped: dict | None = None  # per split: malformed rows left out (--skip-bad-rows)
     error: str | None = None  # failed: the exception

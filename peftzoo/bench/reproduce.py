@@ -45,7 +45,10 @@ def bench_args(runs: list, root, suite: str) -> list[str]:
     args = ["bench", "--preset", name or "PRESET"]
     if spec.model:
         args += ["--model", spec.model]
-    if preset is None or set(tasks) != set(preset.tasks):
+    files = sorted({f for r in runs for f in (r.spec.request or {}).get("task_files", [])})
+    for f in files:
+        args += ["--task-file", f]
+    if preset is None or files or set(tasks) != set(preset.tasks):
         args += ["--tasks", *tasks]
     if preset is None or set(methods) != set(preset.methods):
         args += ["--methods", *methods]

@@ -30,15 +30,16 @@ from peftzoo.bench.tasks import get_task, load_task, split_indices
 
 
 @lru_cache(maxsize=4)
-def load_splits(task: str, data_dir: str | None, skip_bad_rows: bool = False) -> dict:
-    """A task's splits, loaded and validated once per process (``data_dir`` as a string, or None)."""
-    return load_task(get_task(task), data_dir, skip_bad_rows)
+def load_splits(task, data_dir: str | None, skip_bad_rows: bool = False) -> dict:
+    """A task's splits (``task``: a ``Task``, or a built-in task's name), loaded and validated once per process
+    (``data_dir`` as a string, or None)."""
+    return load_task(get_task(task) if isinstance(task, str) else task, data_dir, skip_bad_rows)
 
 
 def load_data(spec: RunSpec, data_dir):
     """(task, its splits), loaded and validated once per process."""
-    task = get_task(spec.task)
-    return task, load_splits(task.name, str(data_dir) if data_dir else None, spec.skip_bad_rows)
+    task = spec.task_spec()
+    return task, load_splits(task, str(data_dir) if data_dir else None, spec.skip_bad_rows)
 
 
 @dataclass
@@ -125,7 +126,7 @@ def execute(spec: RunSpec, data_dir=None, device: str | None = None, progress: b
     t0, skipped = time.perf_counter(), None
     try:
         task, data = load_data(spec, data_dir)
-        skipped = {s: data[s].skipped for s in ("train", *task.dev)}
+        skipped = {s: data[s].skipped for s in task.split_names}
         run = prepare(spec, task, data, dev, attach)
         with peak_memory(dev) as peak:
             res = fit_run(spec, run, progress, callbacks)
@@ -150,7 +151,9 @@ def finished(spec: RunSpec, run: Prepared, res, peak: dict, t0: float, skipped: 
         throughput_ex_s=(res.examples_per_step or spec.batch_size) / st if st else None,
         peak_mem_mb=peak["mb"], peak_mem_kind=peak["kind"], device=device_name(run.device),
         adapter_file_bytes=ad.file_bytes(), dev_labels=ev.dev_labels(),
-        split_sizes={"train": len(run.idx), "val": len(run.val_idx), **{s: len(r) for s, r in ev.dev_rows.items()}},
+        test_labels=ev.dev_labels(ev.test_rows) if ev.test_rows else None,
+        split_sizes={"train": len(run.idx), "val": len(run.val_idx),
+                     **{s: len(r) for s, r in {**ev.dev_rows, **ev.test_rows}.items()}},
         target_scale={"mean": ev.scale[0], "std": ev.scale[1]} if ev.scale else None,
         extra={**ad.report(), **res.extra})
 

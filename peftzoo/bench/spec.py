@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from peftzoo import BEHAVIOUR_VERSION, registry
-from peftzoo.bench import identity
+from peftzoo.bench import identity, taskdef
 from peftzoo.bench.tasks import data_source, get_task
 
 if TYPE_CHECKING:
     from peftzoo.bench.protocol import Protocol
+    from peftzoo.bench.taskdef import Task
 
 REGRESSION_TARGETS = ("raw", "standardize")
 HEAD_FITS = ("steps", "cached")  # RunSpec.head_fit
@@ -35,9 +37,11 @@ def beside(default=None):
     return field(default=default, metadata={"beside": True})
 
 
-def added(default, key: str | None = None):
-    """A setting added after runs were recorded, with the value those runs had: at it, left out of the id."""
-    return field(default=default, metadata={"legacy": default, **({"key": key} if key else {})})
+def added(default, key: str | None = None, ident=None):
+    """A setting added after runs were recorded, with the value those runs had: at it, left out of the id.
+    ``ident``: what of its value is part of the id (default: all of it)."""
+    return field(default=default, metadata={"legacy": default, **({"key": key} if key else {}),
+                                            **({"identity": ident} if ident else {})})
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,9 @@ class RunSpec:
     random_init: bool = False  # same architecture with random weights (intrinsic-dimension comparisons)
     precision: str = "auto"  # autocast: "auto" = bf16 on CUDA, fp32 on CPU; "bf16" / "fp32" force it
     data: str | None = None  # the data's identity (tasks.data_source); None until bound to a data dir (bind_data)
+    # a user-defined task's definition (taskdef.Task.to_dict), so any process can read its data and the table its
+    # metric; None: a built-in task. In the id without its file paths (their contents are in ``data``)
+    task_def: dict | None = added(None, ident=taskdef.identity)
     skip_bad_rows: bool = False  # malformed data rows left out (and counted) instead of an error
     selection: str = "validation"  # the table picks LR and epoch on the validation split (see bench.protocol)
     behaviour: int = BEHAVIOUR_VERSION  # peftzoo's training behaviour version (see peftzoo.BEHAVIOUR_VERSION)
@@ -93,12 +100,20 @@ class RunSpec:
             raise ValueError(f"head_fit is {self.head_fit!r}; one of {', '.join(HEAD_FITS)}")
         if self.method in registry.REGISTRY and not registry.get(self.method).trains_head_only:
             object.__setattr__(self, "head_fit", "steps")  # a no-op for it: normalised, its identity unchanged
+        if self.task_def is not None and (not isinstance(self.task_def, dict) or self.task_def.get("name") != self.task):
+            raise ValueError(f"task {self.task!r} but its recorded definition is of {self.task_def.get('name')!r}")
         try:
-            regression = get_task(self.task).regression
+            regression = self.task_spec().regression
         except ValueError:  # an unknown task: load_task reports it
             return
         if not regression:  # a no-op for classification: normalised, so it does not change the run's identity
             object.__setattr__(self, "regression_targets", "raw")
+
+    def task_spec(self) -> Task:
+        """The run's task: its recorded definition (a user task), else the built-in task of that name."""
+        if self.task_def is not None:
+            return taskdef.from_json(json.dumps(self.task_def, sort_keys=True))
+        return get_task(self.task)
 
     @property
     def label(self) -> str:
@@ -108,8 +123,8 @@ class RunSpec:
 
     def identity(self) -> dict:
         """The fields that define the run's result, under their recorded keys."""
-        return {_key(f): v for f, v in self._recorded() if not f.metadata.get("label")
-                and not ("legacy" in f.metadata and v == f.metadata["legacy"])}
+        return {_key(f): f.metadata.get("identity", _same)(v) for f, v in self._recorded()
+                if not f.metadata.get("label") and not ("legacy" in f.metadata and v == f.metadata["legacy"])}
 
     @property
     def run_id(self) -> str:
@@ -119,7 +134,7 @@ class RunSpec:
 
     def bind_data(self, data_dir=None) -> RunSpec:
         """This spec with ``data`` set to what ``data_dir`` (else $PEFTZOO_DATA_DIR, else the hub) holds."""
-        return dataclasses.replace(self, data=data_source(get_task(self.task), data_dir))
+        return dataclasses.replace(self, data=data_source(self.task_spec(), data_dir))
 
     def to_dict(self) -> dict:
         """The record's ``spec``: every field but those recorded beside it, under its recorded key."""
@@ -142,6 +157,10 @@ class RunSpec:
 def not_identity() -> set[str]:
     """The RunSpec fields that do not change a run's id."""
     return {f.name for f in dataclasses.fields(RunSpec) if f.metadata.get("label") or f.metadata.get("beside")}
+
+
+def _same(v):
+    return v
 
 
 def _key(f) -> str:

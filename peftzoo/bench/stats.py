@@ -15,6 +15,10 @@ import math
 import numpy as np
 
 
+def _safe_div(a, b):
+    return np.divide(a, b, out=np.zeros_like(a, dtype=float), where=b != 0)
+
+
 def mean_std(xs) -> tuple[float | None, float | None]:
     xs = [x for x in xs if x is not None]
     if not xs:
@@ -50,35 +54,12 @@ def decode_preds(enc) -> np.ndarray:
     return arr.astype(np.float64 if arr.dtype.kind == "f" else np.int64)
 
 
-# ---- GLUE scores over a batch of resamples (rows), matching tasks.compute_metrics' "score" -------------------------
-def _safe_div(a, b):
-    return np.divide(a, b, out=np.zeros_like(a, dtype=float), where=b != 0)
-
-
-def _pearson_rows(x, y):
-    x = x - x.mean(1, keepdims=True)
-    y = y - y.mean(1, keepdims=True)
-    return _safe_div((x * y).sum(1), np.sqrt((x * x).sum(1) * (y * y).sum(1)))
-
-
-def batch_score(metric: str, P: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """The GLUE ``score`` of each row of predictions ``P`` against labels ``Y`` (both shaped [resamples, n])."""
-    if metric == "pearson_spearman":
-        from scipy.stats import rankdata
-        P, Y = P.astype(float), Y.astype(float)
-        return (_pearson_rows(P, Y) + _pearson_rows(rankdata(P, axis=1), rankdata(Y, axis=1))) / 2
-    acc = (P == Y).mean(1)
-    if metric == "accuracy":
-        return acc
-    tp = ((P == 1) & (Y == 1)).sum(1).astype(float)
-    fp = ((P == 1) & (Y != 1)).sum(1).astype(float)
-    fn = ((P != 1) & (Y == 1)).sum(1).astype(float)
-    if metric == "f1_accuracy":
-        return (acc + _safe_div(2 * tp, 2 * tp + fp + fn)) / 2
-    if metric == "matthews":  # binary (CoLA)
-        tn = ((P != 1) & (Y != 1)).sum(1).astype(float)
-        return _safe_div(tp * tn - fp * fn, np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
-    raise ValueError(f"no batched score for metric {metric!r}")
+# ---- task scores over a batch of resamples (rows), matching tasks.compute_metrics' "score" -------------------------
+def batch_score(metric, P: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """The ``score`` of each row of predictions ``P`` against labels ``Y`` (both shaped [resamples, n]); ``metric``:
+    a ``metrics.Metric`` (a task's ``scorer``), or a metric's name (binary, positive class 1)."""
+    from peftzoo.bench.metrics import Metric
+    return (metric if isinstance(metric, Metric) else Metric(metric)).batch(P, Y)
 
 
 # ---- GLUE scores on resamples given as counts: one matrix product per sufficient statistic -----------------------
@@ -144,6 +125,13 @@ def count_score(metric: str, P: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.
     """[R, B]: the GLUE ``score`` of each run's predictions (rows of ``P``, [R, n]) against labels ``y`` on each
     resample given by its counts (rows of ``W``, [B, n]); equal to ``batch_score`` on the resampled indices."""
     P, y = np.asarray(P), np.asarray(y)
+    if not isinstance(metric, str):  # a bench.metrics.Metric: the count form where there is one, else its batch form
+        fast = {"mcc": "matthews"}.get(metric.name, metric.name)
+        binary = metric.n_classes == 2 and metric.positive == 1
+        if fast not in ("accuracy", "pearson_spearman") and not (fast in ("f1_accuracy", "matthews") and binary):
+            return _indexed_score(metric, P, y, W)
+        metric = fast
+    metric = {"mcc": "matthews"}.get(metric, metric)
     if metric == "pearson_spearman":
         P, y = P.astype(float), y.astype(float)
         return (_wpearson(P, y, W) + _wspearman(P, y, W)) / 2
@@ -161,9 +149,18 @@ def count_score(metric: str, P: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.
     raise ValueError(f"no batched score for metric {metric!r}")
 
 
+def _indexed_score(metric, P: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``count_score`` for a metric without a count form (macro-F1, multi-class MCC, Pearson or Spearman alone):
+    each resample's counts turned back into its indices, scored by ``metric.batch``."""
+    n = np.arange(W.shape[1])
+    ix = np.stack([np.repeat(n, w.astype(int)) for w in W])  # [B, n]: every resample draws n examples
+    return np.stack([metric.batch(p[ix], y[ix]) for p in P])
+
+
 def paired_bootstrap(metric: str, a: list, b: list, labels: dict, n_boot: int = 2000,
                      seed: int = 0) -> tuple[float, float]:
-    """Difference of seed-averaged scores (a − b) and its two-sided bootstrap p-value.
+    """Difference of seed-averaged scores (a − b) and its two-sided bootstrap p-value; ``metric`` as in
+    ``batch_score``.
 
     ``a`` and ``b`` are lists (one per seed) of {dev split: predictions}; ``labels`` is {dev split: labels}.
     Every split is resampled with its own draw shared by all seeds of both methods; multi-split tasks (MNLI)

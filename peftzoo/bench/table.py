@@ -22,7 +22,7 @@ SIG = ("**Bold**: not distinguishable from the column's best row (two-sided p �
        "spread scaled to the seed variance beyond dev sampling; a difference is tested as Δ / its bootstrap SE on "
        "Satterthwaite's degrees of freedom. `avg`: the mean over the tasks, ranked the same way (each task's draws "
        "independent).")
-CELLS = ("Cells: GLUE dev metric ×100, mean ± std over seeds (`(n=1)`: a single seed, so no std; MRPC: mean of F1 "
+CELLS = ("Cells: each task's dev metric ×100 (a user-defined task's is said above), mean ± std over seeds (`(n=1)`: a single seed, so no std; MRPC: mean of F1 "
          "and accuracy; STS-B: of Pearson and Spearman; CoLA: Matthews corr.); the CSV adds the 95% t-interval. "
          "{sig} `budget`: the matched adapter-element count (achieved / target in `params`; AdaLoRA: its final "
          "budget) or `paper` (the method's paper setting). `LR / epoch`: selected on validation; `†`: the selected LR "
@@ -46,7 +46,33 @@ def lr_cell(row, tasks) -> str:
 
 
 def _n_dev(sizes: dict) -> int:
-    return sum(x for k, x in sizes.items() if k not in ("train", "val"))
+    return sum(x for k, x in sizes.items() if k not in ("train", "val") and not k.startswith("test"))
+
+
+def _n_test(sizes: dict) -> str:
+    n = sum(x for k, x in sizes.items() if k.startswith("test"))
+    return f" / test {n:,}" if n else ""
+
+
+def _user_tasks(b: Board) -> list:
+    """The board's user-defined tasks (a task file's or a preset's definitions), in board order."""
+    user = {r.task for r in b.ok if r.spec.task_def is not None}
+    return [t for t in b.tasks if t in user]
+
+
+def task_sentence(b: Board) -> str | None:
+    """What the cells of user-defined tasks are (metric, classes) and that test splits are never selected on."""
+    parts = []
+    for t in _user_tasks(b):
+        task = b.task_of[t]
+        what = "regression" if task.regression else f"{task.num_labels} classes ({', '.join(task.labels)})"
+        pos = f", positive class {task.positive!r}" if task.positive is not None else ""
+        parts.append(f"{t}: {task.metric}{pos}, {what}")
+    out = f"User-defined tasks: {'; '.join(parts)}." if parts else ""
+    if b.test_tasks:
+        out += (" `<task> test`: the test split's score at the LR and epoch selected on validation (mean ± std over "
+                "seeds), shown beside dev and never used to select.")
+    return out.strip() or None
 
 
 def header(suite: str, b: Board, use: str) -> list[str]:
@@ -65,9 +91,10 @@ def header(suite: str, b: Board, use: str) -> list[str]:
             f"Device: {', '.join(sorted({r.device for r in ok}))}. Versions: {', '.join(f'{k} {x}' for k, x in v.items())}. "
             f"Model: `{spec.model or 'all-MiniLM-L6-v2 (embedded)'}`. {layers_line(ok)} Config: {config_line(ok)} "
             "Examples (train / validation / dev): "
-            + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {_n_dev(s):,}" if s else f"{t} not recorded"
+            + "; ".join(f"{t} {s['train']:,} / {s['val']:,} / {_n_dev(s):,}{_n_test(s)}" if s else f"{t} not recorded"
                         for t, s in sizes.items()) + ".", "",
             *([m, ""] if (m := ties.mdd_sentence(b)) else []),
+            *([s, ""] if (s := task_sentence(b)) else []),
             CELLS.replace("{sig}", _sig(b))
             + f"{b.rows[0].peak_mem_kind if b.rows else '—'} during training (weights, data and the sweep's "
             "earlier runs included). `step MB`: " + (sm["measured"] + f" (`{sm['command']}`, batch "
@@ -106,9 +133,18 @@ def cell_text(c, bold: bool = True) -> str:
     return _ranked(f"{100 * c.mean:.1f}{spread}", c.best_group, c.rank, bold) + vs_lora
 
 
-def _row_line(r, tasks) -> str:
+def _spread(mean: float, std: float, n: int) -> str:
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if n > 1 else " (n=1)")  # one seed has no spread
+
+
+def _row_line(r, tasks, test_tasks=()) -> str:
     hp = ", ".join(f"{k}={x}" for k, x in r.hparams.items()) or "—"
-    cells = [cell_text(r.tasks.get(t)) for t in tasks]
+    cells = []
+    for t in tasks:
+        c = r.tasks.get(t)
+        cells.append(cell_text(c))
+        if t in test_tasks:  # the test split at the validation-selected LR and epoch: reported, never tested
+            cells.append("—" if c is None or c.test is None else _spread(c.test, c.test_std, c.n))
     avg = "—" if r.avg is None else _ranked(f"{100 * r.avg:.1f}", r.avg_group, r.avg_rank)
     tgt = f" / {r.budget:,}" if r.budget else ""
     return (f"| {r.method} | {r.label} | {hp} | " + " | ".join(cells)
@@ -118,11 +154,12 @@ def _row_line(r, tasks) -> str:
 
 
 def markdown(suite: str, b: Board, use: str) -> str:
-    tasks = b.tasks
+    tasks, test = b.tasks, b.test_tasks
+    cols = [c for t in tasks for c in ([t, f"{t} test"] if t in test else [t])]
     lines = header(suite, b, use) + [
-        "| method | budget | hparams | " + " | ".join(tasks) + " | avg | LR / epoch | params | trainable "
+        "| method | budget | hparams | " + " | ".join(cols) + " | avg | LR / epoch | params | trainable "
         "| step / head | step / full | process peak MB | step MB | file KB | seeds |",
-        "|" + "---|" * (len(tasks) + 14)] + [_row_line(r, tasks) for r in b.rows]
+        "|" + "---|" * (len(cols) + 14)] + [_row_line(r, tasks, test) for r in b.rows]
     for s in notes(b):
         lines += ["", *s]
     return "\n".join(lines) + "\n"
@@ -147,13 +184,14 @@ def notes(b: Board) -> list[list[str]]:
 
 
 def csv_text(b: Board) -> str:
-    tasks = b.tasks
+    tasks, test = b.tasks, b.test_tasks
     per = ["mean", "std", "ci95_lo", "ci95_hi", "n_seeds", "lr", "lr_at_grid_edge", "epoch", "diff_vs_lora",
            "p_vs_lora", "best_group", "rank_lo", "rank_hi"]
+    per_test = ["test_mean", "test_std"]  # tasks with a test split only
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["method", "budget", "hparams", *[f"{t}_{k}" for t in tasks for k in per], "avg", "avg_best_group",
-                "avg_rank_lo", "avg_rank_hi", "params_target",
+    w.writerow(["method", "budget", "hparams", *[f"{t}_{k}" for t in tasks for k in per + per_test * (t in test)],
+                "avg", "avg_best_group", "avg_rank_lo", "avg_rank_hi", "params_target",
                 "params_achieved", "trainable", "step_vs_head", "step_vs_full", "peak_mem_mb", "step_mb", "file_kb"])
     for r in b.rows:
         vals = []
@@ -162,6 +200,8 @@ def csv_text(b: Board) -> str:
             vals += ([None] * len(per) if c is None else
                      [c.mean, c.std, *c.ci, c.n, c.sel.lr, at_edge(c.sel), c.sel.epoch, c.diff, c.p, c.best_group,
                       *(c.rank or (None, None))])
+            if t in test:
+                vals += [None, None] if c is None else [c.test, c.test_std]
         w.writerow([r.method, r.label, store_hp(r.hparams), *vals, r.avg, r.avg_group,
                     *(r.avg_rank or (None, None)), r.budget, r.achieved, r.trainable,
                     r.step_vs_head, r.step_vs_full, r.peak_mem_mb, r.step_mb, r.file_kb])
@@ -244,7 +284,8 @@ def write(root, suite: str, optimistic: bool = False, n_boot: int = 2000, writte
     store.write_text(paths[1], csv_text(b))
     pts = [{"task": t, "method": r.method, "x": r.trainable, "mean": c.mean, "std": c.std}
            for r in b.rows for t, c in r.tasks.items()]
-    plots.pareto(paths[2], b.tasks, pts, "optimistic (selected on dev)" if use == "dev" else "")
+    titles = {t: f"{t} ({b.task_of[t].metric})" for t in _user_tasks(b)}
+    plots.pareto(paths[2], b.tasks, pts, "optimistic (selected on dev)" if use == "dev" else "", titles)
     plots.lr_curves(paths[3], b.tasks, lr_curves(b), LR_YLABEL[use])
     for w in also:
         paths += w(suite, b, use, out)
