@@ -44,10 +44,12 @@ def bench_run(seed: int, precision: str, data_dir, val_cap: int = 1000) -> dict:
                    hparams={"r": JOB["r"], "alpha": JOB["alpha"]}, lr=JOB["lr"], epochs=JOB["epochs"],
                    batch_size=JOB["batch_size"], max_len=JOB["max_len"], max_train=JOB["max_train"],
                    warmup=JOB["warmup"], precision=precision, val_cap=val_cap)
+    c0 = time.process_time()
     rec = execute(spec, data_dir=data_dir, progress=False)
     if not rec.ok:
         raise RuntimeError(rec.error)
-    return {"total_s": rec.wall_s, "train_eval_s": rec.train_s, "accuracy": rec.history[-1].dev["accuracy"]}
+    return {"total_s": rec.wall_s, "train_eval_s": rec.train_s, "cpu_s": time.process_time() - c0,
+            "accuracy": rec.history[-1].dev["accuracy"]}
 
 
 def trainer_run(seed: int, strategy: str, bf16: bool, eval_batches, data_dir) -> dict:
@@ -60,7 +62,7 @@ def trainer_run(seed: int, strategy: str, bf16: bool, eval_batches, data_dir) ->
     data = load_task(task, data_dir)
     train, dev = data["train"], data["dev"]
     idx = np.random.default_rng(0).permutation(len(train.labels))[:JOB["max_train"]]  # the runner's subset
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     torch.manual_seed(seed)
     path = default_model()
     tok = AutoTokenizer.from_pretrained(path)
@@ -83,16 +85,17 @@ def trainer_run(seed: int, strategy: str, bf16: bool, eval_batches, data_dir) ->
                       data_collator=DataCollatorWithPadding(tok),
                       compute_metrics=lambda p: {"acc": float((p.predictions.argmax(-1) == p.label_ids).mean())})
     trainer.train()
-    t2 = time.perf_counter()
-    evals = {}
+    t2, c2 = time.perf_counter(), time.process_time()
+    evals, eval_cpu = {}, {}
     for eb in eval_batches:
         trainer.args.per_device_eval_batch_size = eb
-        te = time.perf_counter()
+        te, ce = time.perf_counter(), time.process_time()
         acc[eb] = trainer.evaluate()["eval_acc"]
-        evals[eb] = time.perf_counter() - te
+        evals[eb], eval_cpu[eb] = time.perf_counter() - te, time.process_time() - ce
     best = min(evals, key=evals.get)
-    return {"total_s": (t2 - t0) + evals[best], "train_eval_s": (t2 - t1) + evals[best], "accuracy": acc[best],
-            "eval_s_by_batch": evals, "best_eval_batch": best}
+    return {"total_s": (t2 - t0) + evals[best], "train_eval_s": (t2 - t1) + evals[best],
+            "cpu_s": (c2 - c0) + eval_cpu[best], "accuracy": acc[best], "eval_s_by_batch": evals,
+            "eval_cpu_s_by_batch": eval_cpu, "best_eval_batch": best}
 
 
 def main(argv=None):
@@ -105,8 +108,12 @@ def main(argv=None):
                     help="Trainer settings STRATEGY:PRECISION")
     ap.add_argument("--val-cap", type=int, default=1000, help="the bench's validation split (the protocol's default "
                     "1,000 rows, scored every epoch besides dev; 1 = dev only, Trainer's work)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(command(args), flush=True)
     configs = [(f"bench {p}", lambda s, p=p: bench_run(s, p, args.data_dir, args.val_cap)) for p in args.bench]
     for c in args.trainer:
         strategy, prec = c.split(":")
@@ -119,7 +126,7 @@ def main(argv=None):
             r = fn(rep)
             runs[name].append({"seed": rep, **r})
             print(f"round {rep}: {name}: total {r['total_s']:.1f}s train+eval {r['train_eval_s']:.1f}s "
-                  f"acc {r['accuracy']:.4f}", flush=True)
+                  f"cpu {r['cpu_s']:.1f}s acc {r['accuracy']:.4f}", flush=True)
             _write(args, runs)
     _write(args, runs, final=True)
 
@@ -128,21 +135,31 @@ def _med(xs):
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
+def speedups(summary: dict) -> dict:
+    """Trainer / bench of the medians, each bench precision against the fastest Trainer setting (by train+eval
+    time) at the same precision: "<trainer> / <bench> (<time>)" -> ratio (> 1: the bench is faster)."""
+    ratios = {}
+    for b in (n for n in summary if n.startswith("bench ")):
+        prec = b.split()[-1]
+        same = [n for n in summary if n.startswith("trainer ") and n.split()[-1] == prec]
+        if not same:
+            continue
+        best = min(same, key=lambda n: summary[n]["train_eval_s"]["median"])
+        for key in ("train_eval_s", "total_s", "cpu_s"):
+            if key in summary[best] and key in summary[b]:
+                ratios[f"{best} / {b} ({key})"] = summary[best][key]["median"] / summary[b][key]["median"]
+    return ratios
+
+
 def _write(args, runs, final=False):
     summary = {name: {"total_s": _med([r["total_s"] for r in rs]),
                       "train_eval_s": _med([r["train_eval_s"] for r in rs]),
+                      "cpu_s": _med([r["cpu_s"] for r in rs]),
                       "accuracy": _med([r["accuracy"] for r in rs]), "n": len(rs)}
                for name, rs in runs.items() if rs}
-    benches = [n for n in summary if n.startswith("bench")]
-    trainers = [n for n in summary if n.startswith("trainer")]
-    ratios = {}
-    if benches and trainers:
-        best_t = min(trainers, key=lambda n: summary[n]["train_eval_s"]["median"])
-        for b in benches:
-            for key in ("train_eval_s", "total_s"):
-                ratios[f"{best_t} / {b} ({key})"] = (summary[best_t][key]["median"] / summary[b][key]["median"])
+    ratios = speedups(summary)
     load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else None
-    report = {"command": "python benchmarks/trainer_vs_bench.py " + " ".join(argv_str(args)), "job": JOB,
+    report = {"command": command(args), "job": JOB,
               "complete": final, "summary": summary, "speedup_vs_best_trainer": ratios, "runs": runs,
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "load_avg_1min_at_write": load, "torch": torch.__version__}
@@ -152,14 +169,19 @@ def _write(args, runs, final=False):
         for n, s in summary.items():
             print(f"{n:34s} train+eval {s['train_eval_s']['median']:7.1f}s ({s['train_eval_s']['min']:.1f}.."
                   f"{s['train_eval_s']['max']:.1f})  total {s['total_s']['median']:7.1f}s  "
+                  f"cpu {s['cpu_s']['median']:7.1f}s  "
                   f"acc {s['accuracy']['median']:.4f}")
         for k, v in ratios.items():
             print(f"{k}: {v:.2f}x")
+        print(command(args))
 
 
-def argv_str(args):
-    return [f"--repeats {args.repeats}", f"--val-cap {args.val_cap}", "--eval-batches " + " ".join(map(str, args.eval_batches)),
-            "--bench " + " ".join(args.bench), "--trainer " + " ".join(args.trainer)]
+def command(args) -> str:
+    """The command line that reproduces this measurement (every setting spelled out)."""
+    return " ".join(["python benchmarks/trainer_vs_bench.py", f"--repeats {args.repeats}", f"--val-cap {args.val_cap}",
+                     "--eval-batches " + " ".join(map(str, args.eval_batches)), "--bench " + " ".join(args.bench),
+                     "--trainer " + " ".join(args.trainer)] + ([f"--threads {args.threads}"] if args.threads else [])
+                    + ([f"--out {args.out}"] if args.out != str(OUT) else []))
 
 
 if __name__ == "__main__":

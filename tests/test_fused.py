@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from peftzoo.adapters.fused import FusedDora, FusedLowRankLinear
+from peftzoo.adapters.fused import FusedDora, FusedLowRankLinear, _column_dots
 
 
 def _setup(bias, seed=0):
@@ -48,6 +48,32 @@ def test_fused_dora_matches_plain(bias, merged):
         if name == "m":  # row 2 has m = 0: its gradient is set to 0 (pre cannot be recovered from y there)
             a, b = a[torch.arange(10) != 2], b[torch.arange(10) != 2]
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_fused_dora_takes_the_norm_from_the_merged_weight():
+    """Many rows, no norm given: the row norms of W + s·BA built for the matmul (as PEFT's direct norm), still
+    detached from the graph; a zero row of W + s·BA gets scale 0 (no NaN)."""
+    lin, x, A, B = _setup(True)
+    with torch.no_grad():
+        lin.weight[4], B[4] = 0.0, 0.0  # row 4 of W + s·BA is zero
+    m = torch.rand(10, dtype=torch.float64, requires_grad=True)
+    norm = torch.linalg.norm(lin.weight + 0.7 * B @ A, dim=1).detach()
+    scale = torch.where(norm > 0, m / torch.where(norm > 0, norm, 1), 0)
+    ref = (nn.functional.linear(x, lin.weight) + (x @ A.t() @ B.t()) * 0.7) * scale + lin.bias
+    out = FusedDora.apply(x, lin.weight, lin.bias, A, B, m, None, 0.7, True)
+    torch.testing.assert_close(out, ref)
+    assert torch.isfinite(out).all()
+    gy = torch.randn_like(ref)
+    for name, a, b in zip("xABm", torch.autograd.grad(out, (x, A, B, m), gy), torch.autograd.grad(ref, (x, A, B, m), gy)):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.parametrize("rows", [3, 40000])  # one block, several blocks
+def test_column_dots_match_the_plain_sum(rows):
+    g = torch.Generator().manual_seed(1)
+    a, b, bias = torch.randn(rows, 7, generator=g), torch.randn(rows, 7, generator=g), torch.randn(7, generator=g)
+    torch.testing.assert_close(_column_dots(a, b, bias), (a * (b - bias)).sum(0), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(_column_dots(a, b), (a * b).sum(0), rtol=1e-5, atol=1e-4)
 
 
 def test_vera_paths_agree():
