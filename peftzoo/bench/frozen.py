@@ -1,9 +1,10 @@
 """Frozen ``nn.Linear`` weights cast to the autocast dtype once, not on every forward.
 
 Under autocast, ``F.linear`` casts its fp32 weight and bias to bf16 on every call; autocast caches those casts only
-for leaf tensors that require grad, so a frozen base model's weights are cast again at every step (measured on
-all-linear-frozen MiniLM, CPU bf16: the weight casts were about a fifth of a LoRA training step). ``FrozenCasts``
-keeps one cast copy of each frozen weight and bias of the model's plain ``nn.Linear`` layers and hands it to the
+for leaf tensors that require grad, so a frozen base model's weights are cast again at every step (MiniLM, LoRA on
+query/value, SST-2 batch 16, CPU bf16, one thread: the casts were ~16% of the profiled op time of a step; without
+them a step took 86.4 instead of 90.6 ms of CPU time, dev evaluation 1.86 instead of 1.93 s; a loaded machine, so
+indicative). ``FrozenCasts`` keeps one cast copy of each frozen weight and bias of the model's plain ``nn.Linear`` layers and hands it to the
 layer for the duration of its own forward, only while autocast runs in that dtype; the values are exactly those
 autocast would have made, so training is bit for bit the same. A tensor changed in place (its version counter
 moved) is cast again; one that was replaced (e.g. by ``torch.func.functional_call``) is left alone; outside
