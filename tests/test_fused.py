@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from peftzoo.adapters.fused import FusedDora, FusedLowRankLinear, _column_dots
+from peftzoo.adapters.fused import FusedDora, FusedIa3, FusedLowRankLinear, _column_dots
 
 
 def _setup(bias, seed=0):
@@ -74,6 +74,26 @@ def test_column_dots_match_the_plain_sum(rows):
     a, b, bias = torch.randn(rows, 7, generator=g), torch.randn(rows, 7, generator=g), torch.randn(7, generator=g)
     torch.testing.assert_close(_column_dots(a, b, bias), (a * (b - bias)).sum(0), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(_column_dots(a, b), (a * b).sum(0), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("feedforward", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_ia3_matches_plain(bias, feedforward):
+    """Values and gradients of the folded (IA)³ layer equal the plain expressions, an l_j = 0 entry included (its
+    gradient is recomputed from x, not lost with the zero output)."""
+    lin, x, _, _ = _setup(bias)
+    n = 12 if feedforward else 10
+    g = torch.Generator().manual_seed(2)
+    shape = (1, n) if feedforward else (n, 1)
+    scale = (1 + 0.3 * torch.randn(shape, generator=g, dtype=torch.float64)).requires_grad_()
+    with torch.no_grad():
+        scale.view(-1)[3] = 0.0
+    ref = lin(x * scale) if feedforward else lin(x) * scale.reshape(-1)
+    out = FusedIa3.apply(x, lin.weight, lin.bias, scale, feedforward)
+    torch.testing.assert_close(out, ref)
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    for name, a, b in zip("xl", torch.autograd.grad(out, (x, scale), gy), torch.autograd.grad(ref, (x, scale), gy)):
+        torch.testing.assert_close(a, b, msg=name)
 
 
 def test_vera_paths_agree():

@@ -203,3 +203,53 @@ def _folded_grads(ctx, g, x2, weight, A, B, c):
     if ctx.needs_input_grad[4]:
         gB = (x2 @ a.t()).t().matmul(g).t().mul_(cw).mul_(s).to(B.dtype)
     return gx, gA, gB
+
+
+class FusedIa3(torch.autograd.Function):
+    """(IA)³ on a linear layer, for many rows: y = l ⊙ (x Wᵀ + b) (output scaled) or y = (x ⊙ l) Wᵀ + b
+    (``feedforward``: input scaled), with l folded into W's rows (and b) or columns, so the forward is one matmul
+    and no scaled copy of x or y is made or kept.
+
+    Backward: ∂x = g (l ⊙ W) (output-scaled) or g (W ⊙ l) = (g W) ⊙ l (input-scaled), one matmul with the folded
+    weight again; ∂l = Σ_rows g ⊙ (x Wᵀ + b) = Σ_rows g ⊙ y / l, or Σ_rows x ⊙ (g W) = Σ_rows x ⊙ ∂x / l: one
+    reduction over the activations. Where l_j = 0 those quotients vanish, so ∂l_j is computed from x (or g W).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scale, feedforward: bool):
+        shape, dt = x.shape, _compute_dtype(x, weight)
+        with torch.autocast(x.device.type, enabled=False):
+            x2 = x.reshape(-1, shape[-1]).to(dt)
+            w, b = _ia3_folded(weight, bias, scale, feedforward)
+            w, b = w.to(dt), None if b is None else b.to(dt)
+            y = torch.addmm(b, x2, w.t()) if b is not None else x2 @ w.t()
+        ctx.save_for_backward(x2, weight, bias, scale, None if feedforward else y)
+        ctx.shape, ctx.dt, ctx.xdt, ctx.feedforward = shape, dt, x.dtype, feedforward
+        return y.reshape(*shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, gy):
+        x2, weight, bias, scale, y = ctx.saved_tensors
+        dt = ctx.dt
+        with torch.autocast(gy.device.type, enabled=False):
+            g, l, w = gy.reshape(-1, gy.shape[-1]).to(dt), scale.reshape(-1).to(dt), weight.to(dt)
+            gx = g @ _ia3_folded(weight, None, scale, ctx.feedforward)[0].to(dt)  # = g (l ⊙ W) or (g W) ⊙ l
+            # ∂l = Σ g ⊙ y / l, or Σ x ⊙ ∂x / l; where l_j = 0 both vanish: recomputed from x (resp. g W)
+            gl = _column_dots(x2, gx) if ctx.feedforward else _column_dots(g, y)
+            gl = gl / torch.where(l != 0, l, 1)
+            zero = l == 0
+            if bool(zero.any()):
+                if ctx.feedforward:
+                    gl[zero] = (x2[:, zero] * (g @ w[:, zero])).sum(0)
+                else:
+                    pre = x2 @ w[zero].t() + (0 if bias is None else bias.to(dt)[zero])
+                    gl[zero] = (g[:, zero] * pre).sum(0)
+        return gx.reshape(ctx.shape).to(ctx.xdt), None, None, gl.reshape(scale.shape).to(scale.dtype), None
+
+
+def _ia3_folded(weight, bias, scale, feedforward: bool):
+    """l folded into W's columns (feedforward) or rows and b, in W's precision (at least float32)."""
+    pd = torch.promote_types(weight.dtype, torch.float32)
+    l = scale.reshape(-1).to(pd)
+    w = weight.to(pd) * (l if feedforward else l.unsqueeze(1))
+    return w, None if bias is None else bias.to(pd) if feedforward else bias.to(pd) * l
