@@ -35,7 +35,10 @@ def test_a_step_under_frozen_casts_is_bit_identical_to_plain_autocast():
     twin = copy.deepcopy(ad.model)
     ref = _step(twin, ids, labels)
     casts = FrozenCasts(ad.model, **BF16)
-    assert casts.originals  # key, attention/output dense, intermediate, output, pooler: plain frozen layers
+    layer = ad.model.bert.encoder.layer[0]
+    assert layer.attention.self.key in casts.originals  # key, output dense layers, intermediate, pooler: plain
+    assert layer.attention.self.query.base not in casts.originals  # a wrapped layer is its adapter's business
+    assert ad.model.classifier not in casts.originals  # trained
     with casts:
         for _ in range(2):  # the second step reuses the cached copies
             ad.model.zero_grad()

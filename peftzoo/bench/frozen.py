@@ -4,11 +4,13 @@ Under autocast, ``F.linear`` casts its fp32 weight and bias to bf16 on every cal
 for leaf tensors that require grad, so a frozen base model's weights are cast again at every step (MiniLM, LoRA on
 query/value, SST-2 batch 16, CPU bf16, one thread: the casts were ~16% of the profiled op time of a step; without
 them a step took 86.4 instead of 90.6 ms of CPU time, dev evaluation 1.86 instead of 1.93 s; a loaded machine, so
-indicative). ``FrozenCasts`` keeps one cast copy of each frozen weight and bias of the model's plain ``nn.Linear`` layers and hands it to the
-layer for the duration of its own forward, only while autocast runs in that dtype; the values are exactly those
-autocast would have made, so training is bit for bit the same. A tensor changed in place (its version counter
-moved) is cast again; one that was replaced (e.g. by ``torch.func.functional_call``) is left alone; outside
-autocast the layer sees its own fp32 tensors. Costs one low-precision copy of those tensors while it is active.
+indicative). ``FrozenCasts`` keeps one cast copy of each frozen weight and bias of the model's plain ``nn.Linear``
+layers (those outside the adapter's own modules, which read and write their wrapped layers in their own ways) and
+hands it to the layer for the duration of its own forward, only while autocast runs in that dtype; the values are
+exactly those autocast would have made, so training is bit for bit the same. A tensor changed in place (its
+version counter moved; a write through ``.data`` does not move it) is cast again; one that was replaced (e.g. by
+``torch.func.functional_call``) is left alone; outside autocast the layer sees its own fp32 tensors. Costs one
+low-precision copy of those tensors while it is active.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import contextlib
 
 import torch
 from torch import nn
+
+from peftzoo.adapters.lifecycle import AdapterModule
 
 NAMES = ("weight", "bias")
 
@@ -26,9 +30,10 @@ class FrozenCasts:
 
     def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype):
         self.device_type, self.dtype = device_type, dtype
+        inside = {id(s) for m in model.modules() if isinstance(m, AdapterModule) for s in m.modules()}
         self.originals = {m: {n: p for n in NAMES if (p := m._parameters.get(n)) is not None
                               and not p.requires_grad and p.dtype != dtype and p.is_floating_point()}
-                          for m in model.modules() if type(m) is nn.Linear}
+                          for m in model.modules() if type(m) is nn.Linear and id(m) not in inside}
         self.originals = {m: ps for m, ps in self.originals.items() if ps}
         self.cache: dict = {}  # (module, name) -> (the original's version, its cast copy)
         self.swapped: dict = {}  # module -> {name: original}, during its forward
