@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from peftzoo.adapters.fused import FusedDora, FusedIa3, FusedLowRankLinear, _column_dots
+from peftzoo.adapters.fused import FusedDora, FusedIa3, FusedLowRankLinear, FusedOft, _column_dots
 
 
 def _setup(bias, seed=0):
@@ -93,6 +93,22 @@ def test_fused_ia3_matches_plain(bias, feedforward):
     torch.testing.assert_close(out, ref)
     gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     for name, a, b in zip("xl", torch.autograd.grad(out, (x, scale), gy), torch.autograd.grad(ref, (x, scale), gy)):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_fused_oft_matches_plain(share):
+    """x (W Rᵀ)ᵀ + b with block-diagonal R equals the frozen layer applied to the block-rotated input, values and
+    gradients (a shared block's gradient sums over the blocks)."""
+    lin, x, _, _ = _setup(True)
+    g = torch.Generator().manual_seed(4)
+    r0 = torch.randn(1 if share else 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    r = r0.expand(3, -1, -1)
+    ref = lin(torch.einsum("...rk,rkc->...rc", x.reshape(2, 5, 3, 4), r).reshape(x.shape))
+    out = FusedOft.apply(x, lin.weight, lin.bias, r)
+    torch.testing.assert_close(out, ref)
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    for name, a, b in zip("xR", torch.autograd.grad(out, (x, r0), gy), torch.autograd.grad(ref, (x, r0), gy)):
         torch.testing.assert_close(a, b, msg=name)
 
 

@@ -253,3 +253,39 @@ def _ia3_folded(weight, bias, scale, feedforward: bool):
     l = scale.reshape(-1).to(pd)
     w = weight.to(pd) * (l if feedforward else l.unsqueeze(1))
     return w, None if bias is None else bias.to(pd) if feedforward else bias.to(pd) * l
+
+
+class FusedOft(torch.autograd.Function):
+    """OFT on a linear layer, for many rows: y = (x R) Wᵀ + b with R = diag(R_1, …, R_n) (b × b blocks) computed as
+    x (W Rᵀ)ᵀ + b, one matmul with the rotated d_out × d_in weight (the (N × d_in) rotated input is never formed).
+
+    Backward: u = g W (N × d_in), then per block ∂x_i = u_i R_iᵀ and ∂R_i = x_iᵀ u_i (batched over the blocks).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, r):
+        shape, dt = x.shape, _compute_dtype(x, weight)
+        with torch.autocast(x.device.type, enabled=False):
+            x2 = x.reshape(-1, shape[-1]).to(dt)
+            w = _blocks_times(weight.to(dt), r.to(dt), transpose=True)  # W Rᵀ, block by block
+            y = torch.addmm(bias.to(dt), x2, w.t()) if bias is not None else x2 @ w.t()
+        ctx.save_for_backward(x2, weight, r)
+        ctx.shape, ctx.dt, ctx.xdt = shape, dt, x.dtype
+        return y.reshape(*shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, gy):
+        x2, weight, r = ctx.saved_tensors
+        n, b = r.shape[0], r.shape[1]
+        with torch.autocast(gy.device.type, enabled=False):
+            u = gy.reshape(-1, gy.shape[-1]).to(ctx.dt) @ weight.to(ctx.dt)  # ∂ of the rotated input
+            gx = _blocks_times(u, r.to(ctx.dt), transpose=True)
+            gr = torch.bmm(x2.view(-1, n, b).permute(1, 2, 0), u.view(-1, n, b).transpose(0, 1))
+        return gx.reshape(ctx.shape).to(ctx.xdt), None, None, gr.to(r.dtype)
+
+
+def _blocks_times(m, r, transpose: bool = False):
+    """m (rows × n·b) with each block of b columns multiplied by R_i (or R_iᵀ): one batched matmul."""
+    n, b = r.shape[0], r.shape[1]
+    out = torch.bmm(m.reshape(-1, n, b).transpose(0, 1), r.transpose(1, 2) if transpose else r)
+    return out.transpose(0, 1).reshape(m.shape)
