@@ -142,8 +142,13 @@ def main(argv=None):
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--methods", nargs="*", default=list(CONFIGS))
     ap.add_argument("--no-peft", action="store_true")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall: the wall clock; cpu: this "
+                    "process's CPU time, with --threads 1 the robust choice on a machine other jobs load")
     ap.add_argument("--out", default="results/speed")
     args = ap.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        ap.error("--clock cpu counts every thread's CPU time (waiting threads too): use it with --threads 1")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     base = build(args)
@@ -172,11 +177,11 @@ def main(argv=None):
         order = steps if r % 2 == 0 else steps[::-1]
         for s in order:
             sync()
-            t = time.perf_counter()
+            t = clock()
             for _ in range(args.steps):
                 s.run(batch, autocast)
             sync()
-            times[(s.name, s.impl)].append((time.perf_counter() - t) / args.steps)
+            times[(s.name, s.impl)].append((clock() - t) / args.steps)
     floor = statistics.median(times[("floor", "floor")])
     rows = []
     for name in args.methods:
@@ -198,10 +203,12 @@ def main(argv=None):
              f"{args.layers} --ffn {args.ffn} --seq {args.seq} --batch {args.batch} --threads {args.threads}"
              f"{' --bf16' if args.bf16 else ''} --rounds {args.rounds} --steps {args.steps}"
              + (" --methods " + " ".join(shlex.quote(m) for m in args.methods) if args.methods != list(CONFIGS) else "")
-             + (" --no-peft" if args.no_peft else "") + (f" --out {args.out}" if args.out != "results/speed" else "")
+             + (" --no-peft" if args.no_peft else "") + (f" --clock {args.clock}" if args.clock != "wall" else "")
+             + (f" --out {args.out}" if args.out != "results/speed" else "")
              + "`", "",
              f"Device {devname}; torch {torch.__version__}; BERT hidden {args.hidden}, {args.layers} layers, FFN "
-             f"{args.ffn}, seq {args.seq}, batch {args.batch}; all-linear targets, classifier trained, AdamW. "
+             f"{args.ffn}, seq {args.seq}, batch {args.batch}; all-linear targets, classifier trained, AdamW; "
+             f"{'process CPU time' if args.clock == 'cpu' else 'wall clock'}. "
              f"Floor (frozen forward + backward to the inputs): {floor * 1e3:.1f} ms. Median of {args.rounds} "
              f"interleaved rounds of {args.steps} steps (spread: min..max round). `saved` = MB autograd keeps "
              f"for backward in one step.", "",

@@ -5,15 +5,19 @@ all-MiniLM-L6-v2, batch 16, length 64, LoRA r=8 alpha=16 on query/value with the
 6% linear warm-up then linear decay, gradient clipping 1.0, evaluation on all 872 dev rows.
 
 Timed per run, on the wall clock: ``total`` = model load + tokenisation + training + evaluation (cold: the bench's
-encoding cache is cleared first), and ``train+eval`` = training + evaluation only. Configurations run in alternation
-for ``--repeats`` rounds (seed = round), so that load on a shared machine hits all alike; we report the median and
-min..max over rounds, the dev accuracy, and the ratio Trainer / bench of the median times.
+encoding cache is cleared first; the task's files are read and parsed before the clock starts, on both sides), and
+``train+eval`` = training + evaluation only; ``cpu`` = the process's CPU time over ``total`` (with ``--threads 1``
+the figure to compare on a machine other jobs load). Configurations run in alternation for ``--repeats`` rounds
+(seed = round), so that load on a shared machine hits all alike; we report the median and min..max over rounds, the
+dev accuracy, and the ratio Trainer / bench of the median times, each bench precision against the fastest Trainer
+setting at the same precision, with the verdict on the target (>= 1.25x end to end, dev accuracy within 1 point
+over >= 2 seeds).
 
 Trainer's settings tried (stock ``TrainingArguments`` only): ``train_sampling_strategy`` "group_by_length" (the
 brief's best) or "random", ``bf16`` off/on (CPU autocast), and for evaluation ``per_device_eval_batch_size`` in
 ``--eval-batches``: each is timed after training and the fastest counts as Trainer's evaluation time.
 
-    python benchmarks/trainer_vs_bench.py --repeats 2
+    python benchmarks/trainer_vs_bench.py --repeats 2 --threads 2
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ import torch
 
 from peftzoo.bench import batches
 from peftzoo.bench.models import default_model
-from peftzoo.bench.runner import execute
+from peftzoo.bench.runner import execute, load_data
 from peftzoo.bench.spec import RunSpec
 from peftzoo.bench.tasks import get_task, load_task
 
@@ -44,10 +48,13 @@ def bench_run(seed: int, precision: str, data_dir, val_cap: int = 1000) -> dict:
                    hparams={"r": JOB["r"], "alpha": JOB["alpha"]}, lr=JOB["lr"], epochs=JOB["epochs"],
                    batch_size=JOB["batch_size"], max_len=JOB["max_len"], max_train=JOB["max_train"],
                    warmup=JOB["warmup"], precision=precision, val_cap=val_cap)
+    load_data(spec, data_dir)  # the splits read and parsed beforehand, as for the Trainer side (cached per process)
+    c0 = time.process_time()
     rec = execute(spec, data_dir=data_dir, progress=False)
     if not rec.ok:
         raise RuntimeError(rec.error)
-    return {"total_s": rec.wall_s, "train_eval_s": rec.train_s, "accuracy": rec.history[-1].dev["accuracy"]}
+    return {"total_s": rec.wall_s, "train_eval_s": rec.train_s, "cpu_s": time.process_time() - c0,
+            "accuracy": rec.history[-1].dev["accuracy"]}
 
 
 def trainer_run(seed: int, strategy: str, bf16: bool, eval_batches, data_dir) -> dict:
@@ -60,7 +67,7 @@ def trainer_run(seed: int, strategy: str, bf16: bool, eval_batches, data_dir) ->
     data = load_task(task, data_dir)
     train, dev = data["train"], data["dev"]
     idx = np.random.default_rng(0).permutation(len(train.labels))[:JOB["max_train"]]  # the runner's subset
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     torch.manual_seed(seed)
     path = default_model()
     tok = AutoTokenizer.from_pretrained(path)
@@ -83,16 +90,17 @@ def trainer_run(seed: int, strategy: str, bf16: bool, eval_batches, data_dir) ->
                       data_collator=DataCollatorWithPadding(tok),
                       compute_metrics=lambda p: {"acc": float((p.predictions.argmax(-1) == p.label_ids).mean())})
     trainer.train()
-    t2 = time.perf_counter()
-    evals = {}
+    t2, c2 = time.perf_counter(), time.process_time()
+    evals, eval_cpu = {}, {}
     for eb in eval_batches:
         trainer.args.per_device_eval_batch_size = eb
-        te = time.perf_counter()
+        te, ce = time.perf_counter(), time.process_time()
         acc[eb] = trainer.evaluate()["eval_acc"]
-        evals[eb] = time.perf_counter() - te
+        evals[eb], eval_cpu[eb] = time.perf_counter() - te, time.process_time() - ce
     best = min(evals, key=evals.get)
-    return {"total_s": (t2 - t0) + evals[best], "train_eval_s": (t2 - t1) + evals[best], "accuracy": acc[best],
-            "eval_s_by_batch": evals, "best_eval_batch": best}
+    return {"total_s": (t2 - t0) + evals[best], "train_eval_s": (t2 - t1) + evals[best],
+            "cpu_s": (c2 - c0) + eval_cpu[best], "accuracy": acc[best], "eval_s_by_batch": evals,
+            "eval_cpu_s_by_batch": eval_cpu, "best_eval_batch": best}
 
 
 def main(argv=None):
@@ -105,8 +113,12 @@ def main(argv=None):
                     help="Trainer settings STRATEGY:PRECISION")
     ap.add_argument("--val-cap", type=int, default=1000, help="the bench's validation split (the protocol's default "
                     "1,000 rows, scored every epoch besides dev; 1 = dev only, Trainer's work)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(command(args), flush=True)
     configs = [(f"bench {p}", lambda s, p=p: bench_run(s, p, args.data_dir, args.val_cap)) for p in args.bench]
     for c in args.trainer:
         strategy, prec = c.split(":")
@@ -119,7 +131,7 @@ def main(argv=None):
             r = fn(rep)
             runs[name].append({"seed": rep, **r})
             print(f"round {rep}: {name}: total {r['total_s']:.1f}s train+eval {r['train_eval_s']:.1f}s "
-                  f"acc {r['accuracy']:.4f}", flush=True)
+                  f"cpu {r['cpu_s']:.1f}s acc {r['accuracy']:.4f}", flush=True)
             _write(args, runs)
     _write(args, runs, final=True)
 
@@ -128,22 +140,58 @@ def _med(xs):
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
+def speedups(summary: dict) -> dict:
+    """Trainer / bench of the medians, each bench precision against the fastest Trainer setting (by train+eval
+    time) at the same precision: "<trainer> / <bench> (<time>)" -> ratio (> 1: the bench is faster)."""
+    ratios = {}
+    for b in (n for n in summary if n.startswith("bench ")):
+        prec = b.split()[-1]
+        same = [n for n in summary if n.startswith("trainer ") and n.split()[-1] == prec]
+        if not same:
+            continue
+        best = min(same, key=lambda n: summary[n]["train_eval_s"]["median"])
+        for key in ("train_eval_s", "total_s", "cpu_s"):
+            if key in summary[best] and key in summary[b]:
+                ratios[f"{best} / {b} ({key})"] = summary[best][key]["median"] / summary[b][key]["median"]
+    return ratios
+
+
+TARGET, SAME_ACC = 1.25, 0.01  # the issue's target: >= 1.25x Trainer end to end, accuracy within 1 point
+
+
+def verdicts(runs: dict) -> list[str]:
+    """Per bench precision, against the fastest Trainer setting at that precision: the end-to-end speed-up (median
+    total time), the mean dev accuracy of each over seeds, and whether the target is met at equal accuracy."""
+    summary = {n: {"total_s": {"median": statistics.median(r["total_s"] for r in rs)},
+                   "train_eval_s": {"median": statistics.median(r["train_eval_s"] for r in rs)}}
+               for n, rs in runs.items() if rs}
+    lines = []
+    for key, ratio in speedups(summary).items():
+        if not key.endswith("(total_s)"):
+            continue
+        t, b = key.removesuffix(" (total_s)").split(" / ")
+        acc = {n: statistics.mean(r["accuracy"] for r in runs[n]) for n in (t, b)}
+        seeds = min(len(runs[t]), len(runs[b]))
+        same = abs(acc[b] - acc[t]) <= SAME_ACC and seeds >= 2
+        met = ratio >= TARGET and same
+        lines.append(f"{b.split()[-1]}: the bench {ratio:.2f}x {t} end to end; dev accuracy {acc[b]:.4f} vs "
+                     f"{acc[t]:.4f} ({100 * (acc[b] - acc[t]):+.1f} points, {seeds} seed(s)): {TARGET}x target at "
+                     f"equal accuracy {'MET' if met else 'NOT met'}"
+                     + ("" if seeds >= 2 else " (equal accuracy needs >= 2 seeds)"))
+    return lines
+
+
 def _write(args, runs, final=False):
     summary = {name: {"total_s": _med([r["total_s"] for r in rs]),
                       "train_eval_s": _med([r["train_eval_s"] for r in rs]),
+                      "cpu_s": _med([r["cpu_s"] for r in rs]),
                       "accuracy": _med([r["accuracy"] for r in rs]), "n": len(rs)}
                for name, rs in runs.items() if rs}
-    benches = [n for n in summary if n.startswith("bench")]
-    trainers = [n for n in summary if n.startswith("trainer")]
-    ratios = {}
-    if benches and trainers:
-        best_t = min(trainers, key=lambda n: summary[n]["train_eval_s"]["median"])
-        for b in benches:
-            for key in ("train_eval_s", "total_s"):
-                ratios[f"{best_t} / {b} ({key})"] = (summary[best_t][key]["median"] / summary[b][key]["median"])
+    ratios = speedups(summary)
     load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else None
-    report = {"command": "python benchmarks/trainer_vs_bench.py " + " ".join(argv_str(args)), "job": JOB,
-              "complete": final, "summary": summary, "speedup_vs_best_trainer": ratios, "runs": runs,
+    report = {"command": command(args), "job": JOB,
+              "complete": final, "summary": summary, "speedup_vs_best_trainer": ratios,
+              "verdicts": verdicts(runs), "runs": runs,
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "load_avg_1min_at_write": load, "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -152,14 +200,21 @@ def _write(args, runs, final=False):
         for n, s in summary.items():
             print(f"{n:34s} train+eval {s['train_eval_s']['median']:7.1f}s ({s['train_eval_s']['min']:.1f}.."
                   f"{s['train_eval_s']['max']:.1f})  total {s['total_s']['median']:7.1f}s  "
+                  f"cpu {s['cpu_s']['median']:7.1f}s  "
                   f"acc {s['accuracy']['median']:.4f}")
         for k, v in ratios.items():
             print(f"{k}: {v:.2f}x")
+        for line in report["verdicts"]:
+            print(line)
+        print(command(args))
 
 
-def argv_str(args):
-    return [f"--repeats {args.repeats}", f"--val-cap {args.val_cap}", "--eval-batches " + " ".join(map(str, args.eval_batches)),
-            "--bench " + " ".join(args.bench), "--trainer " + " ".join(args.trainer)]
+def command(args) -> str:
+    """The command line that reproduces this measurement (every setting spelled out)."""
+    return " ".join(["python benchmarks/trainer_vs_bench.py", f"--repeats {args.repeats}", f"--val-cap {args.val_cap}",
+                     "--eval-batches " + " ".join(map(str, args.eval_batches)), "--bench " + " ".join(args.bench),
+                     "--trainer " + " ".join(args.trainer)] + ([f"--threads {args.threads}"] if args.threads else [])
+                    + ([f"--out {args.out}"] if args.out != str(OUT) else []))
 
 
 if __name__ == "__main__":

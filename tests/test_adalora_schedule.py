@@ -136,3 +136,45 @@ def test_training_with_the_project_hooks_matches_peft_step_by_step():
     ids = batches[0]["input_ids"]
     # float64: any gap is a real one
     torch.testing.assert_close(ours_model(ids).logits, pm(input_ids=ids).logits, atol=1e-9, rtol=1e-9)
+
+
+def test_orthogonality_term_is_each_matrix_frobenius_distance_in_order():
+    """The batched regulariser equals ‖A Aᵀ − I‖_F / ‖Bᵀ B − I‖_F computed matrix by matrix, in the given order, for
+    mixed shapes and sides, and so does its gradient (float rounding aside: bmm and mm may round tiny matrices
+    apart; on 12 × 256 factors they agreed bit for bit)."""
+    from peftzoo.adapters.adalora import orthogonality
+    g = torch.Generator().manual_seed(0)
+    fs = [(torch.randn(*shape, generator=g, requires_grad=True), side)
+          for shape, side in [((3, 7), "rows"), ((7, 3), "cols"), ((4, 5), "rows"), ((3, 7), "rows"),
+                              ((9, 3), "cols"), ((4, 5), "rows")]]
+    got = orthogonality(fs)
+    grams = [f @ f.t() if side == "rows" else f.t() @ f for f, side in fs]
+    ref = torch.stack([torch.linalg.matrix_norm(m - torch.eye(m.shape[0])) for m in grams])
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)
+    ts = [f for f, _ in fs]
+    for a, b in zip(torch.autograd.grad(got.mean(), ts), torch.autograd.grad(ref.mean(), ts)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_importance_averages_are_the_per_tensor_recursions():
+    """Two on_step calls before any pruning: Ī and Ū of every tensor follow the EMA recursions by hand."""
+    ad = peftzoo.attach(tiny_bert(), "adalora", targets=TARGETS, init_r=4, target_r=2, tinit=5, tfinal=2)
+    ad.set_total_steps(20)
+    ps = ad.adapter_parameters()
+    b1, b2 = ad.config.beta1, ad.config.beta2
+    avg = [torch.zeros_like(p) for p in ps]
+    unc = [torch.zeros_like(p) for p in ps]
+    g = torch.Generator().manual_seed(3)
+    for step in (1, 2):
+        with torch.no_grad():
+            for p in ps:
+                p.add_(torch.randn(p.shape, generator=g))
+                p.grad = torch.randn(p.shape, generator=g)
+        ad.on_step(step)
+        for i, p in enumerate(ps):
+            ipt = (p * p.grad).abs().detach()
+            avg[i] = b1 * avg[i] + (1 - b1) * ipt
+            unc[i] = b2 * unc[i] + (1 - b2) * (ipt - avg[i]).abs()
+    for p, a, u in zip(ps, avg, unc):
+        torch.testing.assert_close(ad.avg_ipt[id(p)], a)
+        torch.testing.assert_close(ad.avg_unc[id(p)], u)

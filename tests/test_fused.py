@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from peftzoo.adapters.fused import FusedDora, FusedLowRankLinear
+from peftzoo.adapters.fused import FusedDora, FusedIa3, FusedLowRankLinear, FusedOft, _column_dots
 
 
 def _setup(bias, seed=0):
@@ -47,6 +47,68 @@ def test_fused_dora_matches_plain(bias, merged):
     for name, a, b in zip("xABm", g_out, g_ref):
         if name == "m":  # row 2 has m = 0: its gradient is set to 0 (pre cannot be recovered from y there)
             a, b = a[torch.arange(10) != 2], b[torch.arange(10) != 2]
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_fused_dora_takes_the_norm_from_the_merged_weight():
+    """Many rows, no norm given: the row norms of W + s·BA built for the matmul (as PEFT's direct norm), still
+    detached from the graph; a zero row of W + s·BA gets scale 0 (no NaN)."""
+    lin, x, A, B = _setup(True)
+    with torch.no_grad():
+        lin.weight[4], B[4] = 0.0, 0.0  # row 4 of W + s·BA is zero
+    m = torch.rand(10, dtype=torch.float64, requires_grad=True)
+    norm = torch.linalg.norm(lin.weight + 0.7 * B @ A, dim=1).detach()
+    scale = torch.where(norm > 0, m / torch.where(norm > 0, norm, 1), 0)
+    ref = (nn.functional.linear(x, lin.weight) + (x @ A.t() @ B.t()) * 0.7) * scale + lin.bias
+    out = FusedDora.apply(x, lin.weight, lin.bias, A, B, m, None, 0.7, True)
+    torch.testing.assert_close(out, ref)
+    assert torch.isfinite(out).all()
+    gy = torch.randn_like(ref)
+    for name, a, b in zip("xABm", torch.autograd.grad(out, (x, A, B, m), gy), torch.autograd.grad(ref, (x, A, B, m), gy)):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.parametrize("rows", [3, 40000])  # one block, several blocks
+def test_column_dots_match_the_plain_sum(rows):
+    g = torch.Generator().manual_seed(1)
+    a, b, bias = torch.randn(rows, 7, generator=g), torch.randn(rows, 7, generator=g), torch.randn(7, generator=g)
+    torch.testing.assert_close(_column_dots(a, b, bias), (a * (b - bias)).sum(0), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(_column_dots(a, b), (a * b).sum(0), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("feedforward", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_ia3_matches_plain(bias, feedforward):
+    """Values and gradients of the folded (IA)³ layer equal the plain expressions, an l_j = 0 entry included (its
+    gradient is recomputed from x, not lost with the zero output)."""
+    lin, x, _, _ = _setup(bias)
+    n = 12 if feedforward else 10
+    g = torch.Generator().manual_seed(2)
+    shape = (1, n) if feedforward else (n, 1)
+    scale = (1 + 0.3 * torch.randn(shape, generator=g, dtype=torch.float64)).requires_grad_()
+    with torch.no_grad():
+        scale.view(-1)[3] = 0.0
+    ref = lin(x * scale) if feedforward else lin(x) * scale.reshape(-1)
+    out = FusedIa3.apply(x, lin.weight, lin.bias, scale, feedforward)
+    torch.testing.assert_close(out, ref)
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    for name, a, b in zip("xl", torch.autograd.grad(out, (x, scale), gy), torch.autograd.grad(ref, (x, scale), gy)):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_fused_oft_matches_plain(share):
+    """x (W Rᵀ)ᵀ + b with block-diagonal R equals the frozen layer applied to the block-rotated input, values and
+    gradients (a shared block's gradient sums over the blocks)."""
+    lin, x, _, _ = _setup(True)
+    g = torch.Generator().manual_seed(4)
+    r0 = torch.randn(1 if share else 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    r = r0.expand(3, -1, -1)
+    ref = lin(torch.einsum("...rk,rkc->...rc", x.reshape(2, 5, 3, 4), r).reshape(x.shape))
+    out = FusedOft.apply(x, lin.weight, lin.bias, r)
+    torch.testing.assert_close(out, ref)
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    for name, a, b in zip("xR", torch.autograd.grad(out, (x, r0), gy), torch.autograd.grad(ref, (x, r0), gy)):
         torch.testing.assert_close(a, b, msg=name)
 
 

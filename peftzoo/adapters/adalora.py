@@ -127,6 +127,43 @@ class AdaLoraLayer(AdapterLayer):
         return {"lora_A": self.A[idx].detach(), "lora_B": self.B[:, idx].detach(), "lora_E": self.lam()[idx].detach()}
 
 
+def orthogonality(factors) -> torch.Tensor:
+    """‖A Aᵀ − I‖_F or ‖Bᵀ B − I‖_F of every (matrix, side) in ``factors`` ("rows": A Aᵀ; "cols": Bᵀ B), in
+    their order; the matrices of one shape and side go through one batched product (a few ops per group instead of
+    several per matrix, forward and backward). The same products as matrix by matrix: for r ∈ {2, 12, 96} × d ∈
+    {256, 384, 1024} (96 × 1024 excepted) value and gradient were bit for bit the per-matrix loop's, at 1 and 2
+    threads (tiny or large ones may round apart)."""
+    groups: dict = {}
+    for i, (f, side) in enumerate(factors):
+        groups.setdefault((f.shape, side, f.dtype, f.device), []).append(i)
+    norms, order = [], []
+    for (shape, side, dtype, device), idx in groups.items():
+        f = torch.stack([factors[i][0] for i in idx])
+        gram = torch.bmm(f, f.transpose(1, 2)) if side == "rows" else torch.bmm(f.transpose(1, 2), f)
+        norms.append(torch.linalg.matrix_norm(gram - torch.eye(gram.shape[-1], dtype=dtype, device=device)))
+        order += idx
+    out = torch.cat(norms)
+    if order != sorted(order):
+        out = out[torch.tensor(order, device=out.device).argsort()]
+    return out
+
+
+def _flat_state(ps, avg: dict, unc: dict) -> list:
+    """Zero buffers for Ī and Ū, one flat pair per (dtype, device) of ``ps``: [(its tensors, Ī, Ū)]; ``avg`` and
+    ``unc`` get each tensor's views into them, keyed by id."""
+    groups: dict = {}
+    for p in ps:
+        groups.setdefault((p.dtype, p.device), []).append(p)
+    out = []
+    for (dtype, device), group in groups.items():
+        flat = [torch.zeros(sum(p.numel() for p in group), dtype=dtype, device=device) for _ in range(2)]
+        for buf, views in zip(flat, (avg, unc)):
+            for p, v in zip(group, buf.split([p.numel() for p in group])):
+                views[id(p)] = v.view(p.shape)
+        out.append((group, *flat))
+    return out
+
+
 class AdaLoraCodec(LayerCodec):
     """PEFT's ADALORA files: the schedule resolved to numbers, and the ranks kept as ``rank_pattern``."""
 
@@ -235,11 +272,8 @@ class AdaLora(LayerAdapter):
         self.extra_loss_calls += 1
         if self.config.orth_reg_weight == 0:
             return None
-        terms = []
-        for layer in self.layers.values():
-            for m in (layer.A @ layer.A.t(), layer.B.t() @ layer.B):
-                terms.append(torch.linalg.matrix_norm(m - torch.eye(m.shape[0], device=m.device, dtype=m.dtype)))
-        return self.config.orth_reg_weight * torch.stack(terms).mean()
+        factors = [f for layer in self.layers.values() for f in ((layer.A, "rows"), (layer.B, "cols"))]
+        return self.config.orth_reg_weight * orthogonality(factors).mean()
 
     # ---- the rank allocator ------------------------------------------------------------------------------------
     def schedule(self) -> dict:
@@ -258,25 +292,21 @@ class AdaLora(LayerAdapter):
 
     @torch.no_grad()
     def _update_importance(self):
-        """Ī ← β1 Ī + (1−β1)|p·∇p|,  Ū ← β2 Ū + (1−β2)|I − Ī| for every adapter tensor at once (foreach ops)."""
+        """Ī ← β1 Ī + (1−β1)|p·∇p|,  Ū ← β2 Ū + (1−β2)|I − Ī| for every adapter tensor at once: the tensors of one
+        dtype and device are updated as one flat buffer (``avg_ipt[id(p)]`` / ``avg_unc[id(p)]`` are views into it),
+        a few ops per step instead of a few per tensor."""
         b1, b2 = self.config.beta1, self.config.beta2
         ps = self.adapter_parameters()
         if any(p.grad is None for p in ps):
             raise RuntimeError("AdaLoRA on_step() found no gradients: call it after backward() and "
                                "optimizer.step(), before zero_grad()")
         if not self.avg_ipt:
-            self.avg_ipt = {id(p): torch.zeros_like(p) for p in ps}
-            self.avg_unc = {id(p): torch.zeros_like(p) for p in ps}
-        avg = [self.avg_ipt[id(p)] for p in ps]
-        unc = [self.avg_unc[id(p)] for p in ps]
-        ipt = torch._foreach_mul(ps, [p.grad for p in ps])
-        torch._foreach_abs_(ipt)
-        torch._foreach_mul_(avg, b1)
-        torch._foreach_add_(avg, ipt, alpha=1 - b1)
-        dev = torch._foreach_sub(ipt, avg)
-        torch._foreach_abs_(dev)
-        torch._foreach_mul_(unc, b2)
-        torch._foreach_add_(unc, dev, alpha=1 - b2)
+            self._flat = _flat_state(ps, self.avg_ipt, self.avg_unc)
+        for group, avg, unc in self._flat:
+            ipt = torch.cat([p.reshape(-1) for p in group]).mul_(torch.cat([p.grad.reshape(-1) for p in group]))
+            ipt.abs_()
+            avg.mul_(b1).add_(ipt, alpha=1 - b1)
+            unc.mul_(b2).add_(ipt.sub_(avg).abs_(), alpha=1 - b2)
 
     def _score(self, p):
         return self.avg_ipt[id(p)] * self.avg_unc[id(p)]

@@ -6,10 +6,11 @@
 
 m ∈ R^{d_out} starts at ‖W + s·BA‖_row (so W' = W at init; = ‖W‖_row for the default init, B = 0); the norm
 is detached from the graph (paper §4.3), as in PEFT.
-The d_out × d_in matrix W + s·BA is never built: with w_i the rows of W,
+``weight_norm()`` never builds the d_out × d_in matrix W + s·BA: with w_i the rows of W,
     ‖w_i + s·(BA)_i‖² = ‖w_i‖² + 2s·⟨(W Aᵀ)_i, B_i⟩ + s²·B_i (A Aᵀ) B_iᵀ
-needs ‖w_i‖² (cached while W is frozen), W Aᵀ (d_out × r) and A Aᵀ (r × r). A row whose norm is 0 has a zero
-direction, so its scale is taken as 0 instead of m / 0 (no NaN/inf).
+needs ‖w_i‖² (cached while W is frozen), W Aᵀ (d_out × r) and A Aᵀ (r × r). The fused forward on many rows builds
+W + s·BA for its one matmul anyway (``fused.FusedDora``) and takes the norms from it. A row whose norm is 0 has a
+zero direction, so its scale is taken as 0 instead of m / 0 (no NaN/inf).
 
 The same holds for the other layer types with W read as a matrix whose rows are the output units: a
 convolution's c_out × (c_in·∏k) kernel, an embedding table's transpose (d × V), as PEFT does.
@@ -116,8 +117,9 @@ class DoraLayer(DoraMixin, LoraLayer):
 
     def adapted(self, x):
         if self.dropout is None and not self.base.weight.requires_grad and fusable(x):
-            return FusedDora.apply(x, self.base_weight(), self.base.bias, self.A, self.B, self.m, self.weight_norm(),
-                                   self.scaling, many_rows(x, self))
+            merged = many_rows(x, self)  # W + s·BA is built then, and its row norms are taken from it
+            return FusedDora.apply(x, self.base_weight(), self.base.bias, self.A, self.B, self.m,
+                                   None if merged else self.weight_norm(), self.scaling, merged)
         out = nn.functional.linear(x, self.base_weight()) + (self.drop(x) @ self.A.t() @ self.B.t()) * self.scaling
         out = out * self.scale().to(out.dtype)
         return out + self.base.bias if self.base.bias is not None else out

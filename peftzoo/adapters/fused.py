@@ -110,12 +110,15 @@ def _dora_scale(m, norm):
 
 
 class FusedDora(torch.autograd.Function):
-    """y = c ⊙ (x Wᵀ + s·(x Aᵀ) Bᵀ) + b with c = m / ‖W + s·BA‖ (the norm already detached).
+    """y = c ⊙ (x Wᵀ + s·(x Aᵀ) Bᵀ) + b with c = m / ‖W + s·BA‖ (the norm detached, as in PEFT).
 
-    Forward writes the output once and scales it in place; backward recovers the pre-scale product from the
-    output itself (pre = (y − b) / c), so only x, x Aᵀ and y are kept: no (N × d_out) intermediate is saved.
-    Gradients: g' = c ⊙ g;  ∂x = g' W + s (g' B) A;  ∂A = s (g' B)ᵀ x;  ∂B = s g'ᵀ (x Aᵀ);
-    ∂m = Σ_rows g ⊙ pre / ‖·‖.
+    Many rows (merged): W' = W + s·BA is built once (in W's precision, at least float32), its row norms taken from it
+    when ``norm`` is None, and c folded into it, so y = x (c ⊙ W')ᵀ + b is one matmul, as the frozen layer's own.
+    Backward folds c into the rebuilt W' and into B again (∂x = g (c ⊙ W'), g' B = g (c ⊙ B), ∂B = s·c ⊙ (gᵀ x Aᵀ)):
+    no pass over the (N × d_out) activations but the one reduction ∂m needs, made in cache-sized row blocks.
+    Few rows (factored): y is written once and scaled in place; backward scales g by c (g' = c ⊙ g).
+    Either way only x (and x Aᵀ when factored) and y are kept: ∂m = Σ_rows g ⊙ pre / ‖·‖ with pre = (y − b) / c
+    recovered from the output, i.e. ∂m = Σ_rows g ⊙ (y − b) / m (0 where m = 0).
     """
 
     @staticmethod
@@ -123,27 +126,166 @@ class FusedDora(torch.autograd.Function):
         shape, dt = x.shape, _compute_dtype(x, weight)
         with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, shape[-1]).to(dt)
-            y, xa = _lowrank_product(x2, weight, None, A, B, scale, merged, dt)  # the bias comes after the scale
-            c = _dora_scale(m, norm).to(dt)
-            y.mul_(c)
-            if bias is not None:
-                y.add_(bias.to(dt))
-        ctx.save_for_backward(x2, xa, weight, bias, A, B, m, norm, y)
+            if merged:
+                w = _merged_weight(weight, A, B, scale)
+                c = _scale_of(m, torch.linalg.vector_norm(w, dim=1) if norm is None else norm)
+                w = w.mul_(c.to(w.dtype).unsqueeze(1)).to(dt)
+                y, xa = (torch.addmm(bias.to(dt), x2, w.t()) if bias is not None else x2 @ w.t()), None
+            else:
+                c = _scale_of(m, norm)
+                y, xa = _lowrank_product(x2, weight, None, A, B, scale, False, dt)  # the bias comes after the scale
+                y.mul_(c.to(dt))
+                if bias is not None:
+                    y.add_(bias.to(dt))
+        ctx.save_for_backward(x2, xa, weight, bias, A, B, m, c, y)
         ctx.scale, ctx.shape, ctx.dt, ctx.xdt, ctx.merged = scale, shape, dt, x.dtype, merged
         return y.reshape(*shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, gy):
-        x2, xa, weight, bias, A, B, m, norm, y = ctx.saved_tensors
+        x2, xa, weight, bias, A, B, m, c, y = ctx.saved_tensors
         dt, gm = ctx.dt, None
         with torch.autocast(gy.device.type, enabled=False):
             g = gy.reshape(-1, gy.shape[-1]).to(dt)
-            c = _dora_scale(m, norm).to(dt)
             if ctx.needs_input_grad[5]:
-                gsum = (g * y).sum(0)
-                if bias is not None:
-                    gsum = gsum - bias.to(dt) * g.sum(0)
-                safe = torch.where(m != 0, m, torch.ones_like(m)).to(dt)
-                gm = torch.where(m != 0, gsum / safe, torch.zeros_like(gsum)).to(m.dtype)  # Σ g ⊙ pre / ‖·‖
-            gx, gA, gB = _lowrank_grads(ctx, g * c, x2, xa, weight, A, B, (0, 3, 4))
+                gsum = _column_dots(g, y, None if bias is None else bias.to(dt))
+                gm = torch.where(m != 0, gsum / torch.where(m != 0, m.to(dt), 1), 0).to(m.dtype)
+            if ctx.merged:
+                gx, gA, gB = _folded_grads(ctx, g, x2, weight, A, B, c)
+            else:
+                gx, gA, gB = _lowrank_grads(ctx, g * c.to(dt), x2, xa, weight, A, B, (0, 3, 4))
         return gx, None, None, gA, gB, gm, None, None, None
+
+
+def _scale_of(m, norm):
+    """m / ‖·‖ and 0 on a zero row, as ``_dora_scale`` (no autograd here, so m / 0 may be formed and dropped)."""
+    return torch.where(norm > 0, m / norm, 0)
+
+
+def _merged_weight(weight, A, B, scale: float):
+    """W + s·BA in W's precision, at least float32 (the norm and the scale are taken from it)."""
+    pd = torch.promote_types(weight.dtype, torch.float32)
+    return torch.addmm(weight.to(pd), B.to(pd), A.to(pd), alpha=scale)
+
+
+BLOCK = 2 ** 17  # elements per row block of ``_column_dots``: its temporaries stay in cache (measured fastest)
+
+
+def _column_dots(g, y, bias=None):
+    """Σ_rows g ⊙ (y − b), in row blocks when large: a temporary of g ⊙ y's full size would cost a fresh
+    allocation and a pass through memory on every call."""
+    n, d = g.shape
+    if n * d <= BLOCK:
+        out = (g * y).sum(0)
+        return out if bias is None else out - bias * g.sum(0)
+    rows, out = max(1, BLOCK // d), torch.zeros(d, dtype=g.dtype, device=g.device)
+    gs = None if bias is None else torch.zeros_like(out)
+    for i in range(0, n, rows):
+        gi = g[i:i + rows]
+        out += (gi * y[i:i + rows]).sum(0)
+        if gs is not None:
+            gs += gi.sum(0)
+    return out if gs is None else out - bias * gs
+
+
+def _folded_grads(ctx, g, x2, weight, A, B, c):
+    """``_lowrank_grads`` for the output gradient g ⊙ c without forming it: c scales the rows of W + s·BA and of B
+    (d_out × d_in and d_out × r) instead of the (N × d_out) gradient."""
+    s, dt = ctx.scale, ctx.dt
+    a, cw = A.to(dt), c.to(dt).unsqueeze(1)
+    gb = g @ _rowmajor_t(B.to(dt) * cw)  # (N, r) = (g ⊙ c) B
+    gx = gA = gB = None
+    if ctx.needs_input_grad[0]:
+        w = _merged_weight(weight, A, B, s)
+        gx = (g @ w.mul_(c.to(w.dtype).unsqueeze(1)).to(dt)).reshape(ctx.shape).to(ctx.xdt)
+    if ctx.needs_input_grad[3]:
+        gA = (gb.t() @ x2).mul_(s).to(A.dtype)
+    if ctx.needs_input_grad[4]:
+        gB = (x2 @ a.t()).t().matmul(g).t().mul_(cw).mul_(s).to(B.dtype)
+    return gx, gA, gB
+
+
+class FusedIa3(torch.autograd.Function):
+    """(IA)³ on a linear layer, for many rows: y = l ⊙ (x Wᵀ + b) (output scaled) or y = (x ⊙ l) Wᵀ + b
+    (``feedforward``: input scaled), with l folded into W's rows (and b) or columns, so the forward is one matmul
+    and no scaled copy of x or y is made or kept.
+
+    Backward: ∂x = g (l ⊙ W) (output-scaled) or g (W ⊙ l) = (g W) ⊙ l (input-scaled), one matmul with the folded
+    weight again; ∂l = Σ_rows g ⊙ (x Wᵀ + b) = Σ_rows g ⊙ y / l, or Σ_rows x ⊙ (g W) = Σ_rows x ⊙ ∂x / l: one
+    reduction over the activations. Where l_j = 0 those quotients vanish, so ∂l_j is computed from x (or g W).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scale, feedforward: bool):
+        shape, dt = x.shape, _compute_dtype(x, weight)
+        with torch.autocast(x.device.type, enabled=False):
+            x2 = x.reshape(-1, shape[-1]).to(dt)
+            w, b = _ia3_folded(weight, bias, scale, feedforward)
+            w, b = w.to(dt), None if b is None else b.to(dt)
+            y = torch.addmm(b, x2, w.t()) if b is not None else x2 @ w.t()
+        ctx.save_for_backward(x2, weight, bias, scale, None if feedforward else y)
+        ctx.shape, ctx.dt, ctx.xdt, ctx.feedforward = shape, dt, x.dtype, feedforward
+        return y.reshape(*shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, gy):
+        x2, weight, bias, scale, y = ctx.saved_tensors
+        dt = ctx.dt
+        with torch.autocast(gy.device.type, enabled=False):
+            g, l, w = gy.reshape(-1, gy.shape[-1]).to(dt), scale.reshape(-1).to(dt), weight.to(dt)
+            gx = g @ _ia3_folded(weight, None, scale, ctx.feedforward)[0].to(dt)  # = g (l ⊙ W) or (g W) ⊙ l
+            # ∂l = Σ g ⊙ y / l, or Σ x ⊙ ∂x / l; where l_j = 0 both vanish: recomputed from x (resp. g W)
+            gl = _column_dots(x2, gx) if ctx.feedforward else _column_dots(g, y)
+            gl = gl / torch.where(l != 0, l, 1)
+            zero = l == 0
+            if bool(zero.any()):
+                if ctx.feedforward:
+                    gl[zero] = (x2[:, zero] * (g @ w[:, zero])).sum(0)
+                else:
+                    pre = x2 @ w[zero].t() + (0 if bias is None else bias.to(dt)[zero])
+                    gl[zero] = (g[:, zero] * pre).sum(0)
+        return gx.reshape(ctx.shape).to(ctx.xdt), None, None, gl.reshape(scale.shape).to(scale.dtype), None
+
+
+def _ia3_folded(weight, bias, scale, feedforward: bool):
+    """l folded into W's columns (feedforward) or rows and b, in W's precision (at least float32)."""
+    pd = torch.promote_types(weight.dtype, torch.float32)
+    l = scale.reshape(-1).to(pd)
+    w = weight.to(pd) * (l if feedforward else l.unsqueeze(1))
+    return w, None if bias is None else bias.to(pd) if feedforward else bias.to(pd) * l
+
+
+class FusedOft(torch.autograd.Function):
+    """OFT on a linear layer, for many rows: y = (x R) Wᵀ + b with R = diag(R_1, …, R_n) (b × b blocks) computed as
+    x (W Rᵀ)ᵀ + b, one matmul with the rotated d_out × d_in weight (the (N × d_in) rotated input is never formed).
+
+    Backward: u = g W (N × d_in), then per block ∂x_i = u_i R_iᵀ and ∂R_i = x_iᵀ u_i (batched over the blocks).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, r):
+        shape, dt = x.shape, _compute_dtype(x, weight)
+        with torch.autocast(x.device.type, enabled=False):
+            x2 = x.reshape(-1, shape[-1]).to(dt)
+            w = _blocks_times(weight.to(dt), r.to(dt), transpose=True)  # W Rᵀ, block by block
+            y = torch.addmm(bias.to(dt), x2, w.t()) if bias is not None else x2 @ w.t()
+        ctx.save_for_backward(x2, weight, r)
+        ctx.shape, ctx.dt, ctx.xdt = shape, dt, x.dtype
+        return y.reshape(*shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, gy):
+        x2, weight, r = ctx.saved_tensors
+        n, b = r.shape[0], r.shape[1]
+        with torch.autocast(gy.device.type, enabled=False):
+            u = gy.reshape(-1, gy.shape[-1]).to(ctx.dt) @ weight.to(ctx.dt)  # ∂ of the rotated input
+            gx = _blocks_times(u, r.to(ctx.dt), transpose=True)
+            gr = torch.bmm(x2.view(-1, n, b).permute(1, 2, 0), u.view(-1, n, b).transpose(0, 1))
+        return gx.reshape(ctx.shape).to(ctx.xdt), None, None, gr.to(r.dtype)
+
+
+def _blocks_times(m, r, transpose: bool = False):
+    """m (rows × n·b) with each block of b columns multiplied by R_i (or R_iᵀ): one batched matmul."""
+    n, b = r.shape[0], r.shape[1]
+    out = torch.bmm(m.reshape(-1, n, b).transpose(0, 1), r.transpose(1, 2) if transpose else r)
+    return out.transpose(0, 1).reshape(m.shape)

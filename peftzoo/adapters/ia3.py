@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from peftzoo.adapters.base import AdapterConfig
+from peftzoo.adapters.fused import FusedIa3, fusable, many_rows
 from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.info import MethodInfo
 from peftzoo.adapters.layered import LayerAdapter, LayerCodec
@@ -77,6 +78,10 @@ class Ia3Layer(AdapterLayer):
         return self.scale.reshape(-1, *(1,) * self.kernel_dims)
 
     def adapted(self, x):
+        base = self.base
+        if (not self.kernel_dims and fusable(x) and many_rows(x, self) and not base.weight.requires_grad
+                and (base.bias is None or not base.bias.requires_grad)):
+            return FusedIa3.apply(x, self.base_weight(), base.bias, self.scale, self.feedforward)
         if self.feedforward:
             return self.base(x * self.vector())
         return self.base(x) * self.vector()

@@ -11,7 +11,9 @@
     ``block_share``: one (Q, R) for every block of the layer.
 
 The rotation acts on the layer's input, before the frozen layer: x is cut into n blocks of b and each block is
-multiplied by its R_i (PEFT's forward; the d_in × d_in matrix is never built while training). Merging writes W Rᵀ;
+multiplied by its R_i (PEFT's forward; the d_in × d_in matrix is never built while training). With more rows than
+the weight has (``fused.many_rows``) the frozen weight's blocks are rotated instead, W Rᵀ (d_out × d_in × b
+products instead of N × d_in × b), and backward rotates the input gradient block by block (``fused.FusedOft``). Merging writes W Rᵀ;
 unmerging multiplies by the inverse blocks (R is only near-orthogonal under Neumann, so Rᵀ would not undo it), both
 computed in float64.
 
@@ -33,6 +35,7 @@ from packaging.version import Version
 from torch import nn
 
 from peftzoo.adapters.base import AdapterConfig, find_train
+from peftzoo.adapters.fused import FusedOft, fusable, many_rows
 from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.info import MethodInfo
 from peftzoo.adapters.layered import LayerAdapter, LayerCodec
@@ -150,8 +153,12 @@ class OftLayer(AdapterLayer):
 
     def adapted(self, x):
         r = self.rotation()
+        base = self.base
+        if (fusable(x) and many_rows(x, self) and not base.weight.requires_grad
+                and (base.bias is None or not base.bias.requires_grad)):
+            return FusedOft.apply(x, base.weight, base.bias, r)  # x (W Rᵀ)ᵀ + b: the weight rotated, not x
         xs = x.reshape(*x.shape[:-1], self.n, self.b)
-        return self.base(torch.einsum("...rk,rkc->...rc", xs, r).reshape(x.shape))
+        return base(torch.einsum("...rk,rkc->...rc", xs, r).reshape(x.shape))
 
     @torch.no_grad()
     def merge(self):

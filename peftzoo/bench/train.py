@@ -9,11 +9,14 @@ bf16 autocast on CUDA, and on CPU when ``precision="bf16"``. Every epoch ends wi
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from peftzoo.bench.frozen import frozen_casts
 from peftzoo.bench.machine import warn_bf16_cpu
 from peftzoo.bench.record import EpochResult
 
@@ -25,12 +28,17 @@ class NonFiniteLoss(FloatingPointError):
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def autocast(dev: torch.device, precision: str = "auto"):
-    """bf16 autocast on CUDA unless ``precision="fp32"``; on CPU only with ``precision="bf16"``."""
+def autocast_dtype(dev: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """bf16 on CUDA unless ``precision="fp32"``, on CPU only with ``precision="bf16"``; None: no autocast."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     on = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
-    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=on and dev.type in ("cuda", "cpu"))
+    return torch.bfloat16 if on and dev.type in ("cuda", "cpu") else None
+
+
+def autocast(dev: torch.device, precision: str = "auto"):
+    """bf16 autocast on CUDA unless ``precision="fp32"``; on CPU only with ``precision="bf16"``."""
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast_dtype(dev, precision) is not None)
 
 
 def train_step(ad, opt, batch: dict, step: int, scheduler=None, clip: float = 1.0, precision: str = "auto") -> float:
@@ -80,6 +88,22 @@ class Callback:
         """After an epoch's evaluation."""
 
 
+def casting_frozen_once(fit_fn):
+    """``fit_fn`` run inside ``frozen.FrozenCasts`` when its ``precision`` means autocast on the model's device:
+    the frozen layers' weights are cast to bf16 once for the whole run, not at every step (bit-identical)."""
+    sig = inspect.signature(fit_fn)
+
+    @functools.wraps(fit_fn)
+    def wrapper(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        model = bound.arguments["ad"].model
+        dev = next(model.parameters()).device
+        with frozen_casts(model, autocast_dtype(dev, bound.arguments["precision"]), dev.type):
+            return fit_fn(*args, **kwargs)
+    return wrapper
+
+
 @dataclass
 class TrainResult:
     history: list = field(default_factory=list)  # [EpochResult]: per epoch, its evaluation and mean loss
@@ -90,6 +114,7 @@ class TrainResult:
     extra: dict = field(default_factory=dict)  # the fit's own fields for the run's record (headfit: its L2 path)
 
 
+@casting_frozen_once
 def fit(ad, batches_per_epoch, epochs: int, lr: float, evaluate=None, warmup: float = 0.06,
         weight_decay: float = 0.0, clip: float = 1.0, progress=None, max_steps: int | None = None,
         precision: str = "auto", callbacks=()) -> TrainResult:
