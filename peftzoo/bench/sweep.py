@@ -54,9 +54,10 @@ def _say(msg: str) -> None:
 
 
 def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quiet=False, retry_failed=False,
-          executor=None, ray=None) -> Outcome:
+          executor=None, ray=None, stack: int = 1) -> Outcome:
     """Run every unfinished spec, writing one JSON each as it finishes (an invalid record counts as unfinished).
-    ``ray``: a ``ray_executor.RayOptions`` to run them as Ray tasks (written here all the same)."""
+    ``ray``: a ``ray_executor.RayOptions`` to run them as Ray tasks (written here all the same); ``stack`` > 1:
+    up to that many runs that share their batches train together over one frozen base (``bench.stacked``)."""
     from tqdm.auto import tqdm
     executor = executor or execute
     bound = {}
@@ -80,6 +81,9 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
         from peftzoo.bench.ray_executor import run_on_ray
         run_on_ray(todo, root, out, data_dir, device, quiet, retry_failed, ray, executor)
         todo = []
+    if stack > 1:
+        _stacked(todo, root, out, data_dir, device, quiet, retry_failed, stack)
+        todo = []
     bar = tqdm(todo, desc=f"sweep ({out.done_before} of {out.total} done before)", disable=quiet or not todo)
     for spec in bar:
         bar.set_postfix_str(spec.label)
@@ -101,6 +105,29 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
     return out
 
 
+def _stacked(todo, root, out, data_dir, device, quiet, retry_failed, k) -> None:
+    """``sweep``'s loop for ``--stack K``: each stack's runs claimed, trained together, written one JSON each."""
+    from peftzoo.bench import stacked
+    said = set()
+    for group in stacked.groups(todo, k):
+        why = stacked.why_not(group[0]) if len(group) == 1 else None
+        if why and why not in said and not quiet:
+            said.add(why)
+            _say(f"--stack {k}: {why}")
+        paths = {s.run_id: store.run_path(root, s.suite, s.task, s.run_id) for s in group}
+        mine = [s for s in group if claim.for_run(s, paths[s.run_id], out.busy, retry_failed, None if quiet else _say)]
+        try:
+            recs = stacked.execute_stack(mine, data_dir, device, progress=not quiet, say=_say) if mine else []
+            for s, rec in zip(mine, recs):
+                store.write_record(paths[s.run_id], rec)
+                out.written.append(paths[s.run_id])
+                if not rec.ok:
+                    _say(f"{s.label}: {rec.status}: {rec.why}")
+        finally:
+            for s in mine:
+                claim.release(paths[s.run_id])
+
+
 def failed_before(out: Outcome, root) -> list[str]:
     """One line per failed run that this sweep did not run (failed in an earlier sweep, not retried)."""
     now = {Path(p) for p in out.written}
@@ -109,7 +136,7 @@ def failed_before(out: Outcome, root) -> list[str]:
 
 
 def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, retry_failed=False, executor=None,
-                 ray=None) -> Outcome:
+                 ray=None, stack: int = 1) -> Outcome:
     """Stage 1, selection on validation, stage 2; every run records its protocol and stage and the plan's request
     (how the sweep was asked for: preset, --skip-unreachable; the table's Reproduce line reads it), all carried by
     its RunSpec.
@@ -121,7 +148,7 @@ def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, 
     for line in dropped:
         _say(f"left out (--skip-unreachable): {line}")
     s1 = plan.stage1()
-    out1 = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray)
+    out1 = sweep(s1, root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray, stack=stack)
     recs, incomplete = [], set()
     for s in s1:
         rec, _ = store.read_record(store.run_path(root, s.suite, s.task, s.bind_data(data_dir).run_id))
@@ -140,7 +167,8 @@ def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, 
                f"seeds and budgets) were not run" for t, m in sorted(waiting - set(sel) - incomplete)]
     for line in not_run:
         _say(line)
-    out2 = sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray)
+    out2 = sweep(plan.stage2(sel), root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray,
+                 stack=stack)
     return Outcome(**{k: getattr(out1, k) + getattr(out2, k) for k in
                       ("total", "done_before", "written", "failed", "busy", "invalid")}, not_run=not_run,
                    dropped=dropped)
