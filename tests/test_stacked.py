@@ -34,3 +34,42 @@ def test_a_stacked_lr_sweep_gives_the_sequential_records(tiny_setup):
         _close(t, a)
         assert t.extra["stacked_runs"] == 3 and t.params == a.params
     assert len({a.history[-1].loss for a in alone}) == 3  # the LRs differ: not one run copied three times
+
+
+def test_stacks_group_runs_that_share_their_batches_and_leave_others_alone(tiny_setup):
+    preset, _, _ = tiny_setup
+    lora = _lora_sweep(preset, lrs=(1e-3, 3e-3, 1e-2))
+    other_seed = dataclasses.replace(lora[0], seed=1)
+    longer = dataclasses.replace(lora[0], max_len=32)
+    full, dora = (dataclasses.replace(lora[0], method=m, hparams={}) for m in ("full", "dora"))
+    rs = dataclasses.replace(lora[1], method="rslora")
+    got = stacked.groups([*lora, other_seed, full, longer, dora, rs], k=3)
+    assert got == [lora, [other_seed], [full], [longer], [dora], [rs]]  # the LoRA stack is full at 3: rs starts one
+    assert stacked.groups(lora + [rs], k=2) == [lora[:2], [lora[2], rs]]  # rsLoRA shares LoRA's batches
+    assert stacked.groups(lora, k=1) == [[s] for s in lora]
+    assert stacked.why_not(lora[0]) is None and stacked.why_not(rs) is None
+    assert "full: runs one by one" in stacked.why_not(full) and "dora" in stacked.why_not(dora)
+
+
+def test_sweep_with_stack_writes_every_record_and_says_what_does_not_stack(tiny_setup, capsys):
+    from peftzoo.bench import store
+    from peftzoo.bench.sweep import sweep
+    preset, data, results = tiny_setup
+    specs = _lora_sweep(preset, lrs=(1e-3, 1e-2), epochs=1)
+    head = dataclasses.replace(specs[0], method="head", hparams={})
+    out = sweep(specs + [head], root=results, data_dir=data, quiet=False, stack=4)
+    runs = {r.run_id: r for r in store.read_runs(results, "t")}
+    assert len(out.written) == 3 and set(runs) == {s.bind_data(data).run_id for s in specs + [head]}
+    assert [runs[s.bind_data(data).run_id].extra.get("stacked_runs") for s in specs + [head]] == [2, 2, None]
+    assert "--stack 4: head: runs one by one" in capsys.readouterr().err
+
+
+def test_bench_refuses_a_stack_below_one(tiny_setup, tmp_path, capsys):
+    import json
+
+    from peftzoo.cli import main
+    preset, data, results = tiny_setup
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(preset))
+    assert main(["bench", "--preset", str(p), "--data-dir", str(data), "--results", str(results), "--stack", "0"]) == 2
+    assert "--stack 0: give K >= 1" in capsys.readouterr().err

@@ -7,10 +7,11 @@ per frozen weight instead of k), each run's adapter adds its update (``AdapterLa
 run's head (``train_modules``) runs on its rows; one backward over the sum of the k losses (their parameters are
 disjoint, so each run gets its own gradients); each run keeps its own optimizer, LR schedule, clipping and hooks.
 
-Same records: every run is prepared exactly as ``runner.prepare`` prepares it alone (seeds, init, head), keeps its
-own model (evaluated alone, as a sequential run is), and draws its dropout masks from its own RNG stream in the
-order it would alone (``Streams``): its scores equal the sequential run's up to float summation order (the shared
-GEMM over k·B rows, and LoRA's fused path ``x (W + s·BA)ᵀ`` alone against ``W x + s·B A x`` here).
+Same records: every run is prepared exactly as ``runner.prepare`` prepares it alone (seeds, init, head), draws its
+dropout masks from its own RNG stream in the order it would alone (``Streams``), and is evaluated on the same rows
+(the host's forward over each batch of rows repeated k times, ``SharedPredictions``): its scores equal the sequential
+run's up to float summation order (the shared GEMM over k·B rows, and LoRA's fused path ``x (W + s·BA)ᵀ`` alone
+against ``W x + s·B A x`` here), which could flip a prediction only at a near-tie.
 
 It applies when every adapted layer is additive (``AdapterLayer.additive``: LoRA, rsLoRA, LoRA+) and nothing but
 those layers and the head trains; other runs (full fine-tuning, DoRA, VeRA, AdaLoRA, the baselines) run one by
@@ -23,10 +24,13 @@ import json
 import time
 import traceback
 
+import numpy as np
 import torch
 from torch import nn
 
 from peftzoo.adapters.layer import AdapterLayer
+from peftzoo.bench import batches
+from peftzoo.bench.evaluation import EVAL_BATCH, Evaluation
 from peftzoo.bench.record import EpochResult
 from peftzoo.bench.train import NonFiniteLoss, autocast, linear_schedule
 
@@ -40,8 +44,8 @@ def why_not(spec) -> str | None:
     from peftzoo import registry
     cls = registry.get(spec.method)
     if spec.skip_reason or not any(getattr(c, "additive", False) for c in getattr(cls, "layer_classes", {}).values()):
-        return (f"{spec.method}: runs one by one (a stack shares the frozen base and adds each run's update beside "
-                f"it; {spec.method}'s layers are not of that form)")
+        return (f"{spec.method}: runs one by one (a stack shares one frozen base model and adds each run's update "
+                f"beside its layers' outputs; {spec.method} trains no such additive update)")
     return None
 
 
@@ -216,6 +220,47 @@ def task_loss(config, logits, labels):
     return f.binary_cross_entropy_with_logits(logits, labels)
 
 
+class SharedPredictions:
+    """Every stacked run's outputs on an evaluation split, from one host forward per batch of rows (each run's
+    rows of it); computed once per epoch and split."""
+
+    def __init__(self, host: Host, k: int):
+        self.host, self.k, self.cache = host, k, {}
+
+    def outputs(self, ev, split, rows) -> list:
+        key = (id(split), np.asarray(rows).tobytes())
+        if key not in self.cache:
+            enc = batches.encode_split(ev.tok, split, rows, ev.spec.max_len, ev.task.name)  # cached per process
+            self.cache[key] = predict_stacked(self.host.model, enc, self.k, ev.dev, ev.task.regression,
+                                              autocast(ev.dev, ev.spec.precision))
+        return self.cache[key]
+
+
+def predict_stacked(model, enc, k: int, device, regression: bool, ctx, rows_per_run: int = EVAL_BATCH) -> list:
+    """``batches.predict`` for k stacked runs: each batch of rows repeated k times, one output array per run."""
+    order = batches.eval_order(enc.lengths)
+    outs = [[] for _ in range(k)]
+    with torch.no_grad(), ctx:
+        for i in range(0, len(order), rows_per_run):
+            b = {n: v.to(device) for n, v in enc.batch(order[i:i + rows_per_run]).items()}
+            logits = model(**{n: v.repeat(k, *([1] * (v.dim() - 1))) for n, v in b.items()}).logits.float()
+            for o, lg in zip(outs, logits.chunk(k)):
+                o.append(lg.squeeze(-1) if regression else lg.argmax(-1))
+    return [batches.restore(torch.cat(o).cpu(), order).numpy() for o in outs]
+
+
+class StackedEvaluation(Evaluation):
+    """Run i's ``Evaluation``, its outputs taken from the stack's shared forward (``SharedPredictions``)."""
+
+    def __init__(self, ev: Evaluation, shared: SharedPredictions, i: int):
+        self.__dict__.update(ev.__dict__)
+        self.shared, self.i = shared, i
+
+    def predict(self, split, rows):
+        p = self.shared.outputs(self, split, rows)[self.i]
+        return p if self.scale is None else (p * self.scale[1] + self.scale[0]).astype(np.float32)
+
+
 def fit_stack(specs: list, runs: list, host: Host, progress=None) -> list:
     """Train the stacked runs together; returns one ``train.TrainResult`` per run (the shared step times)."""
     from peftzoo.bench.train import TrainResult
@@ -227,6 +272,8 @@ def fit_stack(specs: list, runs: list, host: Host, progress=None) -> list:
         opts.append(r.adapter.make_optimizer(s.lr, s.weight_decay))
         scheds.append(linear_schedule(opts[-1], total, s.warmup))
     res = [TrainResult() for _ in runs]
+    shared = SharedPredictions(host, k)
+    evals = [StackedEvaluation(r.evaluation, shared, i) for i, r in enumerate(runs)]
     step, t0 = 0, time.perf_counter()
     for epoch in range(s0.epochs):
         for m in [host.model] + [r.adapter.model for r in runs]:
@@ -245,9 +292,11 @@ def fit_stack(specs: list, runs: list, host: Host, progress=None) -> list:
                 r.step_times.append(time.perf_counter() - ts)
             if progress is not None:
                 progress.update(1)
-        for r, rr, ls in zip(runs, res, losses):
-            r.adapter.model.eval()
-            got = r.evaluation()
+        for m in [host.model] + [r.adapter.model for r in runs]:
+            m.eval()
+        shared.cache.clear()
+        for ev, rr, ls in zip(evals, res, losses):
+            got = ev()
             got.epoch, got.loss = epoch + 1, sum(ls) / max(1, len(ls))
             rr.history.append(got if isinstance(got, EpochResult) else EpochResult(dict(got)))
     for r in res:
