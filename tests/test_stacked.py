@@ -28,12 +28,13 @@ def _close(a, b, tol=1e-5):
 def test_a_stacked_lr_sweep_gives_the_sequential_records(tiny_setup):
     preset, data, _ = tiny_setup
     specs = _lora_sweep(preset)  # dropout 0.1 in the tiny BERT: each run's masks come from its own stream
+    specs.append(dataclasses.replace(specs[0], hparams={**specs[0].hparams, "dropout": 0.2}))  # LoRA's own dropout
     alone = [execute(s, data_dir=data, progress=False) for s in specs]
     together = stacked.execute_stack(specs, data_dir=data, progress=False, say=pytest.fail)
     for t, a in zip(together, alone, strict=True):
         _close(t, a)
-        assert t.extra["stacked_runs"] == 3 and t.params == a.params
-    assert len({a.history[-1].loss for a in alone}) == 3  # the LRs differ: not one run copied three times
+        assert t.extra["stacked_runs"] == 4 and t.params == a.params
+    assert len({a.history[-1].loss for a in alone}) == 4  # the LRs differ: not one run copied three times
 
 
 def test_stacks_group_runs_that_share_their_batches_and_leave_others_alone(tiny_setup):

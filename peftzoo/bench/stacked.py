@@ -102,7 +102,10 @@ class StackedLayer(nn.Module):
         self.base, self.members, self.streams = base, tuple(members), streams  # members: not submodules
 
     def forward(self, x):
-        ups = self.streams.each(lambda xi, i=iter(self.members): next(i).update(xi), x)
+        if all(m.dropout is None for m in self.members):  # no random draw: no stream to switch to
+            ups = [m.update(xi) for m, xi in zip(self.members, x.chunk(len(self.members)))]
+        else:
+            ups = self.streams.each(lambda xi, i=iter(self.members): next(i).update(xi), x)
         return self.base(x) + torch.cat(ups)
 
 
