@@ -1,6 +1,7 @@
 """Stacked runs (bench/stacked.py): k runs of a sweep trained over one frozen base give each run's sequential record."""
 import dataclasses
 
+import numpy as np
 import pytest
 
 from peftzoo.bench import stacked
@@ -15,6 +16,16 @@ def _lora_sweep(preset, lrs=(1e-3, 3e-3, 1e-2), **kw):
     return [dataclasses.replace(spec, lr=lr) for lr in lrs]
 
 
+def _vary_lengths(data):
+    """SST-2 rows of 1 to 9 words, so that batches are padded (the attention mask matters)."""
+    rng = np.random.default_rng(1)
+    words = {0: ["dull", "bad", "boring", "awful"], 1: ["great", "fine", "lovely", "superb"]}
+    for split, n in (("train", 64), ("dev", 24)):
+        ys = rng.integers(0, 2, n)
+        rows = [" ".join(rng.choice(words[y], rng.integers(1, 10))) + f"\t{y}" for y in ys]
+        (data / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+
+
 def _close(a, b, tol=1e-5):
     assert a.status == b.status == "ok", (a.error, b.error)
     assert a.run_id == b.run_id and a.steps == b.steps
@@ -27,6 +38,7 @@ def _close(a, b, tol=1e-5):
 
 def test_a_stacked_lr_sweep_gives_the_sequential_records(tiny_setup):
     preset, data, _ = tiny_setup
+    _vary_lengths(data)
     specs = _lora_sweep(preset)  # dropout 0.1 in the tiny BERT: each run's masks come from its own stream
     specs.append(dataclasses.replace(specs[0], hparams={**specs[0].hparams, "dropout": 0.2}))  # LoRA's own dropout
     alone = [execute(s, data_dir=data, progress=False) for s in specs]
@@ -74,3 +86,31 @@ def test_bench_refuses_a_stack_below_one(tiny_setup, tmp_path, capsys):
     p.write_text(json.dumps(preset))
     assert main(["bench", "--preset", str(p), "--data-dir", str(data), "--results", str(results), "--stack", "0"]) == 2
     assert "--stack 0: give K >= 1" in capsys.readouterr().err
+
+
+def test_the_host_computes_each_runs_own_outputs_on_padded_batches(tiny_setup):
+    import torch
+
+    from peftzoo.bench import runner
+    preset, data, _ = tiny_setup
+    _vary_lengths(data)
+    specs = [s.bind_data(data) for s in _lora_sweep(preset)][:2]
+    task, d = runner.load_data(specs[0], data)
+    runs, states = [], []
+    for s in specs:
+        runs.append(runner.prepare(s, task, d, torch.device("cpu")))
+        states.append(stacked.Streams([], False)._get())
+    with torch.no_grad():
+        for r in runs:  # distinct adapters, so each run's rows must see its own
+            for p in r.adapter.trainable_parameters():
+                p.normal_(0, 0.5)
+    host = stacked.Host(runs, specs[0].train_modules, states)
+    b = {k: v for k, v in runs[0].epoch_batches(0)[0].items() if k != "labels"}
+    assert (b["attention_mask"] == 0).any()  # padded: without the model's mask format the host attends to pads
+    host.model.eval()
+    with torch.no_grad():
+        got = host.model(**{k: v.repeat(2, 1) for k, v in b.items()}).logits.chunk(2)
+        for r, g in zip(runs, got):
+            want = r.adapter.model.eval()(**b).logits
+            assert (g - want).abs().max() < 1e-6
+        assert (got[0] - got[1]).abs().max() > 1e-3

@@ -169,6 +169,7 @@ class Host:
 
     def __init__(self, runs: list, train_modules, rng_states: list):
         from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
         from peftzoo.inject import find_modules
         self.streams = Streams(rng_states, runs[0].device.type == "cuda")
@@ -186,8 +187,11 @@ class Host:
             if type(mod) is nn.Dropout:
                 _replace(model, name, SlicedDropout(mod.p, self.streams))
         self.attention_fn = attention_function(model)
-        AttentionInterface.register(ATTENTION, _attention)
-        model.config._attn_implementation = ATTENTION
+        name = f"{ATTENTION}_{model.config._attn_implementation}"
+        AttentionInterface.register(name, _attention)
+        # the model's own mask format (transformers builds no mask at all for an attention it does not know)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[model.config._attn_implementation])
+        model.config._attn_implementation = name
         for mod in model.modules():
             mod.__dict__["_peftzoo_stack"] = self
 
