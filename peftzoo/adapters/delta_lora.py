@@ -42,6 +42,7 @@ class DeltaLoraConfig(LoraConfig):
 
 class DeltaLoraLayer(LoraLayer):
     """LoRA's linear layer with the previous and the anchor factors kept as buffers (not in the state_dict)."""
+    additive = False  # every step writes into the frozen weight: runs cannot share it
 
     def __init__(self, name, base, config: DeltaLoraConfig, shared, gen):
         super().__init__(name, base, config, shared, gen)

@@ -107,6 +107,7 @@ class DoraMixin:
 
 class DoraLayer(DoraMixin, LoraLayer):
     peft_names = {"A": "lora_A.weight", "B": "lora_B.weight", "m": "lora_magnitude_vector"}
+    additive = False  # m · (W + ΔW) / ‖W + ΔW‖ rescales the frozen output itself
 
     def factors2d(self):
         return self.base_weight(), self.A, self.B

@@ -34,6 +34,9 @@ class AdapterLayer(LayerLifecycle, AdapterModule):
     """
 
     peft_names: ClassVar[dict[str, str]] = {}
+    # True: ``adapted(x) == base(x) + update(x)``, so runs stacked over one frozen base (bench/stacked.py) can share
+    # base(x) and add each run's ``update`` on its own rows
+    additive: ClassVar[bool] = False
 
     def __init__(self, base: nn.Module, dropout: float = 0.0):
         super().__init__()
@@ -117,6 +120,10 @@ class AdapterLayer(LayerLifecycle, AdapterModule):
     def adapted(self, x):
         """The output with the update applied beside the frozen layer (not merged)."""
         raise NotImplementedError
+
+    def update(self, x):
+        """What the update adds to ``base(x)`` (layers with ``additive = True``)."""
+        raise NotImplementedError(f"{type(self).__name__} is not additive: its output is not base(x) + update(x)")
 
     def drop(self, x):
         """Dropout on the adapter's input (the identity when the config's dropout is 0)."""

@@ -112,6 +112,7 @@ def pattern_notes(config: LoraConfig, names) -> list[str]:
 
 class LoraLayer(AdapterLayer):
     peft_names = {"A": "lora_A.weight", "B": "lora_B.weight"}
+    additive = True  # base(x) + s·B A dropout(x)
 
     def __init__(self, name: str, base: nn.Linear, config: LoraConfig, shared, gen: torch.Generator):
         super().__init__(base, config.dropout)
@@ -155,7 +156,10 @@ class LoraLayer(AdapterLayer):
     def adapted(self, x):
         if self.dropout is None:
             return lowrank_linear(x, self, self.A, self.B, self.scaling)
-        return self.base(x) + (self.dropout(x) @ self.A.t() @ self.B.t()) * self.scaling
+        return self.base(x) + self.update(x)
+
+    def update(self, x):
+        return (self.drop(x) @ self.A.t() @ self.B.t()) * self.scaling
 
 
 class LoraCodec(LayerCodec):

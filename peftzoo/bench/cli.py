@@ -42,6 +42,9 @@ def register(sub) -> None:
                    "is the whole model). Warns when the results folder would outgrow its size budget")
     b.add_argument("--dry-run", action="store_true", help="print the planned runs and their count, and exit")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bars (for logs); problems are still said")
+    b.add_argument("--stack", type=int, default=1, metavar="K", help="train up to K runs that share their batches "
+                   "(same task and seed: an LR sweep) together over one frozen base, each its own record; LoRA, "
+                   "rsLoRA, LoRA+ stack, other methods run one by one (said)")
     from peftzoo.bench.ray_executor import add_arguments as executor_arguments
     executor_arguments(b)
     b.set_defaults(fn=bench)
@@ -101,6 +104,9 @@ def bench(args) -> int:
     from peftzoo.bench import ray_executor
     from peftzoo.bench.sweep import EXIT_SOME_FAILED, failed_before, run_protocol
     _check_flags(args)
+    if args.stack < 1 or (args.stack > 1 and args.executor == "ray"):
+        raise ValueError(f"--stack {args.stack}: give K >= 1, and not with --executor ray (a stack trains in one "
+                         "process)")
     ray = ray_executor.options(args)
     plan = _plan(args)
     if args.stage == "separation":
@@ -111,7 +117,8 @@ def bench(args) -> int:
         return 0
     out = run_protocol(plan, root=args.results, data_dir=args.data_dir, device=args.device, quiet=args.quiet,
                        retry_failed=args.retry_failed, ray=ray, only_separation=args.stage == "separation",
-                       ignore_separation=args.ignore_separation, save_adapters=args.save_adapters)
+                       ignore_separation=args.ignore_separation, save_adapters=args.save_adapters,
+                       stack=args.stack)
     for line in failed_before(out, args.results):
         print(line, file=sys.stderr)
     print(out.summary(f"{args.results}/{plan.preset.suite}/runs"))

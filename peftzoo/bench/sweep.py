@@ -64,11 +64,15 @@ def _say(msg: str) -> None:
 
 
 def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quiet=False, retry_failed=False,
-          executor=None, ray=None, save_adapters: bool = False, budget=None, later: int = 0) -> Outcome:
+          executor=None, ray=None, save_adapters: bool = False, budget=None, later: int = 0,
+          stack: int = 1) -> Outcome:
     """Run every unfinished spec, writing one JSON each as it finishes (an invalid record counts as unfinished).
     ``ray``: a ``ray_executor.RayOptions`` to run them as Ray tasks (written here all the same). ``save_adapters``:
     each run's trained adapter is kept beside its JSON (``store.adapter_dir``), ``budget`` (a
-    ``store.AdapterBudget``) watching the folder's size, with ``later`` more runs to come after these."""
+    ``store.AdapterBudget``) watching the folder's size, with ``later`` more runs to come after these; ``stack`` > 1:
+    up to that many runs that share their batches train together over one frozen base (``bench.stacked``)."""
+    if stack > 1 and save_adapters:
+        raise ValueError(f"--stack {stack} does not keep adapters yet: drop --save-adapters, or --stack")
     from tqdm.auto import tqdm
     executor = executor or execute
     if save_adapters:
@@ -100,6 +104,9 @@ def sweep(specs: list[RunSpec], root="results", data_dir=None, device=None, quie
         from peftzoo.bench.ray_executor import run_on_ray
         run_on_ray(todo, root, out, data_dir, device, quiet, retry_failed, ray, executor)
         todo = []
+    if stack > 1:
+        _stacked(todo, root, out, data_dir, device, quiet, retry_failed, stack)
+        todo = []
     bar = tqdm(todo, desc=f"sweep ({out.done_before} of {out.total} done before)", disable=quiet or not todo)
     for spec in bar:
         bar.set_postfix_str(spec.label)
@@ -127,6 +134,29 @@ def _unsaved(path) -> bool:
     return rec is not None and rec.ok and rec.saved_adapter is None
 
 
+def _stacked(todo, root, out, data_dir, device, quiet, retry_failed, k) -> None:
+    """``sweep``'s loop for ``--stack K``: each stack's runs claimed, trained together, written one JSON each."""
+    from peftzoo.bench import stacked
+    said = set()
+    for group in stacked.groups(todo, k):
+        why = stacked.why_not(group[0]) if len(group) == 1 else None
+        if why and why not in said and not quiet:
+            said.add(why)
+            _say(f"--stack {k}: {why}")
+        paths = {s.run_id: store.run_path(root, s.suite, s.task, s.run_id) for s in group}
+        mine = [s for s in group if claim.for_run(s, paths[s.run_id], out.busy, retry_failed, None if quiet else _say)]
+        try:
+            recs = stacked.execute_stack(mine, data_dir, device, progress=not quiet, say=_say) if mine else []
+            for s, rec in zip(mine, recs):
+                store.write_record(paths[s.run_id], rec)
+                out.written.append(paths[s.run_id])
+                if not rec.ok:
+                    _say(f"{s.label}: {rec.status}: {rec.why}")
+        finally:
+            for s in mine:
+                claim.release(paths[s.run_id])
+
+
 def failed_before(out: Outcome, root) -> list[str]:
     """One line per failed run that this sweep did not run (failed in an earlier sweep, not retried)."""
     now = {Path(p) for p in out.written}
@@ -136,7 +166,7 @@ def failed_before(out: Outcome, root) -> list[str]:
 
 def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, retry_failed=False, executor=None,
                  ray=None, only_separation: bool = False, ignore_separation: bool = False,
-                 save_adapters: bool = False) -> Outcome:
+                 save_adapters: bool = False, stack: int = 1) -> Outcome:
     """The plan's stages (``Plan.stages``: the sweep, selection on validation, the selected LRs, and with
     ``budget_lr_points`` the local grids between); every run records its protocol and stage and the plan's request
     (how the sweep was asked for: preset, --skip-unreachable; the table's Reproduce line reads it), all carried by
@@ -150,7 +180,8 @@ def run_protocol(plan, root="results", data_dir=None, device=None, quiet=False, 
     dropped = [f"{c.name}: {why}" for c, why in plan.dropped]
     for line in dropped:
         _say(f"left out (--skip-unreachable): {line}")
-    keep = {"save_adapters": save_adapters, "budget": None}  # one size budget watched across every stage
+    # one size budget watched across every stage
+    keep = {"save_adapters": save_adapters, "budget": None, "stack": stack}
     go = lambda p: _stages(p, root, data_dir, device, quiet, retry_failed, executor, ray, keep)  # noqa: E731
     if not (plan.protocol.separation or only_separation):
         return _join([go(plan)[0]], dropped=dropped)
@@ -172,13 +203,15 @@ def _record(root, spec, data_dir):
 
 def _stages(plan, root, data_dir, device, quiet, retry_failed, executor, ray, keep) -> tuple[Outcome, list]:
     """Every stage of ``plan`` in turn, each from what the one before selected: (the Outcome, the records read).
-    ``keep``: {"save_adapters": bool, "budget": the results folder's AdapterBudget once made, shared by the stages}."""
+    ``keep``: {"save_adapters": bool, "budget": the results folder's AdapterBudget once made, shared by the stages,
+    "stack": K}."""
     outs, records, not_run, selected = [], [], [], None
     for n in plan.stages:
         specs = plan.stage(n, selected)
         later = sum(len(plan.stage(k, None)) for k in plan.stages if k > n) if keep["save_adapters"] else 0
         outs.append(sweep(specs, root, data_dir, device, quiet, retry_failed, executor=executor, ray=ray,
-                          save_adapters=keep["save_adapters"], budget=keep["budget"], later=later))
+                          save_adapters=keep["save_adapters"], budget=keep["budget"], later=later,
+                          stack=keep["stack"]))
         keep["budget"] = outs[-1].budget
         done = [(s, _record(root, s, data_dir)) for s in specs]
         records += [r for _, r in done if r is not None]
