@@ -7,7 +7,9 @@ from collections import defaultdict
 from peftzoo.bench.identity import canonical
 
 # spec keys that legitimately differ between the rows of one table; every other key is the table's config
-PER_ROW = frozenset({"method", "seed", "hparams", "lr", "budget", "achieved", "skip_reason", "suite", "cell"})
+# (head_fit: how the head baseline trains its head; every other method has it normalised to "steps")
+PER_ROW = frozenset({"method", "seed", "hparams", "lr", "budget", "achieved", "skip_reason", "suite", "cell",
+                     "head_fit"})
 
 
 def _differing(runs: list, keys, label: str) -> list[str]:
