@@ -177,19 +177,24 @@ def _lora_ref(rows: dict, task: str, budget):
     return (swept or loras or [None])[0]
 
 
+def _stepped(r) -> bool:
+    """A run whose median step is a training step (a cached head fit's is one L-BFGS iteration over every row)."""
+    return r.spec.head_fit != "cached"
+
+
 def _timing(rows: dict, tasks) -> None:
     def med(m):
         return {t: np.median([r.median_step_s for row in rows.values() if row.method == m
-                              for r in row.runs if r.task == t] or [np.nan]) for t in tasks}
+                              for r in row.runs if r.task == t and _stepped(r)] or [np.nan]) for t in tasks}
     head, full = med("head"), med("full")
     for row in rows.values():
-        rs = row.runs
+        rs = [r for r in row.runs if _stepped(r)]  # no step ratio for a cached head fit: "—", not a fake number
         for name, ref in (("step_vs_head", head), ("step_vs_full", full)):
             xs = [r.median_step_s / ref[r.task] for r in rs if np.isfinite(ref[r.task])]
             setattr(row, name, float(np.median(xs)) if xs else None)
-        row.peak_mem_mb = max(r.peak_mem_mb or 0 for r in rs)
-        row.peak_mem_kind = rs[0].peak_mem_kind
-        row.file_kb = rs[0].adapter_file_bytes / 1024
+        row.peak_mem_mb = max(r.peak_mem_mb or 0 for r in row.runs)
+        row.peak_mem_kind = row.runs[0].peak_mem_kind
+        row.file_kb = row.runs[0].adapter_file_bytes / 1024
 
 
 def at_edge(sel: Selected) -> bool:

@@ -28,7 +28,8 @@ CELLS = ("Cells: each task's dev metric ×100 (a user-defined task's is said abo
          "budget) or `paper` (the method's paper setting). `LR / epoch`: selected on validation; `†`: the selected LR "
          "is an end point of the swept grid (a budget's own local grid, where the protocol says LR per budget), so "
          "the best LR may lie outside it. Step time is the median training "
-         "step relative to head-only and to full fine-tuning. `process peak MB`: ")
+         "step relative to head-only and to full fine-tuning (— where head-only's head is fitted on cached features: "
+         "an L-BFGS iteration is no training step). `process peak MB`: ")
 
 
 def _num(x, f="{:.2f}"):
