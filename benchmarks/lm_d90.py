@@ -24,9 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# per task: what full FT needs to learn it (a few thousand SST-2 sentences; all of MRPC's 3,668 pairs less the 367
-# the protocol holds out for validation, for 5 epochs) and what its texts need (MRPC's pairs are longer)
-TASKS = {"SST-2": {"max_train": 3000, "epochs": 3, "max_len": 64},
+# per task: what full FT needs to learn it (1,500 SST-2 sentences for 2 epochs: full FT 0.807 against the trivial
+# 0.509, far enough above it at half the cost of 3,000 x 3; all of MRPC's 3,668 pairs less the 367 the protocol
+# holds out for validation, for 5 epochs) and what its texts need (MRPC's pairs are longer)
+TASKS = {"SST-2": {"max_train": 1500, "epochs": 2, "max_len": 64},
          "MRPC": {"max_train": None, "epochs": 5, "max_len": 128}}
 METHODS = {"said": 0.02, "did": 0.02}  # subspace lr: the one the earlier SAID searches used
 COMMON = ["--seeds", "0", "1", "2", "--definition", "gap", "relative", "--dmin", "200", "--dmax", "100000",
