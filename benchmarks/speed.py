@@ -2,9 +2,11 @@
 
 Floor: the frozen base model's forward + backward with gradients flowing to the input embeddings (and the
 classifier trained, as in every configuration). Each configuration runs `--steps` timed steps (forward, backward,
-AdamW step, the adapter's hook) per round; rounds are interleaved so that drift hits all alike; we report the
+the method's own optimizer step: AdamW, or GaLore's projected Adam; the adapter's hook) per round; rounds are interleaved so that drift hits all alike; we report the
 median over rounds and the spread (min..max of the round medians). Memory: bytes saved for backward in one step
-(autograd's saved tensors, distinct storages), and on CUDA the peak allocated.
+(autograd's saved tensors, distinct storages), and on CUDA the peak allocated. Rows come from ``CONFIGS`` (a
+registry method and, where Hugging Face PEFT has the method, PEFT's equivalent; "—" where it has none: BitFit,
+Delta-LoRA, GaLore).
 
     python benchmarks/speed.py                      # CPU: hidden 256, 4 layers, FFN 1024, seq 128, batch 16
     python benchmarks/speed.py --hidden 768 --layers 12 --ffn 3072
@@ -19,28 +21,64 @@ import shlex
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 import peftzoo
 
 FF = r".*output\.dense"  # IA3's feedforward layers (input scaled): BERT's attention and FFN output projections
-CONFIGS = {  # name: (peftzoo method, kwargs, PEFT config factory)
-    "lora r=8": ("lora", dict(r=8, alpha=16), lambda p, t: p.LoraConfig(r=8, lora_alpha=16, target_modules=t)),
-    "rslora r=8": ("rslora", dict(r=8, alpha=16),
-                   lambda p, t: p.LoraConfig(r=8, lora_alpha=16, use_rslora=True, target_modules=t)),
-    "loraplus r=8": ("loraplus", dict(r=8, alpha=16), lambda p, t: p.LoraConfig(r=8, lora_alpha=16, target_modules=t)),
-    "dora r=8": ("dora", dict(r=8, alpha=16),
-                 lambda p, t: p.LoraConfig(r=8, lora_alpha=16, use_dora=True, target_modules=t)),
-    "vera r=256": ("vera", dict(r=256), lambda p, t: p.VeraConfig(r=256, target_modules=t)),
-    "adalora 12->8": ("adalora", dict(init_r=12, target_r=8, tinit=0, tfinal=0, deltaT=10),
-                      lambda p, t: p.AdaLoraConfig(init_r=12, target_r=8, deltaT=10, total_step=10**6,
-                                                   target_modules=t)),
-    "ia3": ("ia3", dict(feedforward=FF), lambda p, t: p.IA3Config(target_modules=t, feedforward_modules=FF)),
-    "loha r=8": ("loha", dict(r=8, alpha=8), lambda p, t: p.LoHaConfig(r=8, alpha=8, target_modules=t)),
-    "lokr r=8": ("lokr", dict(r=8, alpha=8), lambda p, t: p.LoKrConfig(r=8, alpha=8, target_modules=t)),
-    "oft b=32": ("oft", dict(oft_block_size=32), lambda p, t: p.OFTConfig(oft_block_size=32, target_modules=t)),
+
+
+@dataclass(frozen=True)
+class Config:
+    """One row: a peftzoo method (by its registry name) and, where PEFT has the method, PEFT's equivalent."""
+
+    method: str  # the registry name peftzoo.attach takes; its optimizer is the adapter's own make_optimizer
+    kwargs: dict  # the method's config fields
+    peft: Callable | None = None  # (peft module, linear target names) -> PEFT config; None: PEFT has no such method
+    peft_optimizer: Callable | None = None  # (peft model, lr) -> optimizer where PEFT's recipe has its own (LoRA+)
+    peft_hook: Callable | None = None  # (peft model, step) after the optimizer step where PEFT's recipe has one
+    note: str = ""  # what the ratio includes beyond forward, backward and AdamW, printed under the table
+
+
+def _loraplus_optimizer(pm, lr):
+    from peft.optimizers import create_loraplus_optimizer
+    return create_loraplus_optimizer(pm, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=16)
+
+
+CONFIGS = {
+    "lora r=8": Config("lora", dict(r=8, alpha=16), lambda p, t: p.LoraConfig(r=8, lora_alpha=16, target_modules=t)),
+    "rslora r=8": Config("rslora", dict(r=8, alpha=16),
+                         lambda p, t: p.LoraConfig(r=8, lora_alpha=16, use_rslora=True, target_modules=t)),
+    "loraplus r=8": Config("loraplus", dict(r=8, alpha=16),
+                           lambda p, t: p.LoraConfig(r=8, lora_alpha=16, target_modules=t),
+                           peft_optimizer=_loraplus_optimizer),
+    "dora r=8": Config("dora", dict(r=8, alpha=16),
+                       lambda p, t: p.LoraConfig(r=8, lora_alpha=16, use_dora=True, target_modules=t)),
+    "vera r=256": Config("vera", dict(r=256), lambda p, t: p.VeraConfig(r=256, target_modules=t)),
+    "adalora 12->8": Config("adalora", dict(init_r=12, target_r=8, tinit=0, tfinal=0, deltaT=10),
+                            lambda p, t: p.AdaLoraConfig(init_r=12, target_r=8, deltaT=10, total_step=10**6,
+                                                         target_modules=t),
+                            peft_hook=lambda pm, s: pm.base_model.update_and_allocate(s)),
+    "ia3": Config("ia3", dict(feedforward=FF), lambda p, t: p.IA3Config(target_modules=t, feedforward_modules=FF)),
+    "loha r=8": Config("loha", dict(r=8, alpha=8), lambda p, t: p.LoHaConfig(r=8, alpha=8, target_modules=t)),
+    "lokr r=8": Config("lokr", dict(r=8, alpha=8), lambda p, t: p.LoKrConfig(r=8, alpha=8, target_modules=t)),
+    "oft b=32": Config("oft", dict(oft_block_size=32), lambda p, t: p.OFTConfig(oft_block_size=32, target_modules=t)),
+    "prompt n=20": Config("prompt", dict(num_virtual_tokens=20),
+                          lambda p, t: p.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20),
+                          note="the 20 virtual tokens lengthen every sequence by 20 (both sides; the floor runs the "
+                               "plain length)"),
+    "bitfit": Config("bitfit", dict(layer_norm=True)),
+    "deltalora r=8": Config("deltalora", dict(r=8, alpha=16, start_steps=0),
+                            note="start_steps=0: W moves by λ·(α/r)·Δ(B A) after every timed step (the cost past "
+                                 "the warm-up)"),
+    "galore r=4": Config("galore", dict(r=4, update_proj_gap=500),
+                         note="the step includes GaLore's projected-Adam optimizer step (GaloreAdamW, from the "
+                              "adapter's make_optimizer); its SVD refresh, every update_proj_gap = 500 steps, ran in "
+                              "the untimed first step, so the ratio leaves out ~1/500 of one SVD per layer per step"),
 }
 
 
@@ -72,24 +110,23 @@ class Step:
             params = list(model.classifier.parameters())
             self.forward = lambda b: model(inputs_embeds=self.embed(model, b), labels=b["labels"]).loss
         elif impl == "peftzoo":
-            method, kw, _ = CONFIGS[name]
-            ad = peftzoo.attach(model, method, targets="all-linear", train=["classifier"], **kw)
+            c = CONFIGS[name]
+            ad = peftzoo.attach(model, c.method, targets="all-linear", train=["classifier"], **c.kwargs)
             ad.set_total_steps(10**6)
-            params = ad.param_groups(lr=1e-4)
+            self.opt = ad.make_optimizer(1e-4)  # the method's own optimizer (GaLore: its projected Adam)
             self.hook, self.extra = ad.on_step, ad.extra_loss
             self.forward = lambda b: ad.model(**b).loss
         else:
             import peft
-            _, _, make = CONFIGS[name]
-            cfg = make(peft, linear_targets(model))
+            c = CONFIGS[name]
+            cfg = c.peft(peft, linear_targets(model))
             cfg.modules_to_save = ["classifier"]
             pm = peft.get_peft_model(model, cfg)
-            if name.startswith("loraplus"):
-                from peft.optimizers import create_loraplus_optimizer
-                self.opt = create_loraplus_optimizer(pm, torch.optim.AdamW, lr=1e-4, loraplus_lr_ratio=16)
+            if c.peft_optimizer is not None:
+                self.opt = c.peft_optimizer(pm, 1e-4)
             params = [p for p in pm.parameters() if p.requires_grad]
-            if name.startswith("adalora"):
-                self.hook = lambda s: pm.base_model.update_and_allocate(s)
+            if c.peft_hook is not None:
+                self.hook = lambda s: c.peft_hook(pm, s)
             self.forward = lambda b: pm(**b).loss  # PEFT's AdaLoRA adds its orthogonal loss inside forward
         self.model = model
         if not hasattr(self, "opt"):
@@ -161,10 +198,11 @@ def main(argv=None):
     steps = [Step("floor", "floor", base, args)]
     for name in args.methods:
         steps.append(Step(name, "peftzoo", base, args))
-        if not args.no_peft:
+        if not args.no_peft and CONFIGS[name].peft is not None:
             steps.append(Step(name, "peft", base, args))
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     mem = {}
+    optim = {(s.name, s.impl): type(s.opt).__name__ for s in steps}
     for s in steps:  # warm-up, and saved-tensor bytes of one step
         s.run(batch, autocast)
         if dev.type == "cuda":
@@ -185,14 +223,14 @@ def main(argv=None):
     floor = statistics.median(times[("floor", "floor")])
     rows = []
     for name in args.methods:
-        row = {"method": name}
+        row = {"method": name, **({"note": CONFIGS[name].note} if CONFIGS[name].note else {})}
         for impl in ("peftzoo", "peft"):
             ts = times.get((name, impl))
             if not ts:
                 continue
             med = statistics.median(ts)
             row[impl] = {"ratio": med / floor, "min": min(ts) / floor, "max": max(ts) / floor, "step_ms": med * 1e3,
-                         **mem[(name, impl)]}
+                         "optimizer": optim[(name, impl)], **mem[(name, impl)]}
         if "peft" in row:
             row["vs_peft"] = row["peftzoo"]["ratio"] / row["peft"]["ratio"]
         rows.append(row)
@@ -207,7 +245,8 @@ def main(argv=None):
              + (f" --out {args.out}" if args.out != "results/speed" else "")
              + "`", "",
              f"Device {devname}; torch {torch.__version__}; BERT hidden {args.hidden}, {args.layers} layers, FFN "
-             f"{args.ffn}, seq {args.seq}, batch {args.batch}; all-linear targets, classifier trained, AdamW; "
+             f"{args.ffn}, seq {args.seq}, batch {args.batch}; all-linear targets, classifier trained, each "
+             f"method's own optimizer (AdamW unless said below); "
              f"{'process CPU time' if args.clock == 'cpu' else 'wall clock'}. "
              f"Floor (frozen forward + backward to the inputs): {floor * 1e3:.1f} ms. Median of {args.rounds} "
              f"interleaved rounds of {args.steps} steps (spread: min..max round). `saved` = MB autograd keeps "
@@ -215,14 +254,19 @@ def main(argv=None):
              "| method | peftzoo ratio | PEFT ratio | peftzoo / PEFT | peftzoo saved MB | PEFT saved MB |"
              + (" peftzoo CUDA peak MB | PEFT CUDA peak MB |" if dev.type == "cuda" else ""),
              "|---|---|---|---|---|---|" + ("---|---|" if dev.type == "cuda" else "")]
+    dash = "—"  # PEFT has no such method (or --no-peft)
     for r in rows:
         z, p = r["peftzoo"], r.get("peft")
-        fmt = lambda x: f"{x['ratio']:.2f} ({x['min']:.2f}..{x['max']:.2f})" if x else "—"  # noqa: E731
-        line = (f"| {r['method']} | {fmt(z)} | {fmt(p)} | {r.get('vs_peft', float('nan')):.2f} | "
-                f"{z['saved_mb']:.0f} | {p['saved_mb'] if p else float('nan'):.0f} |")
+        fmt = lambda x: f"{x['ratio']:.2f} ({x['min']:.2f}..{x['max']:.2f})" if x else dash  # noqa: E731
+        mb = lambda x, k="saved_mb": f"{x[k]:.0f}" if x else dash  # noqa: E731
+        vs = f"{r['vs_peft']:.2f}" if "vs_peft" in r else dash
+        line = f"| {r['method']}{' †' if r.get('note') else ''} | {fmt(z)} | {fmt(p)} | {vs} | {mb(z)} | {mb(p)} |"
         if dev.type == "cuda":
-            line += f" {z['cuda_peak_mb']:.0f} | {p['cuda_peak_mb'] if p else float('nan'):.0f} |"
+            line += f" {mb(z, 'cuda_peak_mb')} | {mb(p, 'cuda_peak_mb')} |"
         lines.append(line)
+    notes = [f"- † {r['method']}: {r['note']}" for r in rows if r.get("note")]
+    lines += ["", "Every step is forward, backward, the optimizer's step (AdamW unless said) and the adapter's hook; "
+              f"{dash}: Hugging Face PEFT has no such method."] + ([""] + notes if notes else [])
     md = "\n".join(lines) + "\n"
     print(md)
     out = Path(args.out)

@@ -19,6 +19,19 @@ warm-up as W_0 + (1 + λ)·s·B A − λ·s·B_a A_a: LoRA's value with its scal
 A and B get the gradients of scale s. Merging adds s·B A to the moved W, as LoRA.
 
 Trainable elements per adapted layer: r · (d_in + d_out), as LoRA.
+
+Checked against the sources readable offline (Dec 2026; the paper's PDF itself was not): the paper's Algorithm 1,
+as quoted verbatim in a third-party reimplementation's docstring (github.com/hhnqqq/MyTransformers,
+common/lora_modules/delta_lora.py, commit f8665ca), reads: inputs η, weight decay β, T, r, scale factor α, start
+steps K, update ratio λ; A Kaiming-initialised, B = 0; for t = 0..T−1: the optimizer (AdamW) steps A and B, then
+"if t > K: W(t+1) ← W(t) + λ·(α/r)·(A(t+1)B(t+1) − A(t)B(t))" (the paper writes the product A B for our B A). So:
+the delta is of the product (not the product of the factors' deltas), it is taken after the optimizer step, the
+scale α/r enters, and the first move is at t = K + 1 by that step's change alone: as this file does (the tests check
+each). The same quote carries the sentence "We use update ratio λ=2 and set start steps K=500 for Delta-LoRA": the
+defaults here. Whether the GLUE/RoBERTa runs used exactly these (or per-task values) is not established: the paper's
+per-task hyperparameter tables were not in any readable source. Dropout removed from the low-rank branch: the
+paper's summaries (e.g. sciencestack.ai/paper/2309.02411) say so; the exact wording of the paper was not read. No
+official code was found (searched GitHub code, issues, docs and pages); the reimplementations found are unofficial.
 """
 from __future__ import annotations
 
