@@ -43,7 +43,12 @@ REFUSED = {("gpt2", m): "is a Conv1D" for m in ("oft", "loha", "lokr")}
 # Cells that target conv layers (a conv net, ViT's patch embedding): the full cell for the LoRA family (PEFT runs
 # it on nn.Conv2d), a TypeError naming the layer type for the methods PEFT runs on linear layers only.
 CONV_CELLS = {"convnet": ["conv", "fc1"], "vit": ["patch_embeddings.projection", "q_proj"]}
-CONV_METHODS = ["lora", "rslora", "loraplus", "dora", "ia3", "loha", "lokr"]
+CONV_METHODS = ["lora", "rslora", "loraplus", "dora", "ia3", "loha", "lokr", "oft"]
+# OFT adapts 1×1 Conv2d only (oft_conv.py: PEFT's OFT on a larger kernel is not the base layer even at init): its
+# cells target the conv net's 1×1 ``pw`` (c_in 8: one block of 8), and the larger kernels are refused, naming why.
+OWN_CONV_CELLS = {("oft", "convnet"): ["pw", "fc1"]}
+CONV_REFUSED = {("oft", "convnet"): ("conv", r"kernel \(3, 3\)"),
+                ("oft", "vit"): ("patch_embeddings.projection", r"kernel \(8, 8\)")}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,8 +80,10 @@ def out(model, arch):
         return output(model, inputs(arch))
 
 
-def targets_of(arch, spec):
-    return "all-linear" if spec == "all-linear" else CONV_CELLS[arch] if spec == "conv" else ARCHS[arch].attn
+def targets_of(arch, spec, method=None):
+    if spec == "conv":
+        return OWN_CONV_CELLS.get((method, arch), CONV_CELLS[arch])
+    return "all-linear" if spec == "all-linear" else ARCHS[arch].attn
 
 
 def randomize(params, seed=0):
@@ -97,7 +104,7 @@ def peft_model(arch, cfg_dir, targets):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_cell(tmp_path, arch, method, spec):
-    a, targets = ARCHS[arch], targets_of(arch, spec)
+    a, targets = ARCHS[arch], targets_of(arch, spec, method)
     kw = dict(targets=targets, train=a.train, **KW[method])
     if (arch, method) in REFUSED:
         with pytest.raises(TypeError, match=REFUSED[arch, method]):
@@ -165,6 +172,12 @@ def test_cell(tmp_path, arch, method, spec):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("arch", list(CONV_CELLS))
 def test_conv_cells(tmp_path, arch, method):
+    if (method, arch) in CONV_REFUSED:
+        target, why = CONV_REFUSED[method, arch]
+        with pytest.raises(ValueError, match=rf"{target}', a Conv2d: {why}"):
+            peftzoo.attach(fresh(arch), method, targets=[target], **KW[method])
+        if (method, arch) not in OWN_CONV_CELLS:
+            return
     if method in CONV_METHODS:
         test_cell(tmp_path, arch, method, "conv")
     else:

@@ -137,3 +137,93 @@ def test_peft_file_options_checked(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, "module_dropout": 0.1}))
     with pytest.warns(UserWarning, match="never applies"):
         peftzoo.load_peft(tiny_bert(), tmp_path)
+
+
+class PointwiseNet(torch.nn.Module):
+    """1×1 convs (stride 2 with padding, a reflect-padded one without bias) and a Linear head; input (2, 8, 6, 6)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.pw = torch.nn.Conv2d(8, 12, 1, stride=2, padding=1)
+        self.pw2 = torch.nn.Conv2d(12, 6, 1, padding=1, padding_mode="reflect", bias=False)
+        self.head = torch.nn.Linear(6 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.pw2(torch.relu(self.pw(x)))).flatten(1))
+
+
+CONV_OPTIONS = [dict(oft_block_size=4), dict(oft_block_size=0, r=2), dict(oft_block_size=4, block_share=True),
+                dict(oft_block_size=4, use_cayley_neumann=False), dict(oft_block_size=5)]  # 5: moved to 4 / 6
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("kw", CONV_OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_pointwise_conv_equals_peft_forward_gradients_merge_and_files(tmp_path, kw):
+    targets = ["pw", "pw2", "head"]
+    x = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(1))
+    model = PointwiseNet()
+    ad = peftzoo.attach(model, "oft", targets=targets, **kw)
+    assert {type(m).__name__ for m in ad.layers.values()} == {"OftConv", "OftLayer"}
+    _randomize(ad, std=0.2)
+    ad.save_peft(tmp_path / "ours")
+    pm = peft.PeftModel.from_pretrained(PointwiseNet(), tmp_path / "ours", is_trainable=True)
+    out, ref = model(x), pm(x)
+    torch.testing.assert_close(out, ref, **TOL)
+    assert (out - PointwiseNet()(x)).abs().max() > 1e-3  # the rotation matters
+    theirs = [p for n, p in pm.named_parameters() if p.requires_grad]
+    assert peftzoo.count(PointwiseNet(), "oft", targets=targets, **kw) == sum(p.numel() for p in theirs) \
+        == ad.num_trainable()
+    out.pow(2).mean().backward()
+    ref.pow(2).mean().backward()
+    for a, b in zip(ad.adapter_parameters(), theirs):
+        torch.testing.assert_close(a.grad, b.grad, **TOL)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    pm.merge_adapter()
+    ad.merge()
+    for n, layer in ad.layers.items():
+        torch.testing.assert_close(layer.base.weight, pm.get_submodule("base_model.model." + n).base_layer.weight,
+                                   **TOL)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, **TOL)
+    ad.unmerge()
+    pm.unmerge_adapter()
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, weights[k], **TOL)
+    drift = max((pm.get_submodule("base_model.model." + n).base_layer.weight - weights[n + ".base.weight"]).abs().max()
+                for n in ad.layers)
+    assert drift < 1e-2  # PEFT's float32 inverse leaves its unmerged W off by this much; a fresh PEFT model below
+    pm = peft.PeftModel.from_pretrained(PointwiseNet(), tmp_path / "ours", is_trainable=True)
+    theirs = [p for n, p in pm.named_parameters() if p.requires_grad]
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in theirs:  # PEFT's own trained values, then its file
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        ref2 = pm(x)
+    assert (ref2 - ref).abs().max() > 1e-3
+    pm.save_pretrained(tmp_path / "peft")
+    back = PointwiseNet()
+    peftzoo.load_peft(back, tmp_path / "peft")
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), ref2, **TOL)
+
+
+def test_conv_refusals_name_the_reason():
+    from peft import OFTConfig, get_peft_model
+    cases = [(torch.nn.Conv2d(8, 8, 3), r"kernel \(3, 3\).*differs from the base layer's already at init"),
+             (torch.nn.Conv2d(8, 8, 2, stride=2), r"kernel \(2, 2\)"),
+             (torch.nn.Conv2d(8, 8, 1, groups=2), "a groups > 1 weight"),
+             (torch.nn.Conv2d(8, 8, 1, dilation=2), "refuses dilation > 1")]
+    for conv, msg in cases:
+        model = torch.nn.Sequential(conv)
+        with pytest.raises(ValueError, match=r"OFT on '0', a Conv2d: .*" + msg):
+            peftzoo.attach(model, "oft", targets=["0"], oft_block_size=4)
+        assert isinstance(model[0], torch.nn.Conv2d) and all(p.requires_grad for p in model.parameters())
+    with pytest.raises(TypeError, match="is a Conv1d"):
+        peftzoo.attach(torch.nn.Sequential(torch.nn.Conv1d(8, 8, 1)), "oft", targets=["0"], oft_block_size=4)
+    # the premise of the kernel refusal: PEFT's OFT at init (R = I) does not give the base conv's output
+    x = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    for conv in (torch.nn.Conv2d(8, 8, 3), torch.nn.Conv2d(8, 8, 2, stride=2)):
+        pm = get_peft_model(torch.nn.Sequential(conv), OFTConfig(target_modules=["0"], oft_block_size=4, r=0))
+        with torch.no_grad():
+            assert (pm(x) - conv(x)).abs().max() > 0.1

@@ -71,16 +71,18 @@ class MLP(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """A small conv net: its Linear layers are in every cell, its Conv2d in the conv cells (CONV_CELLS, test_matrix.py)."""
+    """A small conv net: its Linear layers are in every cell, its Conv2d in the conv cells (CONV_CELLS, test_matrix.py):
+    a 3×3 stride-2 conv and a 1×1 one (``pw``, padded: the only kind of Conv2d peftzoo's OFT adapts)."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3, stride=2)
-        self.fc1, self.fc2 = nn.Linear(8 * 7 * 7, H), nn.Linear(H, 10)
+        self.pw = nn.Conv2d(8, 8, 1, padding=1)
+        self.fc1, self.fc2 = nn.Linear(8 * 9 * 9, H), nn.Linear(H, 10)
         _scale_init(self)
 
     def forward(self, x):
-        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.pw(torch.relu(self.conv(x)))).flatten(1))))
 
 
 ARCHS: dict[str, Arch] = {

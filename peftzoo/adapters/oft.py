@@ -21,9 +21,13 @@ A block size that does not divide d_in (or exceeds it) is moved to the nearest d
 naming the layers (``nearest_divisor``); a layer left with blocks of 1 (no trainable entry) is refused.
 Not implemented, refused by name: ``coft=True`` (PEFT projects Q in place inside forward) and ``module_dropout > 0``
 (PEFT 0.21.2 builds its multiplicative dropout but never applies it). PEFT adapts ``nn.Linear``, ``nn.Conv2d`` and
-``nn.Embedding`` with OFT and refuses transformers' ``Conv1D`` (GPT-2); peftzoo's OFT adapts ``nn.Linear`` only.
+``nn.Embedding`` with OFT and refuses transformers' ``Conv1D`` (GPT-2); peftzoo's OFT adapts ``nn.Linear`` and
+``nn.Conv2d`` with a 1×1 kernel (oft_conv.py: y = conv(R x, W) + b, R on each pixel's c_in channels, merged W Rᵀ
+with W as c_out × c_in); larger kernels, groups > 1 and dilation > 1 are refused there with the reason (PEFT's
+forward on a larger kernel does not even reproduce the base layer at init).
 
-Trainable elements per adapted layer: n · b(b−1)/2 = d_in · (b−1)/2 (``block_share``: b(b−1)/2).
+Trainable elements per adapted layer: n · b(b−1)/2 = d_in · (b−1)/2 (``block_share``: b(b−1)/2); on a 1×1
+Conv2d d_in = c_in.
 """
 from __future__ import annotations
 
@@ -201,11 +205,14 @@ class OftCodec(LayerCodec):
                 "block_share": bool(peft.get("block_share", False))}
 
 
+from peftzoo.adapters.oft_conv import OftConv  # noqa: E402 - it subclasses OftLayer, defined above
+
+
 @register
 class Oft(LayerAdapter):
     name = "oft"
     config_cls = OftConfig
-    layer_classes = {nn.Linear: OftLayer}
+    layer_classes = {nn.Linear: OftLayer, nn.Conv2d: OftConv}  # PEFT's (1×1 kernels: oft_conv.py)
     peft = OftCodec()
     # LR grid: the OFT paper's experiments are text-to-image diffusion (no GLUE setting); Q starts at 0 like LoRA's
     # B, and its gradients are of the same order: LoRA's grid
@@ -230,7 +237,7 @@ class Oft(LayerAdapter):
     def rank_fits(cls, model, config):
         """False when the block size would be moved on some target: the budget solver then skips the value."""
         targets = cls.find(model, config, find_train(model, config))
-        return not any(blocks(OftLayer.dims(m)[0], config)[2] for m in targets.values())
+        return not any(blocks(cls.layer_class(m).dims(m)[0], config)[2] for m in targets.values())
 
     @classmethod
     def validate(cls, config):
@@ -253,9 +260,9 @@ class Oft(LayerAdapter):
     @classmethod
     def find(cls, model, config, train):
         found = super().find(model, config, train)
-        other = {n: type(m).__name__ for n, m in found.items() if not isinstance(m, nn.Linear)}
+        other = {n: type(m).__name__ for n, m in found.items() if not isinstance(m, tuple(cls.layer_classes))}
         if other:  # "all-linear" also collects transformers' Conv1D, which PEFT's OFT refuses
             n, t = next(iter(other.items()))
-            raise TypeError(f"target {n!r} is a {t}: OFT adapts nn.Linear only (PEFT 0.21.2's OFT refuses "
-                            f"{t} too); name nn.Linear targets instead of {config.targets!r}")
+            raise TypeError(f"target {n!r} is a {t}: OFT adapts nn.Linear and nn.Conv2d only (PEFT 0.21.2's OFT "
+                            f"refuses {t} too); name other targets instead of {config.targets!r}")
         return found
