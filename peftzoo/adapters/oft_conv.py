@@ -8,8 +8,9 @@ replicated or circular padding of R x is R times the padding of x. Refused, each
 
 * a kernel other than 1×1: PEFT 0.21.2 flattens the filter to c_in·kh·kw inputs, unfolds x into overlapping
   stride-1 patches, rotates them and folds them back with ``F.fold`` (which sums the overlaps) through a mis-ordered
-  reshape; already at init (R = I) its output is not the base layer's (max |Δ| 8.0 on a 3×3 conv, 3.5 on a 2×2
-  stride-2 one, tests/test_oft.py), and it differs from PEFT's own merge W Rᵀ, so no adapter can equal PEFT there;
+  reshape; already at init (R = I) its output is not the base layer's (one probe on random 4 → 6-channel convs:
+  max |Δ| 8.0 on a 3×3 one, 3.5 on a 2×2 stride-2 one; tests/test_oft.py asserts it), and it differs from PEFT's
+  own merge W Rᵀ, so no adapter can equal PEFT there;
 * ``groups > 1``: PEFT views the weight as c_out × c_in·kh·kw, which a grouped weight (c_out × c_in/groups × …)
   is not, so it cannot merge it;
 * ``dilation[0] > 1``: PEFT refuses it (a 1×1 kernel ignores dilation; PEFT checks the height's only, so do we).
