@@ -43,6 +43,7 @@ from peftzoo.adapters.fused import FusedOft, fusable, many_rows
 from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.info import MethodInfo
 from peftzoo.adapters.layered import LayerAdapter, LayerCodec
+from peftzoo.adapters.oft_conv import ConvRotation
 from peftzoo.registry import register
 
 # The PEFT release whose file format and Cayley-Neumann series (changed in PEFT 0.18.0) the saved files hold;
@@ -205,7 +206,8 @@ class OftCodec(LayerCodec):
                 "block_share": bool(peft.get("block_share", False))}
 
 
-from peftzoo.adapters.oft_conv import OftConv  # noqa: E402 - it subclasses OftLayer, defined above
+class OftConv(ConvRotation, OftLayer):
+    """OFT on a 1×1 ``nn.Conv2d``: rotates each pixel's channels (oft_conv.py)."""
 
 
 @register

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import torch
 
-from peftzoo.adapters.oft import OftLayer
 
+class ConvRotation:
+    """What ``oft.OftConv`` (this mixin on ``oft.OftLayer``) changes for a Conv2d: its sizes, refusals and forward.
+    Merge, unmerge, counts and PEFT's tensors are OftLayer's: a 1×1 kernel's c_out × c_in × 1 × 1 weight is
+    rotated by OftLayer's block products as it is."""
 
-class OftConv(OftLayer):
     @staticmethod
     def dims(base):
         return base.in_channels, base.out_channels
