@@ -175,3 +175,10 @@ def test_planned_rows_in_the_report_carry_their_rule_and_command_and_no_number()
     for r in ("14", "15", "18"):
         row = planrun.planned_row(r)
         assert row[0] == r and row[5] == "planned (not yet run)" and f"--rows {r}" in row[4] and row[6]
+
+
+def test_row14_pairs_by_seed_and_needs_three_common_seeds():
+    g = groups14(full_drop=0.5, lora_drop=5.0, loss_rise=(0.01, 0.10))
+    g[("LoRA r=1", 128)] = g[("LoRA r=1", 128)][:-1]  # seed 2 missing at batch 128
+    d = verdicts.row14(g)
+    assert d["parts"]["LoRA r=1 dev"] == "undecided (2 < 3 seeds)" and d["parts"]["LoRA r=64 dev"] == "holds", d

@@ -6,6 +6,10 @@ Trains the SST-2 runs (LoRA r = 4, 8, 64 and full fine-tuning, 3 seeds; cached u
 searches (peftzoo d90, one seed each), analyses everything with peftzoo.analysis and writes
 results/claims/README.md, claims.json and one PNG per measured claim. Claims 1, 3 and 11 are read from the cpu
 leaderboard's runs (lb.py); `--reuse-measured` recomputes only those, keeping the other rows of claims.json.
+
+`--rows 14,15,18` runs the planned rows instead (plans.py: cpu-preset bench runs, resumable; verdicts.py: their
+rules), printing each row's run count and estimated CPU time first; `--dry-run` stops there and lists the runs,
+`--smoke` runs the same plans on a tiny random BERT and tiny sets in seconds (no measurement).
 """
 from __future__ import annotations
 

@@ -55,11 +55,13 @@ def combine(parts: dict, edge: list) -> str:
     return out
 
 
-def _diff(a: dict, b: dict, sign=1.0) -> list:
-    return [sign * (a[s] - b[s]) for s in sorted(set(a) & set(b))]
+def _diff(a: dict, b: dict, sign=1.0) -> dict:
+    """{seed: sign·(a − b)} over the seeds both have (configurations share seeds, hence batch orders)."""
+    return {s: sign * (a[s] - b[s]) for s in sorted(set(a) & set(b))}
 
 
 def _ci(v, ci) -> str:
+    v = list(v.values()) if isinstance(v, dict) else v
     m = f"{np.mean(v):+.2f}" if v else "—"
     return m + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci[0] is not None else "")
 
@@ -91,11 +93,11 @@ def row14(groups: dict) -> dict:
                 continue
             (ls, ll, fs, fl) = (per_seed(g, what) for g in got)
             pen_l, pen_f = _diff(ls, ll, sign), _diff(fs, fl, sign)
-            d = [a - b for a, b in zip(pen_l, pen_f)] if len(pen_l) == len(pen_f) else []
-            v, ci = decide(d)
+            d = _diff(pen_l, pen_f)
+            v, ci = decide(list(d.values()))
             parts[f"{m} {what}"] = v
-            nums.append(f"{m} {what}: LoRA's penalty {_ci(pen_l, decide(pen_l)[1])}, full FT's "
-                        f"{_ci(pen_f, decide(pen_f)[1])}, difference {_ci(d, ci)}")
+            nums.append(f"{m} {what}: LoRA's penalty {_ci(pen_l, decide(list(pen_l.values()))[1])}, full FT's "
+                        f"{_ci(pen_f, decide(list(pen_f.values()))[1])}, difference {_ci(d, ci)}")
     lrs = "; ".join(f"{_name(k)}: lr {s.lr:g}" for k, s in sorted(sel.items(), key=lambda x: str(x[0])) if s)
     return {"parts": parts, "verdict": combine(parts, edge), "ours": "; ".join(nums) + f" (selected: {lrs})",
             "edge": edge, "rule": row14_rule(lo_b, hi_b)}
@@ -129,9 +131,9 @@ def row15(groups: dict) -> dict:
             if f is None or lo is None:
                 sig.append(None)
                 continue
-            d = _diff(per_seed(f, "dev"), per_seed(lo, "dev"))
+            d = list(_diff(per_seed(f, "dev"), per_seed(lo, "dev")).values())
             v, ci = decide(d)
-            dl = _diff(per_seed(lo, "loss"), per_seed(f, "loss"))
+            dl = list(_diff(per_seed(lo, "loss"), per_seed(f, "loss")).values())
             sig.append(v.startswith("holds"))
             nums.append(f"{m} n={'all' if n is None else n}: gap {_ci(d, ci)}, loss gap {_ci(dl, decide(dl)[1])}")
         first_sig[m] = sig[0]
