@@ -162,6 +162,11 @@ def test_plans_run_end_to_end_on_a_tiny_model_and_resume(tiny_data, tmp_path, ca
     assert set(got) == {"14", "15", "18"} and all(v["verdict"].startswith("**") for v in got.values())
     curves = list((work / "smoke" / "plans" / "18-curves").rglob("*.json"))
     assert len(curves) == 6 and all(json.loads(p.read_text())["val_curve"] for p in curves)
+    same = [(json.loads(p.read_text()), json.loads(q.read_text())) for p in curves
+            for q in [work / "smoke" / "plans" / "18" / p.relative_to(work / "smoke" / "plans" / "18-curves")]
+            if q.is_file()]  # seed 0 at the selected LR: trained once in the sweep, once with the curve
+    assert len(same) == 2 and all([h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]] and
+                                  a["metrics_final"] == b["metrics_final"] for a, b in same)  # the curve changes nothing
     n = len(list((work / "smoke" / "plans").rglob("*.json")))
     run.main(args)  # everything read back: nothing trains again
     out = capsys.readouterr().out
