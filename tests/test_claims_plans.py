@@ -149,15 +149,24 @@ def tiny_data(tmp_path):
     return tmp_path / "glue"
 
 
-def test_plans_run_end_to_end_on_a_tiny_model_and_resume(tiny_data, tmp_path, capsys):
-    import run
+def _run(args) -> str:
+    """`run.py` in its own process, as it is used (its runs leave no state in this one: caches, threads)."""
+    import os
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, str(root / "benchmarks" / "claims" / "run.py"), *args], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout
+
+
+def test_plans_run_end_to_end_on_a_tiny_model_and_resume(tiny_data, tmp_path):
     work = tmp_path / "work"
     args = ["--rows", "14,15,18", "--smoke", "--work", str(work), "--data-dir", str(tiny_data)]
-    run.main(args + ["--dry-run"])
-    out = capsys.readouterr().out
+    out = _run(args + ["--dry-run"])
     assert "row 14: 24 runs: 12 to run, 12 to run after the sweep" in out and not (work / "smoke" / "plans").exists()
-    run.main(args)
-    out = capsys.readouterr().out
+    _run(args)
     got = json.loads((work / "smoke" / "plans" / "verdicts.json").read_text())
     assert set(got) == {"14", "15", "18"} and all(v["verdict"].startswith("**") for v in got.values())
     curves = list((work / "smoke" / "plans" / "18-curves").rglob("*.json"))
@@ -168,8 +177,7 @@ def test_plans_run_end_to_end_on_a_tiny_model_and_resume(tiny_data, tmp_path, ca
     assert len(same) == 2 and all([h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]] and
                                   a["metrics_final"] == b["metrics_final"] for a, b in same)  # the curve changes nothing
     n = len(list((work / "smoke" / "plans").rglob("*.json")))
-    run.main(args)  # everything read back: nothing trains again
-    out = capsys.readouterr().out
+    out = _run(args)  # everything read back: nothing trains again
     assert "row 14: 24 runs: 24 cached" in out and "row 18: 10 runs: 10 cached" in out and "  run " not in out
     assert len(list((work / "smoke" / "plans").rglob("*.json"))) == n
     shutil.rmtree(work / "smoke" / "smoke-model")
