@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import lora_scaling
+import planrun
 import pretrain_d90
 from measure import ci95, fmt
 
@@ -153,6 +154,8 @@ def pending(d):
 def readme(d: dict) -> str:
     measured = [c4(d), c5(d), c7(d), c8(d), c10(d)] + ([pretrain_d90.row(d["c9"])] if "c9" in d else []) \
         + ([lora_scaling.row_c2(d["c2"])] if "c2" in d else []) + ([lora_scaling.row_c6(d["c6"])] if "c6" in d else [])
+    measured += [planrun.measured_row(r, d[f"c{r}"]) if f"c{r}" in d else planrun.planned_row(r)
+                 for r in planrun.DECIDE]  # rows 14, 15, 18: planned until `run.py --rows` has run them
     lb = d.get("leaderboard_rows", {})  # claims answered by the cpu leaderboard's runs (lb.py)
     done = {r[0] for r in measured}
     all_rows = sorted(measured + [tuple(lb.get(r[0], r)) for r in pending(d) if r[0] not in done],

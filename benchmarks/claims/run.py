@@ -6,6 +6,10 @@ Trains the SST-2 runs (LoRA r = 4, 8, 64 and full fine-tuning, 3 seeds; cached u
 searches (peftzoo d90, one seed each), analyses everything with peftzoo.analysis and writes
 results/claims/README.md, claims.json and one PNG per measured claim. Claims 1, 3 and 11 are read from the cpu
 leaderboard's runs (lb.py); `--reuse-measured` recomputes only those, keeping the other rows of claims.json.
+
+`--rows 14,15,18` runs the planned rows instead (plans.py: cpu-preset bench runs, resumable; verdicts.py: their
+rules), printing each row's run count and estimated CPU time first; `--dry-run` stops there and lists the runs,
+`--smoke` runs the same plans on a tiny random BERT and tiny sets in seconds (no measurement).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import lora_scaling  # noqa: E402
 import measure  # noqa: E402
 import mnist_d90  # noqa: E402
 import pretrain_d90  # noqa: E402
+import planrun  # noqa: E402
 import plots  # noqa: E402
 import rows  # noqa: E402
 from sst2 import Setup, compare, run  # noqa: E402
@@ -54,6 +59,29 @@ def redraw(out: Path) -> None:
     print(f"redrew the figures under {out} from {out / 'claims.json'}")
 
 
+def rows_planned(args, out: Path) -> None:
+    """--rows: the planned rows' runs and verdicts; a real (not smoke) run also writes them into the report."""
+    if not args.data_dir:
+        raise SystemExit("--rows needs GLUE data: pass --data-dir or set PEFTZOO_DATA_DIR")
+    rows_ = [r.strip() for r in args.rows.split(",")]
+    bad = [r for r in rows_ if r not in planrun.DECIDE]
+    if bad:
+        raise SystemExit(f"--rows: no plan for {', '.join(bad)} (planned: {', '.join(planrun.DECIDE)})")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared CPU: one thread beats two that spin against other jobs
+    try:
+        got = planrun.main(args, rows_)
+    finally:
+        torch.set_num_threads(threads)
+    if got and not args.smoke and (out / "claims.json").is_file():
+        data = json.loads((out / "claims.json").read_text())
+        data["c5"] = {int(k) if k.isdigit() else k: v for k, v in data["c5"].items()}
+        data.update({f"c{r}": v for r, v in got.items()})
+        write_text(out / "claims.json", json.dumps(data, indent=1, default=str))
+        write_text(out / "README.md", rows.readme(data))
+        print(f"wrote rows {', '.join(got)} into {out / 'README.md'}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="local-results/claims", help="cache of trained runs and adapters")
@@ -67,8 +95,18 @@ def main(argv=None):
                    "claims.json (an earlier full invocation) and recompute only the leaderboard's claims")
     p.add_argument("--plots-only", action="store_true", help="redraw every figure from the existing claims.json "
                    "(no training, no search; e.g. after a colour change) and exit")
+    p.add_argument("--rows", help="run the planned rows instead (comma list of 14, 15, 18; resumable: finished run "
+                   "JSONs under --work/plans are read back, the leaderboard's runs reused where the spec is theirs); "
+                   "prints each row's run count and estimated CPU time first, then the verdicts")
+    p.add_argument("--dry-run", action="store_true", help="with --rows: list the runs still to do and their "
+                   "estimated cost; run nothing")
+    p.add_argument("--smoke", action="store_true", help="with --rows: a tiny random BERT on tiny sets (seconds; every "
+                   "code path, no measurement; SST-2 data only), under --work/smoke")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.rows:
+        rows_planned(args, out)
+        return
     if args.plots_only:
         redraw(out)
         return
