@@ -98,9 +98,30 @@ def test_gaussian_init():
     assert all(torch.equal(ly.base.weight, ref.get_submodule(n).weight) for n, ly in ad.layers.items())
 
 
+def test_both_random_init_is_peft_false_and_moves_the_output(ids):
+    """init_lora_weights=False: A and B both nn.Linear's Kaiming-uniform (bound 1/√fan_in), W untouched, so the
+    output moves at init; PEFT's False draws from the same distribution (its own RNG, so not the same values)."""
+    model, ad = ours("lora", False, r=4)
+    pm = peft_model("lora", False)
+    for n, ly in ad.layers.items():
+        theirs = pm.base_model.model.get_submodule(n)
+        for ours_t, peft_t, fan_in in ((ly.A, theirs.lora_A["default"].weight, ly.A.shape[1]),
+                                       (ly.B, theirs.lora_B["default"].weight, 4)):
+            bound = fan_in ** -0.5
+            assert ours_t.abs().max() <= bound and peft_t.abs().max() <= bound, n
+            assert ours_t.abs().max() > 0.8 * bound, n  # spread over the whole interval, not near 0
+        assert torch.equal(ly.base.weight, tiny_bert(0).get_submodule(n).weight), n
+    assert (model(ids).logits - tiny_bert(0)(ids).logits).abs().max() > 1e-3
+    _, again = ours("lora", True, r=4)
+    first = next(iter(ad.layers))  # A drawn as the default's (later layers' differ: B's draws come in between)
+    assert torch.equal(ad.layers[first].A, again.layers[first].A)
+    with pytest.raises(ValueError, match="nn.Linear layers only"):
+        peftzoo.attach(tiny_bert(0), "lora", targets=["word_embeddings"], r=2, init_lora_weights=False)
+
+
 @pytest.mark.parametrize("init, match", [("pissa_niter_4", "'pissa_niter_4' is not supported .a randomized SVD"),
                                          ("eva", "'eva' is not supported"), ("corda", "'corda' is not supported"),
-                                         ("loftq", "'loftq' is not supported"), (False, "False is not supported")])
+                                         ("loftq", "'loftq' is not supported")])
 def test_unsupported_init_is_refused_by_name(model, init, match):
     with pytest.raises(ValueError, match=rf"init_lora_weights={match}"):
         peftzoo.attach(model, "lora", targets=["query"], r=2, init_lora_weights=init)

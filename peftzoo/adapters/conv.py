@@ -54,7 +54,7 @@ class LoraConv(AdapterLayer):
             raise ValueError(f"r={config.r} must be a positive integer")
         if not 0.0 <= config.dropout < 1.0:
             raise ValueError(f"dropout={config.dropout} must be in [0, 1)")
-        if config.init_lora_weights in RESIDUAL:
+        if config.init_lora_weights in RESIDUAL or config.init_lora_weights is False:  # (False: both random)
             raise ValueError(f"init_lora_weights={config.init_lora_weights!r} is defined for nn.Linear layers only; "
                              f"target {name!r} is a {kind}")
         why = ("groups > 1 (PEFT cannot merge it either)" if base.groups != 1 else

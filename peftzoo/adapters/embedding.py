@@ -41,7 +41,7 @@ class LoraEmbedding(AdapterLayer):
     def check(cls, name, base, config):
         if not isinstance(config.r, int) or config.r < 1:
             raise ValueError(f"r={config.r} must be a positive integer")
-        if config.init_lora_weights in RESIDUAL:
+        if config.init_lora_weights in RESIDUAL or config.init_lora_weights is False:  # (False: both random)
             raise ValueError(f"init_lora_weights={config.init_lora_weights!r} is defined for nn.Linear layers only; "
                              f"target {name!r} is a {type(base).__name__}")
         if base.max_norm is not None:

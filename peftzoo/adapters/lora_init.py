@@ -3,6 +3,8 @@ B (d_out × r) and the update's scale s.
 
     True (default)  A Kaiming-uniform (a = √5), B = 0                                          W unchanged
     "gaussian"      A ~ N(0, 1/r²), B = 0                                                        W unchanged
+    False           A and B both Kaiming-uniform (a = √5: nn.Linear's default, bound 1/√fan_in),  W unchanged
+                    so s·B A ≠ 0 at init and the output moves (PEFT's ``False``: "random init, not a no-op")
     "pissa"         W = U S Vᵀ (full SVD); A = diag(√(S_r/s)) V_rᵀ, B = U_r diag(√(S_r/s))       W ← W − s·B A
                     (Meng et al. 2024, arXiv:2404.02948)
     "olora"         W = Q R (QR decomposition); A = R[:r], B = Q[:, :r]                          W ← W − s·B A
@@ -38,7 +40,7 @@ from torch import nn
 
 # PEFT inits whose saved A, B load exactly with any of ours: the frozen weight is untouched and the forward is LoRA's
 PEFT_PLAIN = (True, False, "gaussian", "orthogonal")
-INITS = (True, "gaussian", "pissa", "olora", "loram")
+INITS = (True, False, "gaussian", "pissa", "olora", "loram")
 RESIDUAL = ("pissa", "olora", "loram")  # inits that rewrite the frozen weight
 PEFT_INITS = (*PEFT_PLAIN, "pissa", "olora")  # the inits a PEFT 0.21.2 file and ours exchange
 
@@ -48,7 +50,7 @@ def check_init(init) -> None:
         hint = (" (a randomized SVD from the global RNG, which no reload reproduces exactly: use 'pissa')"
                 if isinstance(init, str) and init.startswith("pissa_niter_") else "")
         raise ValueError(f"init_lora_weights={init!r} is not supported{hint}; "
-                         f"supported: True (default), 'gaussian', 'pissa', 'olora', 'loram'")
+                         f"supported: True (default), False, 'gaussian', 'pissa', 'olora', 'loram'")
 
 
 def peft_init(init):
@@ -82,11 +84,14 @@ def init_factors(init, weight: torch.Tensor, r: int, scaling: float, gen: torch.
         a, b, res = {"pissa": _pissa, "olora": _olora, "loram": _loram}[init](w, r, scaling)
         return a.to(w.dtype), b.to(w.dtype), res.to(w.dtype)
     a = torch.empty(r, d_in, dtype=w.dtype)
-    if init is True:
+    b = torch.zeros(d_out, r, dtype=w.dtype)
+    if init is True or init is False:
         nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=gen)
+        if init is False:  # both random (PEFT: both factors keep nn.Linear's default init)
+            nn.init.kaiming_uniform_(b, a=math.sqrt(5), generator=gen)
     else:  # "gaussian"
         nn.init.normal_(a, std=1 / r, generator=gen)
-    return a.to(w.device), torch.zeros(d_out, r, dtype=w.dtype, device=w.device), None
+    return a.to(w.device), b.to(w.device), None
 
 
 def _pissa(w: torch.Tensor, r: int, scaling: float):
