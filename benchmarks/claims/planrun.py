@@ -1,4 +1,4 @@
-"""``run.py --rows 14,15,18 [--dry-run] [--smoke]``: the planned rows' runs (plans.py), cost first, then verdicts
+"""``run.py --rows 12,13,14,15,16,17,18,19 [--dry-run] [--smoke]``: the planned rows' runs (plans.py), cost first, then verdicts
 (verdicts.py); and their README rows while they have not run ("planned (not yet run)")."""
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import shutil
 from pathlib import Path
 
 import plans
+import plans_b
 import verdicts
+import verdicts_b
 
 from peftzoo.bench.store import write_text
 
-DECIDE = {"14": verdicts.row14, "15": verdicts.row15, "18": verdicts.row18}
+DECIDE = {"14": verdicts.row14, "15": verdicts.row15, "18": verdicts.row18, **verdicts_b.DECIDE}
 CLAIM = {"14": "LoRA is less tolerant of large batch sizes than full FT, independently of rank",
          "15": "Capacity: LoRA matches full FT until the data exceeds its capacity (the gap opens with the data, "
                "earlier at lower rank)",
@@ -19,9 +21,13 @@ CLAIM = {"14": "LoRA is less tolerant of large batch sizes than full FT, indepen
 SOURCE = {"14": f"{verdicts.SRC}, Fig. 3: LoRA's loss rises faster with batch size than full FT's, at every rank",
           "15": f"{verdicts.SRC}: LoRA matches full FT on small data sets; the gap opens past its capacity",
           "18": "Hayou et al. 2024 (LoRA+): up to ×2 faster fine-tuning, +1–2% (the +1–2% is row 11)"}
+CLAIM.update(plans_b.CLAIM)
+SOURCE.update(plans_b.SOURCE)
 
 
 def setup(row: str, s: plans.Scale) -> str:
+    if row in plans_b.ROWS:
+        return plans_b.setup(row, s, s.b)
     base = "cpu preset setting (all-MiniLM-L6-v2, LoRA on query+value α = 16, each configuration's LR grid the " \
            "leaderboard's, swept on seed 0 and selected on validation, seeds " + ", ".join(map(str, s.seeds)) + ")"
     if row == "14":
@@ -35,7 +41,7 @@ def setup(row: str, s: plans.Scale) -> str:
             f"validation scored every {s.eval_every} steps at the selected LR")
 
 
-RULES = {"14": verdicts.row14_rule(8, 128), "15": verdicts.ROW15_RULE, "18": verdicts.ROW18_RULE}
+RULES = {"14": verdicts.row14_rule(8, 128), "15": verdicts.ROW15_RULE, "18": verdicts.ROW18_RULE, **verdicts_b.RULES}
 
 
 def planned_row(row: str, counts: dict | None = None) -> tuple:
@@ -70,10 +76,15 @@ def main(args, rows: list[str]) -> dict:
     work = Path(args.work) / ("smoke" if args.smoke else "")
     scale = plans.smoke(tiny_model(work)) if args.smoke else plans.Scale(lb_root=args.leaderboard)
     plan = {r: plans.run_row(r, scale, work, args.data_dir, dry=True) for r in rows}
-    total = 0.0
+    total, seen = 0.0, set()
     for r, p in plan.items():
         n = sum(p["count"].values())
         line = f"row {r}: {n} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(p["count"].items()))
+        todo = [(s, c) for s, c in p["todo"] if (s.run_id, c) not in seen]  # a run two rows share is costed once
+        if len(todo) < len(p["todo"]):
+            line += f" ({len(p['todo']) - len(todo)} of them an earlier row's)"
+        seen |= {(s.run_id, c) for s, c in todo}
+        p["todo"] = todo
         if args.smoke:
             line += " (no cost estimate for --smoke: plan_cost's fit is of the cpu leaderboard's MiniLM runs)"
         else:

@@ -1,4 +1,5 @@
-"""Rows 14, 15 and 18 of results/claims (issue 27): runnable, resumable plans of peftzoo bench runs.
+"""Rows 14, 15 and 18 of results/claims (issue 27): runnable, resumable plans of peftzoo bench runs (and the
+machinery rows 12, 13, 16, 17, 19 share: their setups are in plans_b.py).
 
     PEFTZOO_DATA_DIR=../shared/data python benchmarks/claims/run.py --rows 14,15,18 [--dry-run] [--smoke]
 
@@ -18,13 +19,16 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import plans_b
+from probe import DeltaSpectrum
+
 from peftzoo.bench import store
 from peftzoo.bench.plan import make_plan
 from peftzoo.bench.preset import load_preset
 from peftzoo.bench.protocol import selection
 from peftzoo.bench.train import Callback
 
-ROWS = ("14", "15", "18")
+ROWS = ("14", "15", "18") + plans_b.ROWS
 REF_BATCH = 32  # the recorded runs' batch size (the cost fit's step time is per batch of 32)
 
 
@@ -46,13 +50,15 @@ class Scale:
     task18: str = "SST-2"
     eval_every: int = 5  # row 18: validation scored every this many steps (and at every epoch's end)
     lb_root: str = "results"  # the leaderboard's results root (its runs are reused where the spec is the same)
+    b: plans_b.RowsB = plans_b.RowsB()  # rows 12, 13, 16, 17, 19 (plans_b.py)
 
 
 def smoke(model: str) -> Scale:
     """The plan on a tiny model and tiny sets: every code path in seconds (no measurement)."""
     return Scale(model=model, overrides={"max_train": 32, "max_eval": 16, "max_len": 16,
                                          "val_cap": 8}, lr_points=2, task15="SST-2", batches=(4, 16),
-                 ranks14=(1, 8), sizes=(16, 32), ranks15=(1, 8), min_steps=4, eval_every=2, lb_root="")
+                 ranks14=(1, 8), sizes=(16, 32), ranks15=(1, 8), min_steps=4, eval_every=2, lb_root="",
+                 b=plans_b.smoke())
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class Config:
     changes: dict  # spec fields this configuration replaces
     grid: tuple  # the LR sweep (seed 0)
     curve: bool = False  # the selected LR's runs record a validation curve (row 18)
+    store: str = ""  # the folder under plans/ its runs are kept in ("": the row's own)
+    probe: bool = False  # every run records its ΔW spectrum (probe.DeltaSpectrum), in <store>-probed
 
 
 def label(method: str, r: int | None) -> str:
@@ -76,7 +84,7 @@ def configs(scale: Scale, rows=ROWS) -> tuple[list[Config], object]:
     pre = load_preset(scale.preset)
     if scale.model:  # (the smoke's tiny model: budgets resolve on it and every spec names it)
         pre = dataclasses.replace(pre, model=scale.model)
-    tasks = list(dict.fromkeys(getattr(scale, f"task{r}") for r in rows))
+    tasks = list(dict.fromkeys(scale.b.task if r in plans_b.ROWS else getattr(scale, f"task{r}") for r in rows))
     plan = make_plan(pre, tasks=tasks, methods=["full", "lora", "loraplus"], seeds=list(scale.seeds))
     cells = {(c.method, c.hparams.get("r")): c for c in plan.cells}
 
@@ -99,6 +107,7 @@ def configs(scale: Scale, rows=ROWS) -> tuple[list[Config], object]:
     if "18" in rows:
         out += [Config("18", (label(m, 8),), scale.task18, cells[(m, 8)], {}, grid(scale.task18, m), True)
                 for m in ("lora", "loraplus")]
+    out += plans_b.configs(scale.b, rows, pre, cells, grid, Config)
     return out, plan
 
 
@@ -139,13 +148,19 @@ class ValCurve(Callback):
             self.points.append([step, float(score)])
 
 
-def _get(s, folder: Path, scale: Scale, data_dir, dry: bool, curve: bool, say):
-    """(where it came from, record or None): read back, from the leaderboard, to run (dry), or run now."""
+def _probed(folder: Path) -> Path:
+    return folder.with_name(folder.name + "-probed")
+
+
+def _get(s, folder: Path, scale: Scale, data_dir, dry: bool, curve: bool, say, probe: bool = False):
+    """(where it came from, record or None): read back, from the leaderboard, to run (dry), or run now. A probed
+    run lives in ``<folder>-probed``; its record also serves the same run unprobed (the probe changes nothing)."""
     from peftzoo.bench.runner import execute
-    path = store.run_path(folder, "", s.task, s.run_id)
-    if store.is_finished(path):
-        return "cached", store.read_record(path)[0]
-    if not curve and scale.lb_root:
+    path = store.run_path(_probed(folder) if probe else folder, "", s.task, s.run_id)
+    for p in (path,) if probe else (path, store.run_path(_probed(folder), "", s.task, s.run_id)):
+        if store.is_finished(p):
+            return "cached", store.read_record(p)[0]
+    if not curve and not probe and scale.lb_root:
         lb = store.run_path(Path(scale.lb_root), "cpu", s.task, s.run_id)
         if lb.is_file():
             rec = store.read_record(lb)[0]
@@ -155,9 +170,12 @@ def _get(s, folder: Path, scale: Scale, data_dir, dry: bool, curve: bool, say):
         return "to run", None
     say(f"  run {s.label} {s.method} {s.hparams} batch {s.batch_size} n {s.max_train} ep {s.epochs}")
     cb = ValCurve(s, data_dir, scale.eval_every) if curve else None
-    rec = execute(s, data_dir, progress=False, callbacks=[cb] if cb else ())
+    pr = DeltaSpectrum(s) if probe else None
+    rec = execute(s, data_dir, progress=False, callbacks=[c for c in (cb, pr) if c])
     if cb is not None and rec.ok:
         rec = dataclasses.replace(rec, extra={**rec.extra, "val_curve": cb.points, "eval_every": scale.eval_every})
+    if pr is not None and rec.ok:
+        rec = dataclasses.replace(rec, extra={**rec.extra, "delta_spectrum": pr.summary()})
     store.write_record(path, rec)
     return "ran", rec
 
@@ -168,15 +186,15 @@ def run_row(row: str, scale: Scale, work: Path, data_dir=None, dry: bool = False
     cfgs, plan = configs(scale, (row,))
     groups, todo, count = {}, [], {}
 
-    def get(s, folder, curve=False):
-        where, rec = _get(s, folder, scale, data_dir, dry, curve, say)
+    def get(s, folder, curve=False, probe=False):
+        where, rec = _get(s, folder, scale, data_dir, dry, curve, say, probe)
         count[where] = count.get(where, 0) + 1
         if rec is None:
             todo.append((s, curve))
         return rec
-    base = Path(work) / "plans" / row
     for c in cfgs:
-        sweep = [get(spec(plan, scale, c, lr, scale.seeds[0], 1, data_dir), base) for lr in c.grid]
+        base = Path(work) / "plans" / (c.store or row)
+        sweep = [get(spec(plan, scale, c, lr, scale.seeds[0], 1, data_dir), base, probe=c.probe) for lr in c.grid]
         ok = [r for r in sweep if r is not None]
         sel = next(iter(selection(ok).values()), None) if len(ok) == len(sweep) else None
         seeds = list(scale.seeds) if c.curve else list(scale.seeds[1:])
@@ -190,7 +208,7 @@ def run_row(row: str, scale: Scale, work: Path, data_dir=None, dry: bool = False
                 say(f"  {c.key}: every sweep run failed; no seeds run")
             groups[c.key] = ok
             continue
-        more = [get(spec(plan, scale, c, sel.lr, s, 2, data_dir), folder, c.curve) for s in seeds]
+        more = [get(spec(plan, scale, c, sel.lr, s, 2, data_dir), folder, c.curve, c.probe) for s in seeds]
         groups[c.key] = [r for r in ok + more if r is not None]  # curves last: selection keeps them
     return {"groups": groups, "todo": todo, "count": count}
 
