@@ -17,10 +17,10 @@ HALF, HALF2 = tuple(x / 2 for x in NOISE), tuple(x / 2 for x in OTHER)  # smalle
 N3 = (0.2, -0.1, 0.1)  # a third configuration's per-seed noise (points)
 
 
-def probed(r, stable, eff=None, fro=0.05, num=8.0):
+def probed(r, stable, eff=None, fro=0.05, num=8.0, init=1.0):
     spec = {"stable_rank": stable, "effective_rank": min(stable + 2, 7.5) if eff is None else eff, "dW_fro": fro,
             "numerical_rank": num}
-    return dataclasses.replace(r, extra={"delta_spectrum": {"init_factor_fro": 1.0, "first_step_fro": 0.01,
+    return dataclasses.replace(r, extra={"delta_spectrum": {"init_factor_fro": init, "first_step_fro": 0.01,
                                                             "epochs": [{"epoch": 1, **spec}]}})
 
 
@@ -64,15 +64,17 @@ def test_row12_counts_unfinished_and_nonfinite_runs_as_failed():
     assert not verdicts_b.failed(rec("lora", 1e-2, 0, 0.8), 0.6)
 
 
-def groups13(lora, pissa, loram):
+def groups13(lora, pissa, loram, loram_init=1.5):
     return {("LoRA", 8): config("lora", lora), ("PiSSA", 8): [probed(r, 3.0) for r in config("lora", pissa, noise=N3)],
-            ("LoRAM", 8): [probed(r, 3.0) for r in config("lora", loram, noise=OTHER)]}
+            ("LoRAM", 8): [probed(r, 3.0, init=loram_init) for r in config("lora", loram, noise=OTHER)]}
 
 
 def test_row13_holds_when_loram_recovers_pissa_gain_and_reports_magnitudes():
     d = verdicts_b.row13(groups13(80.0, 83.0, 83.0))
     assert d["verdict"] == "**holds**", d
-    assert "PiSSA ‖s·BA‖_F at init 1" in d["ours"]
+    assert "PiSSA ‖s·BA‖_F at init 1, first step 0.01" in d["ours"] and "LoRAM ‖s·BA‖_F at init 1.5" in d["ours"]
+    d = verdicts_b.row13(groups13(80.0, 83.0, 83.0, loram_init=2.5))  # the premise fails: not magnitude-matched
+    assert d["verdict"] == "**undecided**: LoRAM's init magnitude is 2.50× PiSSA's, not matched within 2×", d
 
 
 def test_row13_does_not_hold_when_pissa_stays_ahead_and_undecided_without_a_gain():

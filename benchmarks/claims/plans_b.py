@@ -11,6 +11,11 @@ leaderboard. The rows share one store (``plans/shared``): a configuration two ro
 theirs. A configuration whose rule reads ΔW (rows 12, 19; 13's init and first-step magnitudes) records it with
 ``probe.DeltaSpectrum`` on every run, in ``plans/shared-probed``; a probed record also serves an unprobed request
 (the probe changes nothing in training: tested). The verdicts are in verdicts_b.py.
+
+Cost, as `--dry-run` printed it before any of these runs existed (Dec 4 2026; benchmarks/plan_cost.py's fit over
+results/cpu, 2 threads; a run two rows share is costed once): row 12 36 runs, 0.30 CPU h; row 13 21 runs (7 from
+the leaderboard), 0.12 h; row 16 42 runs (9 from the leaderboard, 7 row 13's), 0.21 h; row 17 42 runs (1 from the
+leaderboard, 6 row 16's), 0.28 h; row 19 14 runs (3 row 12's), 0.09 h; 0.99 CPU h in all.
 """
 from __future__ import annotations
 
@@ -120,8 +125,8 @@ def setup(row: str, s, b: RowsB) -> str:
               f"{', '.join(f'{d:g}' for d in b.decays)}; LR grid {', '.join(f'{x:g}' for x in b.grid12 or ())}; "
               f"ΔW = W_eff − W_pretrained per q/v layer at the end (effective, stable rank, ‖ΔW‖_F, mean over the 12 "
               f"layers); a run fails when its final validation accuracy is < {b.fail_score:g}",
-        "13": f"LoRA, PiSSA and LoRAM (the paper's magnitude init) at r = {b.rank}; {grid}; ‖s·B A‖_F at init and "
-              f"the first step's ‖ΔW_eff‖_F recorded (PiSSA, LoRAM)",
+        "13": f"LoRA, PiSSA and LoRAM (the paper's magnitude init; its s·B A is the paper's at any α) at r = "
+              f"{b.rank}; {grid}; ‖s·B A‖_F at init and the first step's ‖ΔW_eff‖_F recorded (PiSSA, LoRAM)",
         "16": f"LoRA and PiSSA at r = {', '.join(map(str, b.ranks16))} (the leaderboard's counts), each (method, "
               f"rank) at its own LR; {grid}; PiSSA r = {b.rank}'s runs are row 13's",
         "17": f"LoRA and DoRA at r = {', '.join(map(str, b.ranks17))} (equal rank: DoRA adds d_out = 384 "

@@ -109,14 +109,25 @@ def row12_rule(r: int = RowsB().rank, threshold: float = RowsB().fail_score) -> 
 
 def row13(groups: dict) -> dict:
     """Keys ("LoRA", r), ("PiSSA", r), ("LoRAM", r). gain = PiSSA − LoRA, residual = PiSSA − LoRAM, recovered =
-    LoRAM − LoRA (dev points, per seed). No significant gain: undecided (nothing to explain); a significant
-    residual: does not hold (the spectral init keeps a lead once magnitude is matched); else a significant recovered
-    gain: holds; else undecided. The magnitudes (‖s·B A‖_F at init, the first step's ‖ΔW‖_F) are reported."""
+    LoRAM − LoRA (dev points, per seed). The premise first: LoRAM's ‖s·B A‖_F at init within ``MATCH``× of PiSSA's
+    (seed means), else undecided (the magnitudes are not matched). No significant gain: undecided (nothing to
+    explain); a significant residual: does not hold (the spectral init keeps a lead once magnitude is matched); else
+    a significant recovered gain: holds; else undecided. The first step's ‖ΔW_eff‖_F is reported."""
     ks = {k[0]: k for k in groups}
     sel, edge = _selected(groups)
     gain, residual, recovered = (_pair(sel, ks[a], ks[b]) for a, b in (("PiSSA", "LoRA"), ("PiSSA", "LoRAM"),
                                                                         ("LoRAM", "LoRA")))
-    if not gain[0].startswith("holds"):
+    mag = {}
+    for name in ("PiSSA", "LoRAM"):
+        s = sel.get(ks.get(name))
+        got = [r.extra["delta_spectrum"] for r in (s.runs if s else []) if "delta_spectrum" in (r.extra or {})]
+        if got:
+            mag[name] = (np.mean([g["init_factor_fro"] for g in got]), np.mean([g["first_step_fro"] for g in got]))
+    ratio = mag["LoRAM"][0] / mag["PiSSA"][0] if len(mag) == 2 and mag["PiSSA"][0] > 0 else None
+    if ratio is None or not 1 / MATCH <= ratio <= MATCH:
+        v = ("**undecided**: " + ("no init magnitude recorded" if ratio is None else
+                                  f"LoRAM's init magnitude is {ratio:.2f}× PiSSA's, not matched within {MATCH:g}×"))
+    elif not gain[0].startswith("holds"):
         v = f"**undecided**: no significant PiSSA gain over LoRA to explain ({gain[0]})"
     elif residual[0].startswith("holds"):
         v = "**does not hold**: PiSSA stays ahead of the magnitude-matched LoRAM"
@@ -124,13 +135,7 @@ def row13(groups: dict) -> dict:
         v = "**holds**"
     else:
         v = "**undecided**: LoRAM neither behind PiSSA nor ahead of LoRA, significantly"
-    mags = []
-    for name in ("PiSSA", "LoRAM"):
-        s = sel.get(ks.get(name))
-        got = [r.extra["delta_spectrum"] for r in (s.runs if s else []) if "delta_spectrum" in (r.extra or {})]
-        if got:
-            mags.append(f"{name} ‖s·BA‖_F at init {np.mean([g['init_factor_fro'] for g in got]):.3g}, first step "
-                        f"{np.mean([g['first_step_fro'] for g in got]):.3g}")
+    mags = [f"{n} ‖s·BA‖_F at init {a:.3g}, first step {b:.3g}" for n, (a, b) in mag.items()]
     lrs = ", ".join(f"{k[0]} {s.lr:g}" for k, s in sel.items() if s)
     ours = (f"PiSSA − LoRA {_ci(gain[2], gain[1])}; PiSSA − LoRAM {_ci(residual[2], residual[1])}; LoRAM − LoRA "
             f"{_ci(recovered[2], recovered[1])} (points; lr {lrs}); " + "; ".join(mags))
@@ -138,7 +143,9 @@ def row13(groups: dict) -> dict:
             "parts": {"gain": gain[0], "residual": residual[0], "recovered": recovered[0]}}
 
 
-ROW13_RULE = ("dev points per seed, each arm at its own LR: gain = PiSSA − LoRA must be significant (else undecided: "
+MATCH = 2.0  # row 13: LoRAM's init ‖s·BA‖_F within this factor of PiSSA's (loram_magnitude.py: 1.56× median at r = 8)
+ROW13_RULE = (f"premise: LoRAM's ‖s·BA‖_F at init within {MATCH:g}× of PiSSA's (mean over q/v layers and seeds), else "
+              "undecided; dev points per seed, each arm at its own LR: gain = PiSSA − LoRA must be significant (else undecided: "
               "nothing to explain); residual = PiSSA − LoRAM significant: does not hold; else recovered = LoRAM − "
               f"LoRA significant: holds; else undecided; {RULE}")
 
