@@ -1,5 +1,6 @@
-"""``run.py --rows 12,13,14,15,16,17,18,19 [--dry-run] [--smoke]``: the planned rows' runs (plans.py), cost first, then verdicts
-(verdicts.py); and their README rows while they have not run ("planned (not yet run)")."""
+"""``run.py --rows 12,13,14,15,16,17,18,19 [--dry-run] [--smoke]``: the planned rows' runs (plans.py, plans_b.py),
+cost first, then verdicts (verdicts.py, verdicts_b.py); and their README rows while they have not run ("planned (not
+yet run)")."""
 from __future__ import annotations
 
 import json

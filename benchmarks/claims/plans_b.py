@@ -29,7 +29,7 @@ STORE = "shared"  # plans/<STORE>: one folder for every row here, so equal confi
 @dataclass(frozen=True)
 class RowsB:
     """The five rows' settings (the default is the cpu leaderboard's SST-2 setting; ``smoke`` a seconds-sized one)."""
-    task: str = "SST-2"  # the leaderboard's SST-2 setting: its LoRA r = 1, 8, 64 runs are reused where the spec is theirs
+    task: str = "SST-2"  # the leaderboard's SST-2 setting: its LoRA r = 1, 8, 64 runs are reused (same specs)
     rank: int = 8  # rows 12, 13, 19: the leaderboard's middle count (LoRA r = 8, 73,728 elements)
     # row 12: AdamW's decoupled decay multiplies the factors by (1 − lr·wd) each step: over 94 steps at lr 3e-3, wd
     # 0.1 pulls them in by ~3% (small) and wd 1.0 by ~25% (large); 0 is the leaderboard's

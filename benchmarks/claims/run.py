@@ -9,7 +9,8 @@ leaderboard's runs (lb.py); `--reuse-measured` recomputes only those, keeping th
 
 `--rows 12,13,14,15,16,17,18,19` runs the planned rows instead (plans.py, plans_b.py: cpu-preset bench runs,
 resumable; verdicts.py, verdicts_b.py: their rules), printing each row's run count and estimated CPU time first;
-`--dry-run` stops there and lists the runs, `--smoke` runs the same plans on a tiny random BERT and tiny sets in seconds (no measurement).
+`--dry-run` stops there and lists the runs, `--smoke` runs the same plans on a tiny random BERT and tiny sets in
+seconds (no measurement).
 """
 from __future__ import annotations
 
@@ -95,8 +96,9 @@ def main(argv=None):
                    "claims.json (an earlier full invocation) and recompute only the leaderboard's claims")
     p.add_argument("--plots-only", action="store_true", help="redraw every figure from the existing claims.json "
                    "(no training, no search; e.g. after a colour change) and exit")
-    p.add_argument("--rows", help="run the planned rows instead (comma list of 12, 13, 14, 15, 16, 17, 18, 19; resumable: finished run "
-                   "JSONs under --work/plans are read back, the leaderboard's runs reused where the spec is theirs); "
+    p.add_argument("--rows", help="run the planned rows instead (comma list of 12, 13, 14, 15, 16, 17, 18, 19; "
+                   "resumable: finished run JSONs under --work/plans are read back, the leaderboard's runs reused "
+                   "where the spec is theirs); "
                    "prints each row's run count and estimated CPU time first, then the verdicts")
     p.add_argument("--dry-run", action="store_true", help="with --rows: list the runs still to do and their "
                    "estimated cost; run nothing")

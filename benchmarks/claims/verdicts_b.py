@@ -93,7 +93,8 @@ def row12(groups: dict, threshold: float = RowsB().fail_score) -> dict:
                 m["effective_rank"] > np.median([o["effective_rank"] for o in ok])
             loud, quiet = loud + bool(big), quiet + (not big)
     parts["fails loudly"] = ("undecided (no run failed: untested)" if loud + quiet == 0 else "holds" if not quiet
-                             else "does not hold (quiet failures)" if not loud else f"mixed ({loud} loud, {quiet} quiet)")
+                             else "does not hold (quiet failures)" if not loud else
+                             f"mixed ({loud} loud, {quiet} quiet)")
     nums.append("failed runs: " + ", ".join(f"{i} {n}" for i, n in fails.items()))
     return {"parts": parts, "verdict": combine(parts, edge), "ours": "; ".join(nums), "edge": edge,
             "failures": fails, "rule": row12_rule(r, threshold)}
@@ -101,7 +102,8 @@ def row12(groups: dict, threshold: float = RowsB().fail_score) -> dict:
 
 def row12_rule(r: int = RowsB().rank, threshold: float = RowsB().fail_score) -> str:
     return (f"low rank: every zero-B configuration's ΔW stable rank (selected LR; ΔW = W_eff − W_pretrained) has "
-            f"its 95% CI below r/2 = {r / 2:g} (above: does not hold; both-random configurations reported); decay lowers the rank: stable rank at the smallest decay − the largest > 0, per "
+            f"its 95% CI below r/2 = {r / 2:g} (above: does not hold; both-random configurations reported); decay "
+            f"lowers the rank: stable rank at the smallest decay − the largest > 0, per "
             f"init; fails loudly: every failed run (final validation accuracy < {threshold:g}, or not finite) has "
             f"‖ΔW‖_F above all converged runs' of its configuration and effective rank above their median (none: "
             f"does not hold; no failure: undecided); {RULE}")
@@ -145,7 +147,8 @@ def row13(groups: dict) -> dict:
 
 MATCH = 2.0  # row 13: LoRAM's init ‖s·BA‖_F within this factor of PiSSA's (loram_magnitude.py: 1.56× median at r = 8)
 ROW13_RULE = (f"premise: LoRAM's ‖s·BA‖_F at init within {MATCH:g}× of PiSSA's (mean over q/v layers and seeds), else "
-              "undecided; dev points per seed, each arm at its own LR: gain = PiSSA − LoRA must be significant (else undecided: "
+              "undecided; dev points per seed, each arm at its own LR: gain = PiSSA − LoRA must be significant "
+              "(else undecided: "
               "nothing to explain); residual = PiSSA − LoRAM significant: does not hold; else recovered = LoRAM − "
               f"LoRA significant: holds; else undecided; {RULE}")
 
@@ -172,7 +175,8 @@ def row16(groups: dict) -> dict:
     return {**by_rank(groups, "PiSSA", "LoRA"), "rule": ROW16_RULE}
 
 
-ROW16_RULE = f"per rank, PiSSA − LoRA dev points per seed, each at its own LR; holds when it holds at every rank; {RULE}"
+ROW16_RULE = (f"per rank, PiSSA − LoRA dev points per seed, each at its own LR; holds when it holds at every rank; "
+              f"{RULE}")
 
 
 def row17(groups: dict) -> dict:
