@@ -58,6 +58,17 @@ def test_row12_undecided_without_failures_and_a_rank_near_half_r():
     assert d["parts"]["low rank"].startswith("undecided") and d["verdict"].startswith("**undecided**"), d
 
 
+def test_row12_a_blown_up_run_is_loud_a_crashed_one_apart_and_all_failed_configs_compare_with_the_row():
+    g = {(Z, 0.0): cfg12(1.5), (Z, 1.0): cfg12(1.0, noise=HALF2)}
+    nan = dataclasses.replace(rec("lora", LRS[2], 0, 0.5), extra={"delta_spectrum": {"epochs": [{"nonfinite": True}]}})
+    g[(Z, 0.0)][2] = nan
+    g[(Z, 1.0)][0] = dataclasses.replace(rec("lora", LRS[0], 0, 0.5), status="failed")
+    g[(RND, 0.0)] = [probed(r, 6.0, eff=7.9, fro=5.0) for r in config("lora", 50.0)]  # every run fails, loudly
+    d = verdicts_b.row12(g)
+    assert d["parts"]["fails loudly"] == "holds" and "(1 crashed, no ΔW)" in d["ours"], d
+    assert d["failures"] == {Z: 2, RND: 5}
+
+
 def test_row12_counts_unfinished_and_nonfinite_runs_as_failed():
     bad = rec("lora", 1e-2, 0, float("nan"))
     assert verdicts_b.failed(bad, 0.6) and verdicts_b.failed(None, 0.6)

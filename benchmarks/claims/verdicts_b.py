@@ -55,8 +55,9 @@ def row12(groups: dict, threshold: float = RowsB().fail_score) -> dict:
     stable rank lies below r/2 (holds), or one lies above r/2 (does not hold). "decay lowers the
     rank": per init, stable rank at the smallest decay − at the largest > 0 per seed (combined over inits). "fails
     loudly": every failed run (``failed``) of the row, sweep included, has ‖ΔW‖_F above every converged run's of its
-    configuration and an effective rank above their median (holds); none does (does not hold); some (mixed); no
-    failed run: undecided (that half is untested). Reported: failures per init, effective ranks."""
+    configuration (of the row, where none of its configuration converged) and an effective rank above their median,
+    or a non-finite ΔW (holds); none does (does not hold); some (mixed); no failed run: undecided (that half is
+    untested). A failed run with no ΔW (it crashed) is counted apart. Reported: failures per init, effective ranks."""
     r = int(next(iter(groups))[0].split("r=")[1].split()[0])  # the rank, from the key ("LoRA r=8 zero-B")
     sel, edge = _selected(groups)
     parts, nums = {}, []
@@ -81,21 +82,26 @@ def row12(groups: dict, threshold: float = RowsB().fail_score) -> dict:
     dec = {i: _pair(sel, (i, decays[0]), (i, decays[-1]), "stable_rank", _spec) for i in inits}
     parts["decay lowers the rank"] = combine({i: v[0] for i, v in dec.items()}, []).replace("*", "").split(":")[0]
     nums += [f"{i}: stable rank wd {decays[0]:g} − wd {decays[-1]:g} {_ci(v[2], v[1])}" for i, v in dec.items()]
-    loud, quiet, fails = 0, 0, {i: 0 for i in inits}
+    loud, quiet, crashed, fails = 0, 0, 0, {i: 0 for i in inits}
+    every = [last(x) for v in groups.values() for x in v if not failed(x, threshold) and last(x) is not None]
     for k, recs in groups.items():
-        ok = [last(x) for x in recs if not failed(x, threshold) and last(x) is not None]
+        ok = [last(x) for x in recs if not failed(x, threshold) and last(x) is not None] or every
         for x in recs:
             if not failed(x, threshold):
                 continue
             fails[k[0]] += 1
-            m = last(x)
-            big = ok and m is not None and m["dW_fro"] > max(o["dW_fro"] for o in ok) and \
-                m["effective_rank"] > np.median([o["effective_rank"] for o in ok])
+            m, ep = last(x), (x.extra or {}).get("delta_spectrum", {}).get("epochs") if x is not None and x.ok else None
+            if m is None and not (ep and ep[-1].get("nonfinite")):
+                crashed += 1
+                continue
+            big = m is None or (ok and m["dW_fro"] > max(o["dW_fro"] for o in ok) and
+                                m["effective_rank"] > np.median([o["effective_rank"] for o in ok]))
             loud, quiet = loud + bool(big), quiet + (not big)
     parts["fails loudly"] = ("undecided (no run failed: untested)" if loud + quiet == 0 else "holds" if not quiet
                              else "does not hold (quiet failures)" if not loud else
                              f"mixed ({loud} loud, {quiet} quiet)")
-    nums.append("failed runs: " + ", ".join(f"{i} {n}" for i, n in fails.items()))
+    nums.append("failed runs: " + ", ".join(f"{i} {n}" for i, n in fails.items())
+                + (f" ({crashed} crashed, no ΔW)" if crashed else ""))
     return {"parts": parts, "verdict": combine(parts, edge), "ours": "; ".join(nums), "edge": edge,
             "failures": fails, "rule": row12_rule(r, threshold)}
 
@@ -105,8 +111,8 @@ def row12_rule(r: int = RowsB().rank, threshold: float = RowsB().fail_score) -> 
             f"its 95% CI below r/2 = {r / 2:g} (above: does not hold; both-random configurations reported); decay "
             f"lowers the rank: stable rank at the smallest decay − the largest > 0, per "
             f"init; fails loudly: every failed run (final validation accuracy < {threshold:g}, or not finite) has "
-            f"‖ΔW‖_F above all converged runs' of its configuration and effective rank above their median (none: "
-            f"does not hold; no failure: undecided); {RULE}")
+            f"‖ΔW‖_F above all converged runs' of its configuration (else of the row) and effective rank above their "
+            f"median, or a non-finite ΔW (none: does not hold; no failure: undecided); {RULE}")
 
 
 def row13(groups: dict) -> dict:
