@@ -206,3 +206,22 @@ def test_rows_b_in_the_report_are_planned_with_their_rule_and_command_and_no_num
         row = planrun.planned_row(r)
         assert row[0] == r and row[5] == "planned (not yet run)" and f"--rows {r}" in row[4] and row[6], row
         assert row[3].startswith("cpu preset setting") and "seeds 0, 1, 2" in row[3]
+
+
+def test_a_plain_request_is_served_by_any_rows_record_a_probed_one_only_by_a_probed_record(tmp_path):
+    import plans
+
+    from peftzoo.bench import store
+    r = dataclasses.replace(rec("lora", 1e-3, 0, 0.8), params={"target": 1, "trainable": 1, "adapter": 1},
+                            device="cpu", adapter_file_bytes=1, median_step_s=0.1)  # (fields the store checks)
+    plans_dir = tmp_path / "plans"
+    store.write_record(store.run_path(plans_dir / "14", "", r.task, r.run_id), r)  # row 14's run, same spec
+    scale = plans.Scale(lb_root="")
+
+    def get(probe):
+        return plans._get(r.spec, plans_dir / "shared", scale, None, True, False, print, probe)
+    where, got = get(False)
+    assert where == "cached in another folder" and got.run_id == r.run_id
+    assert get(True) == ("to run", None)  # row 14's record has no ΔW spectrum
+    store.write_record(store.run_path(plans_dir / "shared-probed", "", r.task, r.run_id), r)
+    assert get(True)[0] == "cached"

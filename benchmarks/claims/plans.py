@@ -153,13 +153,18 @@ def _probed(folder: Path) -> Path:
 
 
 def _get(s, folder: Path, scale: Scale, data_dir, dry: bool, curve: bool, say, probe: bool = False):
-    """(where it came from, record or None): read back, from the leaderboard, to run (dry), or run now. A probed
-    run lives in ``<folder>-probed``; its record also serves the same run unprobed (the probe changes nothing)."""
+    """(where it came from, record or None): read back, from another row's folder, from the leaderboard, to run
+    (dry), or run now. A probed run lives in ``<folder>-probed``; a plain request is also served by any other
+    folder's record of the same run (probe and curve change nothing in training: tested), so rows share runs."""
     from peftzoo.bench.runner import execute
     path = store.run_path(_probed(folder) if probe else folder, "", s.task, s.run_id)
-    for p in (path,) if probe else (path, store.run_path(_probed(folder), "", s.task, s.run_id)):
+    if store.is_finished(path):
+        return "cached", store.read_record(path)[0]
+    others = sorted(d for d in folder.parent.iterdir() if d.is_dir()) if folder.parent.is_dir() else []
+    for d in [] if probe or curve else others:
+        p = store.run_path(d, "", s.task, s.run_id)
         if store.is_finished(p):
-            return "cached", store.read_record(p)[0]
+            return "cached in another folder", store.read_record(p)[0]
     if not curve and not probe and scale.lb_root:
         lb = store.run_path(Path(scale.lb_root), "cpu", s.task, s.run_id)
         if lb.is_file():
