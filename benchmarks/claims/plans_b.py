@@ -15,7 +15,9 @@ theirs. A configuration whose rule reads ΔW (rows 12, 19; 13's init and first-s
 Cost, as `--dry-run` printed it before any of these runs existed (Dec 4 2026; benchmarks/plan_cost.py's fit over
 results/cpu, 2 threads; a run two rows share is costed once): row 12 36 runs, 0.30 CPU h; row 13 21 runs (7 from
 the leaderboard), 0.12 h; row 16 42 runs (9 from the leaderboard, 7 row 13's), 0.21 h; row 17 42 runs (1 from the
-leaderboard, 6 row 16's), 0.28 h; row 19 14 runs (3 row 12's), 0.09 h; 0.99 CPU h in all.
+leaderboard, 6 row 16's), 0.28 h; row 19 14 runs (3 row 12's), 0.09 h; 0.99 CPU h in all. With rows 14, 15, 18 in
+the same invocation (`--rows 12,13,14,15,16,17,18,19`) row 16 takes 12 more of its runs from row 14 (LoRA r = 1, 64
+at batch 32): 4.83 CPU h for the eight rows, rows 14, 15, 18 being 0.51, 3.27 and 0.15 of it.
 """
 from __future__ import annotations
 
