@@ -225,3 +225,11 @@ def test_a_plain_request_is_served_by_any_rows_record_a_probed_one_only_by_a_pro
     assert get(True) == ("to run", None)  # row 14's record has no ΔW spectrum
     store.write_record(store.run_path(plans_dir / "shared-probed", "", r.task, r.run_id), r)
     assert get(True)[0] == "cached"
+
+
+def test_the_committed_report_carries_the_planned_rows_as_the_code_states_them():
+    import planrun
+    text = (Path(__file__).resolve().parents[1] / "results" / "claims" / "README.md").read_text()
+    for r in ("12", "13", "16", "17", "19"):
+        n, claim, src, setup, ours, verdict, rule, _ = planrun.planned_row(r)
+        assert f"| {n} | {claim} | {src} | {setup} | {ours} | {verdict} | {rule} |" in text.splitlines(), r
