@@ -69,6 +69,19 @@ def test_row12_a_blown_up_run_is_loud_a_crashed_one_apart_and_all_failed_configs
     assert d["failures"] == {Z: 2, RND: 5}
 
 
+def test_row12_plot_draws_every_measured_run_and_marks_the_failed(tmp_path):
+    import planrun
+    import plots_b
+    g = {(Z, 0.0): cfg12(1.5, fail=(7.9, 5.0)), (Z, 1.0): cfg12(1.0, noise=HALF2),
+         (RND, 0.0): cfg12(5.0, noise=HALF2)}
+    g[(Z, 1.0)][0] = dataclasses.replace(g[(Z, 1.0)][0], extra={})  # not probed: not drawn
+    d = verdicts_b.row12(g)
+    drawn = plots_b.row12(d, tmp_path)
+    assert drawn == {f"{RND}, wd 0": 5, f"{Z}, wd 0": 4, f"{Z}, wd 0 (failed)": 1, f"{Z}, wd 1": 4}
+    assert (tmp_path / "c12_lowrank.png").stat().st_size > 0
+    assert planrun.measured_row("12", {**d, "setup": "s"})[7] == "c12_lowrank.png"
+
+
 def test_row12_counts_unfinished_and_nonfinite_runs_as_failed():
     bad = rec("lora", 1e-2, 0, float("nan"))
     assert verdicts_b.failed(bad, 0.6) and verdicts_b.failed(None, 0.6)
@@ -195,6 +208,7 @@ def test_rows_b_run_end_to_end_on_a_tiny_model_share_runs_and_resume(tiny_data, 
     assert len(runs) == out.count("  run ") < sum(v["runs"] for v in got.values())  # shared runs trained once
     probed_ = [json.loads(p.read_text()) for p in (work / "smoke" / "plans" / "shared-probed").rglob("*.json")]
     assert probed_ and all(r["delta_spectrum"]["epochs"] for r in probed_ if r["status"] == "ok")  # (extra: top level)
+    assert (work / "smoke" / "plans" / "c12_lowrank.png").stat().st_size > 0
     out = _run(args)  # everything read back: nothing trains again
     assert "  run " not in out and "row 17: 16 runs: 16 cached" in out, out
     assert len(list((work / "smoke" / "plans").rglob("*.json"))) == len(files)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import plans
 import plans_b
+import plots_b
 import verdicts
 import verdicts_b
 
@@ -54,7 +55,8 @@ def planned_row(row: str, counts: dict | None = None) -> tuple:
 
 
 def measured_row(row: str, d: dict) -> tuple:
-    return (row, CLAIM[row], SOURCE[row], d["setup"], d["ours"], d["verdict"], d["rule"], None)
+    plot = plots_b.PLOTS.get(row, (None, None))[1] if d.get("points") else None
+    return (row, CLAIM[row], SOURCE[row], d["setup"], d["ours"], d["verdict"], d["rule"], plot)
 
 
 def tiny_model(work: Path) -> str:
@@ -112,4 +114,5 @@ def main(args, rows: list[str]) -> dict:
         out[r] = {**DECIDE[r](res["groups"]), "setup": setup(r, scale), "runs": sum(res["count"].values())}
         print(f"row {r}: {out[r]['verdict']}\n  {out[r]['ours']}", flush=True)
     write_text(work / "plans" / "verdicts.json", json.dumps(out, indent=1, default=str))
+    plots_b.draw({f"c{r}": v for r, v in out.items()}, work / "plans")  # beside the verdicts (the smoke's too)
     return out

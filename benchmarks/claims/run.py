@@ -31,6 +31,7 @@ import mnist_d90  # noqa: E402
 import pretrain_d90  # noqa: E402
 import planrun  # noqa: E402
 import plots  # noqa: E402
+import plots_b  # noqa: E402
 import rows  # noqa: E402
 from sst2 import Setup, compare, run  # noqa: E402
 
@@ -57,6 +58,7 @@ def redraw(out: Path) -> None:
         lora_scaling.plot_c2(data["c2"], out)
     if "c9" in data:
         pretrain_d90.plot(data["c9"], out)
+    plots_b.draw(data, out)  # the planned rows that have run
     print(f"redrew the figures under {out} from {out / 'claims.json'}")
 
 
@@ -79,6 +81,7 @@ def rows_planned(args, out: Path) -> None:
         data["c5"] = {int(k) if k.isdigit() else k: v for k, v in data["c5"].items()}
         data.update({f"c{r}": v for r, v in got.items()})
         write_text(out / "claims.json", json.dumps(data, indent=1, default=str))
+        plots_b.draw(data, out)
         write_text(out / "README.md", rows.readme(data))
         print(f"wrote rows {', '.join(got)} into {out / 'README.md'}")
 

@@ -102,8 +102,11 @@ def row12(groups: dict, threshold: float = RowsB().fail_score) -> dict:
                              f"mixed ({loud} loud, {quiet} quiet)")
     nums.append("failed runs: " + ", ".join(f"{i} {n}" for i, n in fails.items())
                 + (f" ({crashed} crashed, no ΔW)" if crashed else ""))
+    points = [{"init": k[0], "decay": k[1], "lr": x.spec.lr, "seed": x.seed, "failed": failed(x, threshold),
+               **{q: last(x)[q] for q in ("effective_rank", "stable_rank", "dW_fro")}}
+              for k, recs in groups.items() for x in recs if last(x) is not None]  # every measured run: the plot's
     return {"parts": parts, "verdict": combine(parts, edge), "ours": "; ".join(nums), "edge": edge,
-            "failures": fails, "rule": row12_rule(r, threshold)}
+            "failures": fails, "points": points, "rule": row12_rule(r, threshold)}
 
 
 def row12_rule(r: int = RowsB().rank, threshold: float = RowsB().fail_score) -> str:
