@@ -168,3 +168,18 @@ def test_a_pooled_run_does_not_join_a_stack():
     assert why_not(spec) is None
     assert "last_layer='pooled'" in why_not(RunSpec(suite="t", task="SST-2", method="lora", seed=0,
                                                     last_layer="pooled"))
+
+
+@pytest.mark.parametrize("method", sorted(peftzoo.registry.REGISTRY))
+def test_every_method_gives_the_same_logits_with_the_pooled_last_layer(method):
+    model = tiny_bert()
+    ad = peftzoo.attach(model, method, targets=["query", "value"], train=["classifier"], seed=0)
+    randomize(ad)
+    model.eval()
+    b = _padded_batch()
+    with torch.no_grad():
+        full = model(**b).logits
+        with pooled_last_layer(model):
+            pooled = model(**b).logits
+    assert full.std() > 1e-3
+    torch.testing.assert_close(pooled, full, rtol=1e-4, atol=1e-7)
