@@ -183,3 +183,18 @@ def test_every_method_gives_the_same_logits_with_the_pooled_last_layer(method):
             pooled = model(**b).logits
     assert full.std() > 1e-3
     torch.testing.assert_close(pooled, full, rtol=1e-4, atol=1e-7)
+
+
+def test_a_preset_sets_both_for_its_runs_and_refuses_other_values(tmp_path):
+    from benchkit import config_only_model, preset
+
+    from peftzoo.bench.sweep import plan
+    model = config_only_model(tmp_path)
+    default = plan(preset(model))
+    fast = plan(preset(model, last_layer="pooled", eval_batch=32))
+    assert {(s.last_layer, s.eval_batch) for s in default} == {("full", 128)}
+    assert {(s.last_layer, s.eval_batch) for s in fast} == {("pooled", 32)}
+    assert {s.run_id for s in default}.isdisjoint(s.run_id for s in fast)
+    for bad in ({"last_layer": "first"}, {"eval_batch": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            plan(preset(model, **bad))
