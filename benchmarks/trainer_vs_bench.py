@@ -13,11 +13,18 @@ dev accuracy, and the ratio Trainer / bench of the median times, each bench prec
 setting at the same precision, with the verdict on the target (>= 1.25x end to end, dev accuracy within 1 point
 over >= 2 seeds).
 
+The bench side runs the runner's defaults, or with ``--bench PRECISION:LAST_LAYER:EVAL_BATCH`` its faster run
+settings (``RunSpec.last_layer="pooled"``: the last layer for the pooled token only; ``RunSpec.eval_batch``: rows per
+evaluation pass), named in the report (``bench[last_layer=pooled,eval_batch=32] bf16``). ``--clock cpu``: the
+verdict compares CPU time (with ``--threads 1`` on a loaded machine) instead of the wall clock.
+
 Trainer's settings tried (stock ``TrainingArguments`` only): ``train_sampling_strategy`` "group_by_length" (the
 brief's best) or "random", ``bf16`` off/on (CPU autocast), and for evaluation ``per_device_eval_batch_size`` in
 ``--eval-batches``: each is timed after training and the fastest counts as Trainer's evaluation time.
 
     python benchmarks/trainer_vs_bench.py --repeats 2 --threads 2
+    python benchmarks/trainer_vs_bench.py --repeats 2 --val-cap 1 --threads 1 --clock cpu --eval-batches 32 \
+        --bench fp32 fp32:pooled:32 bf16 bf16:pooled:32
 """
 from __future__ import annotations
 
