@@ -129,6 +129,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", default=None, help="glue_data folder (default: $PEFTZOO_DATA_DIR)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--first-seed", type=int, default=0, help="round i runs seed FIRST_SEED + i (more seeds later)")
     ap.add_argument("--eval-batches", type=int, nargs="+", default=[8, 32, 128])
     ap.add_argument("--bench", nargs="+", default=["fp32", "bf16"],
                     help="bench configurations PRECISION[:LAST_LAYER[:EVAL_BATCH]] (RunSpec.last_layer 'full' or "
@@ -142,7 +143,14 @@ def main(argv=None):
                     "a quiet machine) or the process's CPU time over the same span ('cpu_s'; with --threads 1, "
                     "the figure on a machine other jobs load)")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--merge", nargs="+", metavar="JSON", default=None, help="run nothing: pool the runs of these "
+                    "finished reports (the same job and settings, other seeds) into one report at --out")
     args = ap.parse_args(argv)
+    if args.merge:
+        runs, threads, commands = merged(args.merge)
+        args.clock = json.loads(Path(args.merge[0]).read_text()).get("clock", args.clock)
+        _write(args, runs, final=True, threads=threads, sources=commands)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     print(command(args), flush=True)
@@ -156,9 +164,9 @@ def main(argv=None):
     runs: dict = {name: [] for name, _ in configs}
     for rep in range(args.repeats):
         for name, fn in (configs if rep % 2 == 0 else configs[::-1]):
-            r = fn(rep)
-            runs[name].append({"seed": rep, **r})
-            print(f"round {rep}: {name}: total {r['total_s']:.1f}s train+eval {r['train_eval_s']:.1f}s "
+            r = fn(args.first_seed + rep)
+            runs[name].append({"seed": args.first_seed + rep, **r})
+            print(f"round {rep} (seed {args.first_seed + rep}): {name}: total {r['total_s']:.1f}s train+eval {r['train_eval_s']:.1f}s "
                   f"cpu {r['cpu_s']:.1f}s acc {r['accuracy']:.4f}", flush=True)
             _write(args, runs)
     _write(args, runs, final=True)
@@ -211,18 +219,38 @@ def verdicts(runs: dict, clock: str = "wall") -> list[str]:
     return lines
 
 
-def _write(args, runs, final=False):
+def merged(paths) -> tuple[dict, int, list]:
+    """(runs per configuration, threads, the commands) of finished reports of one job, each configuration's seeds
+    disjoint across them; a configuration missing from a report is kept with the seeds it has."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    for p, r in zip(paths, reports):
+        if not r.get("complete") or r["job"] != reports[0]["job"] or r["threads"] != reports[0]["threads"] \
+                or r.get("clock") != reports[0].get("clock"):
+            raise SystemExit(f"{p}: not a finished report of the same job, threads and clock as {paths[0]}")
+    runs: dict = {}
+    for p, r in zip(paths, reports):
+        for name, rs in r["runs"].items():
+            seen = {x["seed"] for x in runs.get(name, [])}
+            if seen & {x["seed"] for x in rs}:
+                raise SystemExit(f"{p}: {name} repeats seed(s) {sorted(seen & {x['seed'] for x in rs})}")
+            runs.setdefault(name, []).extend(rs)
+    return runs, reports[0]["threads"], [r["command"] for r in reports]
+
+
+def _write(args, runs, final=False, threads=None, sources=None):
     summary = {name: {"total_s": _med([r["total_s"] for r in rs]),
                       "train_eval_s": _med([r["train_eval_s"] for r in rs]),
                       "cpu_s": _med([r["cpu_s"] for r in rs]),
                       "accuracy": _med([r["accuracy"] for r in rs]), "n": len(rs)}
                for name, rs in runs.items() if rs}
     ratios = speedups(summary)
-    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else None
-    report = {"command": command(args), "job": JOB,
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() and not sources else None
+    cmd = (f"python benchmarks/trainer_vs_bench.py --merge {' '.join(args.merge)} --out {args.out}" if sources
+           else command(args))
+    report = {"command": cmd, **({"merged_from": sources} if sources else {}), "job": JOB,
               "complete": final, "summary": summary, "speedup_vs_best_trainer": ratios,
               "verdicts": verdicts(runs, args.clock), "clock": args.clock, "runs": runs,
-              "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "cpu": platform.processor() or platform.machine(), "threads": threads or torch.get_num_threads(),
               "load_avg_1min_at_write": load, "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
@@ -236,14 +264,16 @@ def _write(args, runs, final=False):
             print(f"{k}: {v:.2f}x")
         for line in report["verdicts"]:
             print(line)
-        print(command(args))
+        print(cmd)
 
 
 def command(args) -> str:
     """The command line that reproduces this measurement (every setting spelled out)."""
-    return " ".join(["python benchmarks/trainer_vs_bench.py", f"--repeats {args.repeats}", f"--val-cap {args.val_cap}",
-                     "--eval-batches " + " ".join(map(str, args.eval_batches)), "--bench " + " ".join(args.bench),
-                     "--trainer " + " ".join(args.trainer)] + ([f"--threads {args.threads}"] if args.threads else [])
+    return " ".join(["python benchmarks/trainer_vs_bench.py", f"--repeats {args.repeats}"]
+                    + ([f"--first-seed {args.first_seed}"] if args.first_seed else [])
+                    + [f"--val-cap {args.val_cap}", "--eval-batches " + " ".join(map(str, args.eval_batches)),
+                       "--bench " + " ".join(args.bench), "--trainer " + " ".join(args.trainer)]
+                    + ([f"--threads {args.threads}"] if args.threads else [])
                     + ([f"--clock {args.clock}"] if args.clock != "wall" else [])
                     + ([f"--out {args.out}"] if args.out != str(OUT) else []))
 

@@ -31,3 +31,28 @@ def test_the_verdict_reads_the_clock_asked_for():
     assert "1.40x" in cpu and "MET" in cpu and "NOT" not in cpu and "cpu clock" in cpu
     runs["trainer group_by_length fp32"][1]["accuracy"] = 0.75  # 2.25 points apart on the mean: not equal
     assert "NOT met" in tvb.verdicts(runs, "cpu")[0]
+
+
+def _report(tmp_path, name, seeds, threads=1):
+    import json
+    runs = {"bench fp32": [_run(20, 10, 0.80, s) for s in seeds],
+            "trainer group_by_length fp32": [_run(22, 13, 0.79, s) for s in seeds]}
+    p = tmp_path / name
+    p.write_text(json.dumps({"complete": True, "job": tvb.JOB, "threads": threads, "clock": "cpu", "runs": runs,
+                             "command": f"python benchmarks/trainer_vs_bench.py {name}"}))
+    return str(p)
+
+
+def test_merged_reports_pool_their_seeds_and_refuse_a_repeated_seed_or_another_setup(tmp_path, capsys):
+    import json
+    a, b = _report(tmp_path, "a.json", [0, 1]), _report(tmp_path, "b.json", [2, 3])
+    out = tmp_path / "m.json"
+    tvb.main(["--merge", a, b, "--out", str(out)])
+    rep = json.loads(out.read_text())
+    assert [r["seed"] for r in rep["runs"]["bench fp32"]] == [0, 1, 2, 3] and rep["summary"]["bench fp32"]["n"] == 4
+    assert rep["merged_from"] == [f"python benchmarks/trainer_vs_bench.py {n}" for n in ("a.json", "b.json")]
+    assert "1.30x" in rep["verdicts"][0] and "4 seed(s)" in rep["verdicts"][0] and rep["threads"] == 1
+    with pytest.raises(SystemExit, match="repeats seed"):
+        tvb.main(["--merge", a, _report(tmp_path, "c.json", [1, 2]), "--out", str(out)])
+    with pytest.raises(SystemExit, match="same job"):
+        tvb.main(["--merge", a, _report(tmp_path, "d.json", [5], threads=2), "--out", str(out)])
