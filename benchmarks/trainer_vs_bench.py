@@ -131,7 +131,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--first-seed", type=int, default=0, help="round i runs seed FIRST_SEED + i (more seeds later)")
     ap.add_argument("--eval-batches", type=int, nargs="+", default=[8, 32, 128])
-    ap.add_argument("--bench", nargs="+", default=["fp32", "bf16"],
+    ap.add_argument("--bench", nargs="+", default=["fp32", "fp32:pooled:32", "bf16", "bf16:pooled:32"],
                     help="bench configurations PRECISION[:LAST_LAYER[:EVAL_BATCH]] (RunSpec.last_layer 'full' or "
                     "'pooled', RunSpec.eval_batch; left out: the runner's defaults full and 128), e.g. bf16:pooled:32")
     ap.add_argument("--trainer", nargs="+", default=["group_by_length:fp32", "group_by_length:bf16"],
