@@ -13,11 +13,18 @@ dev accuracy, and the ratio Trainer / bench of the median times, each bench prec
 setting at the same precision, with the verdict on the target (>= 1.25x end to end, dev accuracy within 1 point
 over >= 2 seeds).
 
+The bench side runs the runner's defaults, or with ``--bench PRECISION:LAST_LAYER:EVAL_BATCH`` its faster run
+settings (``RunSpec.last_layer="pooled"``: the last layer for the pooled token only; ``RunSpec.eval_batch``: rows per
+evaluation pass), named in the report (``bench[last_layer=pooled,eval_batch=32] bf16``). ``--clock cpu``: the
+verdict compares CPU time (with ``--threads 1`` on a loaded machine) instead of the wall clock.
+
 Trainer's settings tried (stock ``TrainingArguments`` only): ``train_sampling_strategy`` "group_by_length" (the
 brief's best) or "random", ``bf16`` off/on (CPU autocast), and for evaluation ``per_device_eval_batch_size`` in
 ``--eval-batches``: each is timed after training and the fastest counts as Trainer's evaluation time.
 
     python benchmarks/trainer_vs_bench.py --repeats 2 --threads 2
+    python benchmarks/trainer_vs_bench.py --repeats 2 --val-cap 1 --threads 1 --clock cpu --eval-batches 32 \
+        --bench fp32 fp32:pooled:32 bf16 bf16:pooled:32
 """
 from __future__ import annotations
 
@@ -42,12 +49,27 @@ OUT = Path(__file__).resolve().parents[1] / "results" / "speed" / "trainer_vs_be
 JOB = dict(task="SST-2", lr=2e-3, epochs=1, batch_size=16, max_len=64, max_train=2000, warmup=0.06, r=8, alpha=16)
 
 
-def bench_run(seed: int, precision: str, data_dir, val_cap: int = 1000) -> dict:
+def bench_config(text: str) -> tuple[str, dict]:
+    """``PRECISION[:LAST_LAYER[:EVAL_BATCH]]`` (e.g. ``bf16:pooled:32``) -> (its name in the report, the RunSpec
+    settings it sets); left out: the runner's defaults (``last_layer="full"``, ``eval_batch=128``)."""
+    parts = text.split(":")
+    if not 1 <= len(parts) <= 3:
+        raise SystemExit(f"--bench {text!r}: PRECISION[:LAST_LAYER[:EVAL_BATCH]]")
+    kw = {"precision": parts[0]}
+    if len(parts) > 1:
+        kw["last_layer"] = parts[1]
+    if len(parts) > 2:
+        kw["eval_batch"] = int(parts[2])
+    tag = ",".join(f"{k}={v}" for k, v in kw.items() if k != "precision" and v != getattr(RunSpec, k))
+    return f"bench{f'[{tag}]' if tag else ''} {parts[0]}", kw
+
+
+def bench_run(seed: int, settings: dict, data_dir, val_cap: int = 1000) -> dict:
     batches.clear_cache()  # cold: tokenisation is timed, as the Trainer side's is
     spec = RunSpec(suite="speed", task=JOB["task"], method="lora", seed=seed,
                    hparams={"r": JOB["r"], "alpha": JOB["alpha"]}, lr=JOB["lr"], epochs=JOB["epochs"],
                    batch_size=JOB["batch_size"], max_len=JOB["max_len"], max_train=JOB["max_train"],
-                   warmup=JOB["warmup"], precision=precision, val_cap=val_cap)
+                   warmup=JOB["warmup"], val_cap=val_cap, **settings)
     load_data(spec, data_dir)  # the splits read and parsed beforehand, as for the Trainer side (cached per process)
     c0 = time.process_time()
     rec = execute(spec, data_dir=data_dir, progress=False)
@@ -107,19 +129,33 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", default=None, help="glue_data folder (default: $PEFTZOO_DATA_DIR)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--first-seed", type=int, default=0, help="round i runs seed FIRST_SEED + i (more seeds later)")
     ap.add_argument("--eval-batches", type=int, nargs="+", default=[8, 32, 128])
-    ap.add_argument("--bench", nargs="+", default=["fp32", "bf16"], help="bench precisions to time")
+    ap.add_argument("--bench", nargs="+", default=["fp32", "fp32:pooled:32", "bf16", "bf16:pooled:32"],
+                    help="bench configurations PRECISION[:LAST_LAYER[:EVAL_BATCH]] (RunSpec.last_layer 'full' or "
+                    "'pooled', RunSpec.eval_batch; left out: the runner's defaults full and 128), e.g. bf16:pooled:32")
     ap.add_argument("--trainer", nargs="+", default=["group_by_length:fp32", "group_by_length:bf16"],
                     help="Trainer settings STRATEGY:PRECISION")
     ap.add_argument("--val-cap", type=int, default=1000, help="the bench's validation split (the protocol's default "
                     "1,000 rows, scored every epoch besides dev; 1 = dev only, Trainer's work)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    ap.add_argument("--clock", choices=CLOCKS, default="wall", help="what the verdict compares: wall ('total_s', "
+                    "a quiet machine) or the process's CPU time over the same span ('cpu_s'; with --threads 1, "
+                    "the figure on a machine other jobs load)")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--merge", nargs="+", metavar="JSON", default=None, help="run nothing: pool the runs of these "
+                    "finished reports (the same job and settings, other seeds) into one report at --out")
     args = ap.parse_args(argv)
+    if args.merge:
+        runs, threads, commands = merged(args.merge)
+        args.clock = json.loads(Path(args.merge[0]).read_text()).get("clock", args.clock)
+        _write(args, runs, final=True, threads=threads, sources=commands)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     print(command(args), flush=True)
-    configs = [(f"bench {p}", lambda s, p=p: bench_run(s, p, args.data_dir, args.val_cap)) for p in args.bench]
+    configs = [(name, lambda s, kw=kw: bench_run(s, kw, args.data_dir, args.val_cap))
+               for name, kw in map(bench_config, args.bench)]
     for c in args.trainer:
         strategy, prec = c.split(":")
         configs.append((f"trainer {strategy} {prec}",
@@ -128,9 +164,9 @@ def main(argv=None):
     runs: dict = {name: [] for name, _ in configs}
     for rep in range(args.repeats):
         for name, fn in (configs if rep % 2 == 0 else configs[::-1]):
-            r = fn(rep)
-            runs[name].append({"seed": rep, **r})
-            print(f"round {rep}: {name}: total {r['total_s']:.1f}s train+eval {r['train_eval_s']:.1f}s "
+            r = fn(args.first_seed + rep)
+            runs[name].append({"seed": args.first_seed + rep, **r})
+            print(f"round {rep} (seed {args.first_seed + rep}): {name}: total {r['total_s']:.1f}s train+eval {r['train_eval_s']:.1f}s "
                   f"cpu {r['cpu_s']:.1f}s acc {r['accuracy']:.4f}", flush=True)
             _write(args, runs)
     _write(args, runs, final=True)
@@ -144,7 +180,7 @@ def speedups(summary: dict) -> dict:
     """Trainer / bench of the medians, each bench precision against the fastest Trainer setting (by train+eval
     time) at the same precision: "<trainer> / <bench> (<time>)" -> ratio (> 1: the bench is faster)."""
     ratios = {}
-    for b in (n for n in summary if n.startswith("bench ")):
+    for b in (n for n in summary if n.startswith("bench")):
         prec = b.split()[-1]
         same = [n for n in summary if n.startswith("trainer ") and n.split()[-1] == prec]
         if not same:
@@ -157,48 +193,70 @@ def speedups(summary: dict) -> dict:
 
 
 TARGET, SAME_ACC = 1.25, 0.01  # the issue's target: >= 1.25x Trainer end to end, accuracy within 1 point
+CLOCKS = {"wall": "total_s", "cpu": "cpu_s"}  # --clock: the end-to-end figure the verdict compares
 
 
-def verdicts(runs: dict) -> list[str]:
-    """Per bench precision, against the fastest Trainer setting at that precision: the end-to-end speed-up (median
-    total time), the mean dev accuracy of each over seeds, and whether the target is met at equal accuracy."""
-    summary = {n: {"total_s": {"median": statistics.median(r["total_s"] for r in rs)},
-                   "train_eval_s": {"median": statistics.median(r["train_eval_s"] for r in rs)}}
+def verdicts(runs: dict, clock: str = "wall") -> list[str]:
+    """Per bench configuration, against the fastest Trainer setting at its precision: the end-to-end speed-up
+    (median total time on ``clock``), the mean dev accuracy of each over seeds, and whether the target is met at
+    equal accuracy."""
+    keys = ("total_s", "train_eval_s", "cpu_s")
+    summary = {n: {k: {"median": statistics.median(r[k] for r in rs)} for k in keys if all(k in r for r in rs)}
                for n, rs in runs.items() if rs}
-    lines = []
+    lines, field = [], CLOCKS[clock]
     for key, ratio in speedups(summary).items():
-        if not key.endswith("(total_s)"):
+        if not key.endswith(f"({field})"):
             continue
-        t, b = key.removesuffix(" (total_s)").split(" / ")
+        t, b = key.removesuffix(f" ({field})").split(" / ")
         acc = {n: statistics.mean(r["accuracy"] for r in runs[n]) for n in (t, b)}
         seeds = min(len(runs[t]), len(runs[b]))
         same = abs(acc[b] - acc[t]) <= SAME_ACC and seeds >= 2
         met = ratio >= TARGET and same
-        lines.append(f"{b.split()[-1]}: the bench {ratio:.2f}x {t} end to end; dev accuracy {acc[b]:.4f} vs "
+        lines.append(f"{b}: {ratio:.2f}x {t} end to end ({clock} clock); dev accuracy {acc[b]:.4f} vs "
                      f"{acc[t]:.4f} ({100 * (acc[b] - acc[t]):+.1f} points, {seeds} seed(s)): {TARGET}x target at "
                      f"equal accuracy {'MET' if met else 'NOT met'}"
                      + ("" if seeds >= 2 else " (equal accuracy needs >= 2 seeds)"))
     return lines
 
 
-def _write(args, runs, final=False):
+def merged(paths) -> tuple[dict, int, list]:
+    """(runs per configuration, threads, the commands) of finished reports of one job, each configuration's seeds
+    disjoint across them; a configuration missing from a report is kept with the seeds it has."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    for p, r in zip(paths, reports):
+        if not r.get("complete") or r["job"] != reports[0]["job"] or r["threads"] != reports[0]["threads"] \
+                or r.get("clock") != reports[0].get("clock"):
+            raise SystemExit(f"{p}: not a finished report of the same job, threads and clock as {paths[0]}")
+    runs: dict = {}
+    for p, r in zip(paths, reports):
+        for name, rs in r["runs"].items():
+            seen = {x["seed"] for x in runs.get(name, [])}
+            if seen & {x["seed"] for x in rs}:
+                raise SystemExit(f"{p}: {name} repeats seed(s) {sorted(seen & {x['seed'] for x in rs})}")
+            runs.setdefault(name, []).extend(rs)
+    return runs, reports[0]["threads"], [r["command"] for r in reports]
+
+
+def _write(args, runs, final=False, threads=None, sources=None):
     summary = {name: {"total_s": _med([r["total_s"] for r in rs]),
                       "train_eval_s": _med([r["train_eval_s"] for r in rs]),
                       "cpu_s": _med([r["cpu_s"] for r in rs]),
                       "accuracy": _med([r["accuracy"] for r in rs]), "n": len(rs)}
                for name, rs in runs.items() if rs}
     ratios = speedups(summary)
-    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else None
-    report = {"command": command(args), "job": JOB,
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() and not sources else None
+    cmd = (f"python benchmarks/trainer_vs_bench.py --merge {' '.join(args.merge)} --out {args.out}" if sources
+           else command(args))
+    report = {"command": cmd, **({"merged_from": sources} if sources else {}), "job": JOB,
               "complete": final, "summary": summary, "speedup_vs_best_trainer": ratios,
-              "verdicts": verdicts(runs), "runs": runs,
-              "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "verdicts": verdicts(runs, args.clock), "clock": args.clock, "runs": runs,
+              "cpu": platform.processor() or platform.machine(), "threads": threads or torch.get_num_threads(),
               "load_avg_1min_at_write": load, "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     if final:
         for n, s in summary.items():
-            print(f"{n:34s} train+eval {s['train_eval_s']['median']:7.1f}s ({s['train_eval_s']['min']:.1f}.."
+            print(f"{n:44s} train+eval {s['train_eval_s']['median']:7.1f}s ({s['train_eval_s']['min']:.1f}.."
                   f"{s['train_eval_s']['max']:.1f})  total {s['total_s']['median']:7.1f}s  "
                   f"cpu {s['cpu_s']['median']:7.1f}s  "
                   f"acc {s['accuracy']['median']:.4f}")
@@ -206,14 +264,17 @@ def _write(args, runs, final=False):
             print(f"{k}: {v:.2f}x")
         for line in report["verdicts"]:
             print(line)
-        print(command(args))
+        print(cmd)
 
 
 def command(args) -> str:
     """The command line that reproduces this measurement (every setting spelled out)."""
-    return " ".join(["python benchmarks/trainer_vs_bench.py", f"--repeats {args.repeats}", f"--val-cap {args.val_cap}",
-                     "--eval-batches " + " ".join(map(str, args.eval_batches)), "--bench " + " ".join(args.bench),
-                     "--trainer " + " ".join(args.trainer)] + ([f"--threads {args.threads}"] if args.threads else [])
+    return " ".join(["python benchmarks/trainer_vs_bench.py", f"--repeats {args.repeats}"]
+                    + ([f"--first-seed {args.first_seed}"] if args.first_seed else [])
+                    + [f"--val-cap {args.val_cap}", "--eval-batches " + " ".join(map(str, args.eval_batches)),
+                       "--bench " + " ".join(args.bench), "--trainer " + " ".join(args.trainer)]
+                    + ([f"--threads {args.threads}"] if args.threads else [])
+                    + ([f"--clock {args.clock}"] if args.clock != "wall" else [])
                     + ([f"--out {args.out}"] if args.out != str(OUT) else []))
 
 

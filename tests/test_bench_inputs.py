@@ -167,7 +167,7 @@ def test_every_field_but_the_excluded_ones_changes_the_run_id():
     ids = {base.run_id}
     from peftzoo.bench.tasks import get_task
     # fields with a closed set of values; a task definition (here STS-B's own, as a user task would record it)
-    valid = {"regression_targets": "standardize", "task_def": get_task("STS-B").to_dict()}
+    valid = {"regression_targets": "standardize", "last_layer": "pooled", "task_def": get_task("STS-B").to_dict()}
     for f in dataclasses.fields(RunSpec):
         if f.name == "head_fit":  # normalised away for a method that trains more than its head (lora): on head
             head = dataclasses.replace(base, method="head")

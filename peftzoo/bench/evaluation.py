@@ -11,7 +11,7 @@ from peftzoo.bench.stats import encode_preds
 from peftzoo.bench.tasks import compute_metrics
 from peftzoo.bench.train import autocast
 
-EVAL_BATCH = 128  # evaluation rows per forward pass (length-sorted, so little padding)
+EVAL_BATCH = 128  # evaluation rows per forward pass (length-sorted, so little padding): RunSpec.eval_batch's default
 
 
 class Evaluation:
@@ -29,7 +29,7 @@ class Evaluation:
 
     def predict(self, split, rows):
         e = batches.encode_split(self.tok, split, rows, self.spec.max_len, self.task.name)  # cached per process
-        return self.unscale(batches.predict(self.model, e, EVAL_BATCH, self.dev, self.task.regression,
+        return self.unscale(batches.predict(self.model, e, self.spec.eval_batch, self.dev, self.task.regression,
                                             autocast(self.dev, self.spec.precision)))
 
     def unscale(self, p):

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from peftzoo.bench.protocol import Protocol, budget_entries, budget_grid
-from peftzoo.bench.spec import HEAD_FITS, REGRESSION_TARGETS
+from peftzoo.bench.spec import HEAD_FITS, LAST_LAYERS, REGRESSION_TARGETS
 from peftzoo.bench.train import PRECISIONS
 
 
@@ -65,6 +65,9 @@ class Preset:
     regression_targets: str = setting("raw", choices=REGRESSION_TARGETS)
     # the head baseline: "steps" (the training loop) or "cached" (fitted to convergence on cached features; RunSpec)
     head_fit: str = setting("steps", choices=HEAD_FITS)
+    eval_batch: int = setting(128, 1)  # rows per evaluation pass (RunSpec: 128 as every recorded run; 32 pads less)
+    # "full", or "pooled": the last BERT layer computed for the pooled token only (RunSpec, bench/pooled.py)
+    last_layer: str = setting("full", choices=LAST_LAYERS)
     lr: dict[str, float] = per_task(dict)  # per method: a fixed LR (no sweep); a method's grid when absent
     hparams: dict[str, dict] = field(default_factory=dict)  # per method: fixed method options (e.g. alpha)
     task_overrides: dict[str, dict] = field(default_factory=dict)  # per task: any per-task field (OVERRIDABLE)

@@ -24,6 +24,7 @@ from peftzoo.bench import batches, store
 from peftzoo.bench.evaluation import Evaluation
 from peftzoo.bench.machine import device_name, peak_memory, versions
 from peftzoo.bench.models import load_model, make_adapter
+from peftzoo.bench.pooled import pooled_last_layer
 from peftzoo.bench.record import RunRecord
 from peftzoo.bench.spec import RunSpec
 from peftzoo.bench.tasks import get_task, load_task, split_indices
@@ -98,13 +99,14 @@ def fit_run(spec: RunSpec, run: Prepared, progress: bool, callbacks=()):
     from tqdm.auto import tqdm
 
     from peftzoo.bench.train import fit
-    if spec.head_fit == "cached":  # (RunSpec keeps "cached" only for a method that trains nothing but its head)
-        from peftzoo.bench.headfit import fit_cached
-        res = fit_cached(spec, run, callbacks)
-    else:
-        with tqdm(total=spec.epochs * run.n_batches, desc=spec.label, leave=False, disable=not progress) as bar:
-            res = fit(run.adapter, run.epoch_batches, spec.epochs, spec.lr, run.evaluation, spec.warmup,
-                      spec.weight_decay, progress=bar, precision=spec.precision, callbacks=callbacks)
+    with pooled_last_layer(run.adapter.model, spec.last_layer):  # a no-op for last_layer="full"
+        if spec.head_fit == "cached":  # (RunSpec keeps "cached" only for a method that trains nothing but its head)
+            from peftzoo.bench.headfit import fit_cached
+            res = fit_cached(spec, run, callbacks)
+        else:
+            with tqdm(total=spec.epochs * run.n_batches, desc=spec.label, leave=False, disable=not progress) as bar:
+                res = fit(run.adapter, run.epoch_batches, spec.epochs, spec.lr, run.evaluation, spec.warmup,
+                          spec.weight_decay, progress=bar, precision=spec.precision, callbacks=callbacks)
     if res.steps < 1:
         raise ValueError(f"no training step was taken (epochs={spec.epochs}, {run.n_batches} batches)")
     return res

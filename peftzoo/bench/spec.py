@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from peftzoo import BEHAVIOUR_VERSION, registry
 from peftzoo.bench import identity, taskdef
+from peftzoo.bench.pooled import LAST_LAYERS
 from peftzoo.bench.tasks import data_source, get_task
 
 if TYPE_CHECKING:
@@ -88,6 +89,13 @@ class RunSpec:
     # lr is then L-BFGS's step length). A head-only run in 2 epochs of steps is under-trained (results/cpu: SST-2
     # 61.5 where a converged logistic regression on the same features reaches about 66). Other methods ignore it.
     head_fit: str = added("steps")
+    # rows per evaluation forward pass (in length order, each batch cut to its longest row): 128 for every run
+    # recorded before the setting; 32 pads far less (SST-2 dev at max_len 64: 3.5% padding tokens against 16%),
+    # the same predictions up to float rounding
+    eval_batch: int = added(128)
+    # the last encoder layer in full ("full"), or only for the token the head pools ("pooled", bench/pooled.py:
+    # BERT sequence classifiers; the same function up to float rounding, its dropout drawn for fewer elements)
+    last_layer: str = added("full")
     protocol: Protocol | None = beside()  # the selection protocol the run was planned under (bench.protocol)
     stage: int | None = beside()  # 1: the LR sweep, 2: a selected LR (other seeds and budgets)
     request: dict | None = beside()  # how the sweep was asked for (preset, --skip-unreachable): the Reproduce line
@@ -96,6 +104,10 @@ class RunSpec:
         if self.regression_targets not in REGRESSION_TARGETS:
             raise ValueError(f"regression_targets is {self.regression_targets!r}; one of "
                              f"{', '.join(REGRESSION_TARGETS)}")
+        if self.last_layer not in LAST_LAYERS:
+            raise ValueError(f"last_layer is {self.last_layer!r}; one of {', '.join(LAST_LAYERS)}")
+        if not (isinstance(self.eval_batch, int) and self.eval_batch >= 1):
+            raise ValueError(f"eval_batch must be an integer >= 1, got {self.eval_batch!r}")
         if self.head_fit not in HEAD_FITS:
             raise ValueError(f"head_fit is {self.head_fit!r}; one of {', '.join(HEAD_FITS)}")
         if self.method in registry.REGISTRY and not registry.get(self.method).trains_head_only:

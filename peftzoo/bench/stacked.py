@@ -43,6 +43,9 @@ def why_not(spec) -> str | None:
     """Why ``spec`` cannot join a stack (None: it can): its method has no additive layer type."""
     from peftzoo import registry
     cls = registry.get(spec.method)
+    if spec.last_layer != "full":
+        return (f"{spec.method}: runs one by one (last_layer={spec.last_layer!r}: a stack's host runs every layer in "
+                f"full)")
     if spec.skip_reason or not any(getattr(c, "additive", False) for c in getattr(cls, "layer_classes", {}).values()):
         return (f"{spec.method}: runs one by one (a stack shares one frozen base model and adds each run's update "
                 f"beside its layers' outputs; {spec.method} trains no such additive update)")
@@ -239,7 +242,7 @@ class SharedPredictions:
         if key not in self.cache:
             enc = batches.encode_split(ev.tok, split, rows, ev.spec.max_len, ev.task.name)  # cached per process
             self.cache[key] = predict_stacked(self.host.model, enc, self.k, ev.dev, ev.task.regression,
-                                              autocast(ev.dev, ev.spec.precision))
+                                              autocast(ev.dev, ev.spec.precision), ev.spec.eval_batch)
         return self.cache[key]
 
 
