@@ -44,6 +44,7 @@ from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.info import MethodInfo
 from peftzoo.adapters.layered import LayerAdapter, LayerCodec
 from peftzoo.adapters.oft_conv import ConvRotation
+from peftzoo.adapters.oft_embedding import EmbeddingRotation
 from peftzoo.registry import register
 
 # The PEFT release whose file format and Cayley-Neumann series (changed in PEFT 0.18.0) the saved files hold;
@@ -210,11 +211,15 @@ class OftConv(ConvRotation, OftLayer):
     """OFT on a 1×1 ``nn.Conv2d``: rotates each pixel's channels (oft_conv.py)."""
 
 
+class OftEmbedding(EmbeddingRotation, OftLayer):
+    """OFT on an ``nn.Embedding``: rotates the looked-up rows, E[x] R, merged E R (oft_embedding.py)."""
+
+
 @register
 class Oft(LayerAdapter):
     name = "oft"
     config_cls = OftConfig
-    layer_classes = {nn.Linear: OftLayer, nn.Conv2d: OftConv}  # PEFT's (1×1 kernels: oft_conv.py)
+    layer_classes = {nn.Linear: OftLayer, nn.Conv2d: OftConv, nn.Embedding: OftEmbedding}  # PEFT's (Conv2d: 1×1 only)
     peft = OftCodec()
     # LR grid: the OFT paper's experiments are text-to-image diffusion (no GLUE setting); Q starts at 0 like LoRA's
     # B, and its gradients are of the same order: LoRA's grid
@@ -265,6 +270,6 @@ class Oft(LayerAdapter):
         other = {n: type(m).__name__ for n, m in found.items() if not isinstance(m, tuple(cls.layer_classes))}
         if other:  # "all-linear" also collects transformers' Conv1D, which PEFT's OFT refuses
             n, t = next(iter(other.items()))
-            raise TypeError(f"target {n!r} is a {t}: OFT adapts nn.Linear and nn.Conv2d only (PEFT 0.21.2's OFT "
+            raise TypeError(f"target {n!r} is a {t}: OFT adapts nn.Linear, nn.Conv2d and nn.Embedding only (PEFT 0.21.2's OFT "
                             f"refuses {t} too); name other targets instead of {config.targets!r}")
         return found
