@@ -62,7 +62,8 @@ def test_count_by_hand():
 
 OPTIONS = [dict(oft_block_size=8), dict(oft_block_size=0, r=2), dict(oft_block_size=8, block_share=True),
            dict(oft_block_size=4, use_cayley_neumann=False), dict(oft_block_size=8, num_cayley_neumann_terms=3),
-           dict(oft_block_size=12)]  # 12 divides no width here: PEFT (and peftzoo) move it to 8
+           dict(oft_block_size=12),  # 12 divides no width here: PEFT (and peftzoo) move it to 8
+           dict(oft_block_size=8, coft=True, eps=1.0)]  # entries at std 0.1: ‖Q_i‖_F ≈ 0.75, out of the ball (≤ 0.5)
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -115,7 +116,7 @@ def test_moved_block_size_warns_and_budget_solver_skips_it():
 
 def test_refusals_name_the_option():
     model = tiny_bert()
-    cases = [(dict(r=4), "exactly one non-zero"), (dict(coft=True), "coft=True"),
+    cases = [(dict(r=4), "exactly one non-zero"), (dict(coft=True, eps=0.0), "coft=True needs eps > 0"),
              (dict(module_dropout=0.1), "never applies"), (dict(num_cayley_neumann_terms=1), "R = I")]
     for kw, msg in cases:
         with pytest.raises(ValueError, match=msg):
@@ -131,10 +132,14 @@ def test_peft_file_options_checked(tmp_path):
     ad.save_peft(tmp_path)
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     assert cfg["peft_version"] == "0.21.2" and cfg["use_cayley_neumann"] is True
-    for change, msg in [({"coft": True}, "coft=True"), ({"peft_version": "0.17.1"}, "before PEFT changed it")]:
+    for change, msg in [({"peft_version": "0.17.1"}, "before PEFT changed it")]:
         (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, **change}))
         with pytest.raises(ValueError, match=msg):
             peftzoo.load_peft(tiny_bert(), tmp_path)
+    assert cfg["coft"] is False and cfg["eps"] == 6e-5  # PEFT's defaults; a COFT file loads as COFT
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, "coft": True, "eps": 0.01}))
+    ad = peftzoo.load_peft(tiny_bert(), tmp_path)
+    assert ad.config.coft is True and ad.config.eps == 0.01
     (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, "module_dropout": 0.1}))
     with pytest.warns(UserWarning, match="never applies"):
         peftzoo.load_peft(tiny_bert(), tmp_path)
@@ -322,3 +327,52 @@ def test_embedding_with_max_norm_is_refused_and_why():
     with torch.no_grad():
         merged.merge_adapter()
         assert (merged(x) - pm(x)).abs().max() > 1e-2
+
+
+def _steps(model, params, ids, n=3, lr=0.05):
+    """n AdamW steps on the loss; the logits of each forward (each computed before its step)."""
+    opt, labels, seen = torch.optim.AdamW(params, lr=lr), torch.tensor([0, 1, 2]), []
+    for _ in range(n):
+        out = model(ids, labels=labels)
+        seen.append(out.logits.detach())
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return seen
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("share", [False, True])
+def test_coft_training_trajectory_equals_peft(tmp_path, ids, share):
+    """COFT projects the trained entries in place inside forward: same init (0), same AdamW; the logits of 4 forwards
+    (3 of them after an optimizer step) and the entries after the 4th step equal PEFT's; the projection is active
+    (the run differs from plain OFT) and holds its bound."""
+    targets, kw = TARGETS + ["output.dense"], dict(oft_block_size=8, coft=True, eps=0.2, block_share=share)
+    model = tiny_bert()
+    ad = peftzoo.attach(model, "oft", targets=targets, train=["classifier"], **kw)
+    ad.save_peft(tmp_path)
+    cfg = peft.PeftConfig.from_pretrained(tmp_path)
+    assert cfg.coft is True and cfg.eps == 0.2
+    cfg.inference_mode = False
+    pm = peft.get_peft_model(tiny_bert(), cfg)
+    theirs = [p for p in pm.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in theirs) == ad.num_trainable()
+    ours = _steps(model, ad.trainable_parameters(), ids, 4)
+    ref = _steps(pm, theirs, ids, 4)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, **TOL)
+    for n, layer in ad.layers.items():  # the entries the last forward projected, then one more step
+        torch.testing.assert_close(layer.weight_q, pm.get_submodule("base_model.model." + n).oft_R["default"].weight,
+                                   **TOL)
+    plain = tiny_bert()
+    ad2 = peftzoo.attach(plain, "oft", targets=targets, train=["classifier"], **{**kw, "coft": False})
+    free = _steps(plain, ad2.trainable_parameters(), ids, 4)
+    assert (free[-1] - ours[-1]).abs().max() > 1e-3  # the projection changed the trajectory
+    with torch.no_grad():
+        model(ids)
+    for layer in ad.layers.values():
+        q = layer.weight_q.detach()
+        radius = 0.2 / (1 if share else layer.in_features // 8) ** 0.5  # eps / √(blocks stored)
+        assert q.shape[0] == (1 if share else layer.in_features // 8)
+        assert torch.all(q.norm(dim=1) * 2 ** 0.5 <= radius * (1 + 1e-5))  # ‖Q_i‖_F = √2 ‖entries‖
+        assert torch.all(q.norm(dim=1) * 2 ** 0.5 >= radius * (1 - 1e-5))  # the steps pushed every block out
