@@ -260,7 +260,8 @@ class FusedOft(torch.autograd.Function):
     x (W Rᵀ)ᵀ + b, one matmul with the rotated d_out × d_in weight (the (N × d_in) rotated input is never formed).
 
     Backward, with u = g W the gradient of the rotated input: ∂x_i = u_i R_iᵀ, i.e. ∂x = g (W Rᵀ), one matmul with
-    the rotated weight kept from forward (no block pass over the (N × d_in) gradient, no transposing copy), and
+    the rotated weight, rebuilt (d_out × d_in × b products; kept, it would add its size to the saved tensors), so
+    no block pass over the (N × d_in) gradient and no transposing copy, and
     ∂R_i = x_iᵀ u_i = (x_iᵀ ∂x_i) R_i⁻ᵀ (u_i = ∂x_i R_i⁻ᵀ): one batched reduction over the rows, then n b × b
     products. R⁻¹ is taken only where R is near-orthogonal (b · max |RᵀR − I| ≤ ``ORTHO_TOL``, so cond(R) ≤ 1.033
     and it adds no more than float rounding: the case in training, Q small) and on the CPU; otherwise u = g W is
@@ -274,13 +275,13 @@ class FusedOft(torch.autograd.Function):
             x2 = x.reshape(-1, shape[-1]).to(dt)
             w = _blocks_times(weight.to(dt), r.to(dt), transpose=True)  # W Rᵀ, block by block
             y = torch.addmm(bias.to(dt), x2, w.t()) if bias is not None else x2 @ w.t()
-        ctx.save_for_backward(x2, weight, w, r)
+        ctx.save_for_backward(x2, weight, r)
         ctx.shape, ctx.dt, ctx.xdt = shape, dt, x.dtype
         return y.reshape(*shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, gy):
-        x2, weight, w, r = ctx.saved_tensors
+        x2, weight, r = ctx.saved_tensors
         n, b = r.shape[0], r.shape[1]
         gx = gr = None
         with torch.autocast(gy.device.type, enabled=False):
@@ -288,7 +289,8 @@ class FusedOft(torch.autograd.Function):
             xs = x2.view(-1, n, b).permute(1, 2, 0)  # (n, b, N): x_iᵀ
             inv = _near_orthogonal_inverse(r) if all(ctx.needs_input_grad[i] for i in (0, 3)) else None
             if inv is not None or not ctx.needs_input_grad[3]:
-                gx = g @ w if ctx.needs_input_grad[0] else None  # g (W Rᵀ)
+                w = _blocks_times(weight.to(ctx.dt), r.to(ctx.dt), transpose=True)  # rebuilt: W Rᵀ
+                gx = g @ w if ctx.needs_input_grad[0] else None
                 if inv is not None:
                     m = torch.bmm(xs, gx.view(-1, n, b).transpose(0, 1))  # x_iᵀ ∂x_i
                     gr = torch.bmm(m.to(inv.dtype), inv.transpose(1, 2)).to(r.dtype)
