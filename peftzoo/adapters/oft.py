@@ -14,8 +14,8 @@ The rotation acts on the layer's input, before the frozen layer: x is cut into n
 multiplied by its R_i (PEFT's forward; the d_in × d_in matrix is never built while training). With more rows than
 the weight has (``fused.many_rows``) the frozen weight's blocks are rotated instead, W Rᵀ (d_out × d_in × b
 products instead of N × d_in × b); backward takes ∂x = g (W Rᵀ) with that weight and ∂R from one reduction over
-the rows (``fused.FusedOft``). Merging writes W Rᵀ; unmerging multiplies by the inverse blocks (R is only near-orthogonal under Neumann, so Rᵀ would not undo it), both
-computed in float64.
+the rows (``fused.FusedOft``). Merging writes W Rᵀ; unmerging multiplies by the inverse blocks (R is only
+near-orthogonal under Neumann, so Rᵀ would not undo it), both computed in float64.
 
 ``coft=True`` (constrained OFT, PEFT's): before every use (each forward, merge and unmerge) each block's entries are
 projected in place, under no_grad, onto the ball ‖Q_i‖_F ≤ ε/√m (ε = ``eps``, 6e-5 by default; m = blocks stored:
