@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from peftzoo.adapters.fused import FusedDora, FusedIa3, FusedLowRankLinear, FusedOft, _column_dots
+from peftzoo.adapters.fused import FusedDora, FusedIa3, FusedLowRankLinear, FusedOft, _column_dots, \
+    _near_orthogonal_inverse
 
 
 def _setup(bias, seed=0):
@@ -110,6 +111,33 @@ def test_fused_oft_matches_plain(share):
     gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     for name, a, b in zip("xR", torch.autograd.grad(out, (x, r0), gy), torch.autograd.grad(ref, (x, r0), gy)):
         torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("scale", [0.01, 0.5])
+def test_fused_oft_gradient_paths_match_plain(share, scale):
+    """∂R through R⁻¹ (R near-orthogonal: Cayley-Neumann of a small Q, as in training) and through g W (a larger Q,
+    R far from orthogonal): both equal autograd of the plain block-rotated forward, in float32."""
+    from peftzoo.adapters.oft import cayley_neumann, skew
+    torch.manual_seed(0)
+    lin, x = nn.Linear(32, 24), torch.randn(3, 50, 32, requires_grad=True)
+    rows, cols = torch.triu_indices(8, 8, 1)
+    q = (torch.randn(1 if share else 4, 28) * scale).requires_grad_(True)
+    r = cayley_neumann(skew(q, 8, rows, cols), 5).expand(4, -1, -1)
+    assert (_near_orthogonal_inverse(r.detach()) is None) == (scale > 0.1)  # both paths run
+    lin.requires_grad_(False)
+    ref = lin(torch.einsum("...rk,rkc->...rc", x.reshape(3, 50, 4, 8), r).reshape(x.shape))
+    out = FusedOft.apply(x, lin.weight, lin.bias, r)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    gy = torch.randn(ref.shape)
+    ours = torch.autograd.grad(out, (x, q), gy, retain_graph=True)  # R's graph serves every call
+    want = torch.autograd.grad(ref, (x, q), gy, retain_graph=True)
+    for name, a, b in zip("xQ", ours, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5, msg=name)
+    # one of the two needed: ∂x alone (x R⁻ᵀ not formed), ∂Q alone (a frozen input)
+    torch.testing.assert_close(torch.autograd.grad(out, x, gy, retain_graph=True)[0], want[0], atol=1e-4, rtol=1e-5)
+    frozen = FusedOft.apply(x.detach(), lin.weight, lin.bias, r)
+    torch.testing.assert_close(torch.autograd.grad(frozen, q, gy)[0], want[1], atol=1e-4, rtol=1e-5)
 
 
 def test_vera_paths_agree():

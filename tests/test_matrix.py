@@ -49,6 +49,11 @@ CONV_METHODS = ["lora", "rslora", "loraplus", "dora", "ia3", "loha", "lokr", "of
 OWN_CONV_CELLS = {("oft", "convnet"): ["pw", "fc1"]}
 CONV_REFUSED = {("oft", "convnet"): ("conv", r"kernel \(3, 3\)"),
                 ("oft", "vit"): ("patch_embeddings.projection", r"kernel \(8, 8\)")}
+# Cells that target a token embedding beside an attention projection, for the methods whose PEFT counterpart
+# adapts nn.Embedding and whose embedding cell is not covered in tests/test_layers.py: OFT rotates the looked-up
+# rows (oft_embedding.py; PEFT's oft_embedding_R)
+EMB_CELLS = {"bert": ["word_embeddings", "query"], "llama": ["embed_tokens", "q_proj"]}
+EMB_METHODS = ["oft"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -83,6 +88,8 @@ def out(model, arch):
 def targets_of(arch, spec, method=None):
     if spec == "conv":
         return OWN_CONV_CELLS.get((method, arch), CONV_CELLS[arch])
+    if spec == "embedding":
+        return EMB_CELLS[arch]
     return "all-linear" if spec == "all-linear" else ARCHS[arch].attn
 
 
@@ -183,3 +190,9 @@ def test_conv_cells(tmp_path, arch, method):
     else:
         with pytest.raises(TypeError, match=rf"is a Conv2d, not a layer type {method} adapts"):
             peftzoo.attach(fresh(arch), method, targets=CONV_CELLS[arch], **KW[method])
+
+
+@pytest.mark.parametrize("method", EMB_METHODS)
+@pytest.mark.parametrize("arch", list(EMB_CELLS))
+def test_embedding_cells(tmp_path, arch, method):
+    test_cell(tmp_path, arch, method, "embedding")

@@ -1,4 +1,5 @@
 """OFT beyond the shared contracts: the rotation by hand, PEFT's options against PEFT, the budget knob, refusals."""
+import copy
 import json
 
 import pytest
@@ -61,7 +62,8 @@ def test_count_by_hand():
 
 OPTIONS = [dict(oft_block_size=8), dict(oft_block_size=0, r=2), dict(oft_block_size=8, block_share=True),
            dict(oft_block_size=4, use_cayley_neumann=False), dict(oft_block_size=8, num_cayley_neumann_terms=3),
-           dict(oft_block_size=12)]  # 12 divides no width here: PEFT (and peftzoo) move it to 8
+           dict(oft_block_size=12),  # 12 divides no width here: PEFT (and peftzoo) move it to 8
+           dict(oft_block_size=8, coft=True, eps=1.0)]  # entries at std 0.1: ‖Q_i‖_F ≈ 0.75, out of the ball (≤ 0.5)
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -114,7 +116,7 @@ def test_moved_block_size_warns_and_budget_solver_skips_it():
 
 def test_refusals_name_the_option():
     model = tiny_bert()
-    cases = [(dict(r=4), "exactly one non-zero"), (dict(coft=True), "coft=True"),
+    cases = [(dict(r=4), "exactly one non-zero"), (dict(coft=True, eps=0.0), "coft=True needs eps > 0"),
              (dict(module_dropout=0.1), "never applies"), (dict(num_cayley_neumann_terms=1), "R = I")]
     for kw, msg in cases:
         with pytest.raises(ValueError, match=msg):
@@ -130,10 +132,14 @@ def test_peft_file_options_checked(tmp_path):
     ad.save_peft(tmp_path)
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     assert cfg["peft_version"] == "0.21.2" and cfg["use_cayley_neumann"] is True
-    for change, msg in [({"coft": True}, "coft=True"), ({"peft_version": "0.17.1"}, "before PEFT changed it")]:
+    for change, msg in [({"peft_version": "0.17.1"}, "before PEFT changed it")]:
         (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, **change}))
         with pytest.raises(ValueError, match=msg):
             peftzoo.load_peft(tiny_bert(), tmp_path)
+    assert cfg["coft"] is False and cfg["eps"] == 6e-5  # PEFT's defaults; a COFT file loads as COFT
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, "coft": True, "eps": 0.01}))
+    ad = peftzoo.load_peft(tiny_bert(), tmp_path)
+    assert ad.config.coft is True and ad.config.eps == 0.01
     (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, "module_dropout": 0.1}))
     with pytest.warns(UserWarning, match="never applies"):
         peftzoo.load_peft(tiny_bert(), tmp_path)
@@ -227,3 +233,146 @@ def test_conv_refusals_name_the_reason():
         pm = get_peft_model(torch.nn.Sequential(conv), OFTConfig(target_modules=["0"], oft_block_size=4, r=0))
         with torch.no_grad():
             assert (pm(x) - conv(x)).abs().max() > 0.1
+
+
+class EmbNet(torch.nn.Module):
+    """A token embedding with padding_idx, a position embedding and a Linear; input ids (N, L) < 20."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(20, 16, padding_idx=0)
+        self.pos = torch.nn.Embedding(8, 16)
+        self.proj = torch.nn.Linear(16, 3)
+
+    def forward(self, ids):
+        return self.proj(torch.tanh(self.emb(ids) + self.pos(torch.arange(ids.shape[1])))).mean(1)
+
+
+EMB_OPTIONS = [dict(oft_block_size=4), dict(oft_block_size=0, r=2), dict(oft_block_size=4, block_share=True),
+               dict(oft_block_size=4, use_cayley_neumann=False), dict(oft_block_size=6)]  # 6: moved to 4 (d = 16)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("kw", EMB_OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_embedding_equals_peft_forward_gradients_merge_and_files(tmp_path, kw):
+    targets = ["emb", "pos", "proj"]
+    x = torch.randint(0, 20, (4, 7), generator=torch.Generator().manual_seed(1))
+    x[0, :2] = 0  # padding rows too
+    model = EmbNet()
+    ad = peftzoo.attach(model, "oft", targets=targets, **kw)
+    assert {type(m).__name__ for m in ad.layers.values()} == {"OftEmbedding", "OftLayer"}
+    _randomize(ad, std=0.2)
+    layer = ad.layers["emb"]  # by hand: each looked-up row times the block-diagonal R (d = 16 rotated, not V)
+    r = torch.block_diag(*layer.rotation())
+    torch.testing.assert_close(layer(x), torch.nn.functional.embedding(x, EmbNet().emb.weight @ r), **TOL)
+    ad.save_peft(tmp_path / "ours")
+    pm = peft.PeftModel.from_pretrained(EmbNet(), tmp_path / "ours", is_trainable=True)
+    out, ref = model(x), pm(x)
+    torch.testing.assert_close(out, ref, **TOL)
+    assert (out - EmbNet()(x)).abs().max() > 1e-3  # the rotation matters
+    theirs = [p for n, p in pm.named_parameters() if p.requires_grad]
+    assert any("oft_embedding_R" in n for n, p in pm.named_parameters() if p.requires_grad)
+    assert peftzoo.count(EmbNet(), "oft", targets=targets, **kw) == sum(p.numel() for p in theirs) \
+        == ad.num_trainable()
+    out.pow(2).mean().backward()
+    ref.pow(2).mean().backward()
+    for a, b in zip(ad.adapter_parameters(), theirs):
+        torch.testing.assert_close(a.grad, b.grad, **TOL)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    pm.merge_adapter()
+    ad.merge()
+    for n, layer in ad.layers.items():
+        torch.testing.assert_close(layer.base.weight, pm.get_submodule("base_model.model." + n).base_layer.weight,
+                                   **TOL)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, **TOL)
+    ad.unmerge()
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, weights[k], **TOL)
+    pm = peft.PeftModel.from_pretrained(EmbNet(), tmp_path / "ours", is_trainable=True)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in pm.parameters():  # PEFT's own trained values, then its file
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        ref2 = pm(x)
+    assert (ref2 - ref).abs().max() > 1e-3
+    pm.save_pretrained(tmp_path / "peft")
+    back = EmbNet()
+    peftzoo.load_peft(back, tmp_path / "peft")
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), ref2, **TOL)
+
+
+def test_embedding_with_max_norm_is_refused_and_why():
+    from peft import OFTConfig, get_peft_model
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 8, max_norm=1.0))
+    with pytest.raises(ValueError, match=r"OFT on '0', an Embedding with max_norm=1.0: .*not orthogonal"):
+        peftzoo.attach(model, "oft", targets=["0"], oft_block_size=4)
+    assert isinstance(model[0], torch.nn.Embedding)
+    # the premise: PEFT's forward (look up and renormalise in place, then rotate) is not its merge (rotate the
+    # table, look up and renormalise) once R is off orthogonal (the Neumann series), on the same fresh table
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 8, max_norm=1.0)
+    with torch.no_grad():
+        emb.weight.mul_(3)  # rows longer than max_norm
+    pm = get_peft_model(torch.nn.Sequential(emb), OFTConfig(target_modules=["0"], oft_block_size=4, r=0))
+    with torch.no_grad():
+        for p in pm.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    merged = copy.deepcopy(pm)
+    x = torch.arange(10)
+    with torch.no_grad():
+        merged.merge_adapter()
+        assert (merged(x) - pm(x)).abs().max() > 1e-2
+
+
+def _steps(model, params, ids, n=3, lr=0.05):
+    """n AdamW steps on the loss; the logits of each forward (each computed before its step)."""
+    opt, labels, seen = torch.optim.AdamW(params, lr=lr), torch.tensor([0, 1, 2]), []
+    for _ in range(n):
+        out = model(ids, labels=labels)
+        seen.append(out.logits.detach())
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return seen
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("share", [False, True])
+def test_coft_training_trajectory_equals_peft(tmp_path, ids, share):
+    """COFT projects the trained entries in place inside forward: same init (0), same AdamW; the logits of 4 forwards
+    (3 of them after an optimizer step) and the entries after the 4th step equal PEFT's; the projection is active
+    (the run differs from plain OFT) and holds its bound."""
+    targets, kw = TARGETS + ["output.dense"], dict(oft_block_size=8, coft=True, eps=0.2, block_share=share)
+    model = tiny_bert()
+    ad = peftzoo.attach(model, "oft", targets=targets, train=["classifier"], **kw)
+    ad.save_peft(tmp_path)
+    cfg = peft.PeftConfig.from_pretrained(tmp_path)
+    assert cfg.coft is True and cfg.eps == 0.2
+    cfg.inference_mode = False
+    pm = peft.get_peft_model(tiny_bert(), cfg)
+    theirs = [p for p in pm.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in theirs) == ad.num_trainable()
+    ours = _steps(model, ad.trainable_parameters(), ids, 4)
+    ref = _steps(pm, theirs, ids, 4)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, **TOL)
+    for n, layer in ad.layers.items():  # the entries the last forward projected, then one more step
+        torch.testing.assert_close(layer.weight_q, pm.get_submodule("base_model.model." + n).oft_R["default"].weight,
+                                   **TOL)
+    plain = tiny_bert()
+    ad2 = peftzoo.attach(plain, "oft", targets=targets, train=["classifier"], **{**kw, "coft": False})
+    free = _steps(plain, ad2.trainable_parameters(), ids, 4)
+    assert (free[-1] - ours[-1]).abs().max() > 1e-3  # the projection changed the trajectory
+    with torch.no_grad():
+        model(ids)
+    for layer in ad.layers.values():
+        q = layer.weight_q.detach()
+        radius = 0.2 / (1 if share else layer.in_features // 8) ** 0.5  # eps / √(blocks stored)
+        assert q.shape[0] == (1 if share else layer.in_features // 8)
+        assert torch.all(q.norm(dim=1) * 2 ** 0.5 <= radius * (1 + 1e-5))  # ‖Q_i‖_F = √2 ‖entries‖
+        assert torch.all(q.norm(dim=1) * 2 ** 0.5 >= radius * (1 - 1e-5))  # the steps pushed every block out

@@ -13,21 +13,27 @@
 The rotation acts on the layer's input, before the frozen layer: x is cut into n blocks of b and each block is
 multiplied by its R_i (PEFT's forward; the d_in × d_in matrix is never built while training). With more rows than
 the weight has (``fused.many_rows``) the frozen weight's blocks are rotated instead, W Rᵀ (d_out × d_in × b
-products instead of N × d_in × b), and backward rotates the input gradient block by block (``fused.FusedOft``). Merging writes W Rᵀ;
-unmerging multiplies by the inverse blocks (R is only near-orthogonal under Neumann, so Rᵀ would not undo it), both
-computed in float64.
+products instead of N × d_in × b); backward takes ∂x = g (W Rᵀ) with that weight and ∂R from one reduction over
+the rows (``fused.FusedOft``). Merging writes W Rᵀ; unmerging multiplies by the inverse blocks (R is only
+near-orthogonal under Neumann, so Rᵀ would not undo it), both computed in float64.
+
+``coft=True`` (constrained OFT, PEFT's): before every use (each forward, merge and unmerge) each block's entries are
+projected in place, under no_grad, onto the ball ‖Q_i‖_F ≤ ε/√m (ε = ``eps``, 6e-5 by default; m = blocks stored:
+n, or 1 with ``block_share``): Q_i ← ε/√m · Q_i/‖Q_i‖_F when outside. The optimizer steps from the projected values,
+so a run equals PEFT's step by step (tests/test_oft.py: logits of forwards after 1–3 AdamW steps, and the entries).
 
 A block size that does not divide d_in (or exceeds it) is moved to the nearest divisor as PEFT does, with a warning
 naming the layers (``nearest_divisor``); a layer left with blocks of 1 (no trainable entry) is refused.
-Not implemented, refused by name: ``coft=True`` (PEFT projects Q in place inside forward) and ``module_dropout > 0``
-(PEFT 0.21.2 builds its multiplicative dropout but never applies it). PEFT adapts ``nn.Linear``, ``nn.Conv2d`` and
-``nn.Embedding`` with OFT and refuses transformers' ``Conv1D`` (GPT-2); peftzoo's OFT adapts ``nn.Linear`` and
-``nn.Conv2d`` with a 1×1 kernel (oft_conv.py: y = conv(R x, W) + b, R on each pixel's c_in channels, merged W Rᵀ
-with W as c_out × c_in); larger kernels, groups > 1 and dilation > 1 are refused there with the reason (PEFT's
-forward on a larger kernel does not even reproduce the base layer at init).
+Not implemented, refused by name: ``module_dropout > 0`` (PEFT 0.21.2 builds its multiplicative dropout but never
+applies it). PEFT adapts ``nn.Linear``, ``nn.Conv2d`` and ``nn.Embedding`` with OFT and refuses transformers'
+``Conv1D`` (GPT-2); so does peftzoo's OFT, on ``nn.Conv2d`` with a 1×1 kernel only (oft_conv.py: y = conv(R x, W)
++ b, R on each pixel's c_in channels, merged W Rᵀ with W as c_out × c_in; larger kernels, groups > 1 and
+dilation > 1 are refused there with the reason: PEFT's forward on a larger kernel does not even reproduce the base
+layer at init). On ``nn.Embedding`` (oft_embedding.py) the looked-up rows are rotated, y = E[x] R, merged E R
+(E ∈ R^{V×d}: d is rotated, PEFT's ``oft_embedding_R``); an embedding with ``max_norm`` is refused there.
 
 Trainable elements per adapted layer: n · b(b−1)/2 = d_in · (b−1)/2 (``block_share``: b(b−1)/2); on a 1×1
-Conv2d d_in = c_in.
+Conv2d d_in = c_in, on an Embedding d_in = d (the embedding width; the vocabulary V does not count).
 """
 from __future__ import annotations
 
@@ -44,6 +50,7 @@ from peftzoo.adapters.layer import AdapterLayer
 from peftzoo.adapters.info import MethodInfo
 from peftzoo.adapters.layered import LayerAdapter, LayerCodec
 from peftzoo.adapters.oft_conv import ConvRotation
+from peftzoo.adapters.oft_embedding import EmbeddingRotation
 from peftzoo.registry import register
 
 # The PEFT release whose file format and Cayley-Neumann series (changed in PEFT 0.18.0) the saved files hold;
@@ -58,7 +65,8 @@ class OftConfig(AdapterConfig):
     use_cayley_neumann: bool = True  # PEFT's default: a 5-term series instead of the exact Cayley inverse
     num_cayley_neumann_terms: int = 5  # terms of the series: more terms, closer to orthogonal
     block_share: bool = False  # one rotation shared by all blocks of a layer: b(b−1)/2 elements per layer
-    coft: bool = False  # constrained OFT: not implemented (refused); kept so a PEFT-style config gets the reason
+    coft: bool = False  # constrained OFT (PEFT's): each block's Q projected into a Frobenius ball before use
+    eps: float = 6e-5  # COFT's radius, PEFT's default: ‖Q_i‖_F ≤ eps/√(blocks stored) (no effect without coft)
     module_dropout: float = 0.0  # PEFT's block dropout: a no-op in PEFT 0.21.2, refused when > 0
 
 
@@ -87,6 +95,16 @@ def skew(vec: torch.Tensor, b: int, rows: torch.Tensor, cols: torch.Tensor) -> t
     return u - u.transpose(1, 2)
 
 
+def project(vec: torch.Tensor, b: int, rows: torch.Tensor, cols: torch.Tensor, eps: float) -> torch.Tensor:
+    """PEFT's ``_project_batch`` (COFT): each block's skew Q_i scaled back onto the Frobenius sphere of radius
+    eps/√m (m = blocks stored: n, or 1 with block_share) when it lies outside; returns the new strict upper triangles.
+    """
+    q = skew(vec, b, rows, cols)
+    eps = eps / torch.sqrt(torch.tensor(float(q.shape[0])))  # a float32 tensor, as PEFT's
+    norm = torch.norm(q, dim=(1, 2), keepdim=True)
+    return torch.where(norm <= eps, q, eps * (q / norm))[:, rows, cols]
+
+
 def cayley_neumann(q: torch.Tensor, terms: int) -> torch.Tensor:
     """PEFT's truncated series for (I + Q)(I − Q)⁻¹: I + 2Q + 2Q² + … + 2Q^{k−2} + Q^{k−1} (k = 3 as k = 4)."""
     r = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device).expand_as(q) + 2 * q
@@ -107,6 +125,7 @@ class OftLayer(AdapterLayer):
         super().__init__(base)
         self.n, self.b, self.adjusted = blocks(self.in_features, config)
         self.neumann, self.terms = config.use_cayley_neumann, config.num_cayley_neumann_terms
+        self.eps = config.eps if config.coft else None  # COFT's radius; None: unconstrained
         w = base.weight
         rows = 1 if config.block_share else self.n
         self.weight_q = nn.Parameter(torch.zeros(rows, self.b * (self.b - 1) // 2, dtype=w.dtype, device=w.device))
@@ -131,7 +150,12 @@ class OftLayer(AdapterLayer):
         return {"oft_R": [self.weight_q]}
 
     def rotation(self) -> torch.Tensor:
-        """The n blocks R_i, (n, b, b), from the trained entries (shared blocks repeated)."""
+        """The n blocks R_i, (n, b, b), from the trained entries (shared blocks repeated). Under COFT the entries
+        are first projected in place (``project``), as PEFT does at every forward and merge: the optimizer's next
+        step starts from the projected values."""
+        if self.eps is not None:
+            with torch.no_grad():
+                self.weight_q.copy_(project(self.weight_q, self.b, self.rows, self.cols, self.eps))
         q = skew(self.weight_q, self.b, self.rows, self.cols)
         if self.neumann:
             r = cayley_neumann(q, self.terms)
@@ -182,14 +206,12 @@ class OftCodec(LayerCodec):
     peft_type = "OFT"
 
     def to_peft(self, config):
-        return {"r": config.r, "oft_block_size": config.oft_block_size, "module_dropout": 0.0, "coft": False,
-                "eps": 6e-5, "block_share": config.block_share, "use_cayley_neumann": config.use_cayley_neumann,
+        return {"r": config.r, "oft_block_size": config.oft_block_size, "module_dropout": 0.0, "coft": config.coft,
+                "eps": config.eps, "block_share": config.block_share, "use_cayley_neumann": config.use_cayley_neumann,
                 "num_cayley_neumann_terms": config.num_cayley_neumann_terms, "init_weights": True,
                 "peft_version": PEFT_VERSION}
 
     def from_peft(self, peft):
-        if peft.get("coft"):
-            raise ValueError("PEFT OFT adapter uses coft=True (constrained OFT), which peftzoo does not implement")
         if "oft_block_size" not in peft:
             raise ValueError("PEFT OFT adapter has no oft_block_size: it is from PEFT < 0.14, whose OFT weights "
                              "PEFT itself no longer loads; retrain it with a current PEFT")
@@ -203,18 +225,23 @@ class OftCodec(LayerCodec):
                           "applies: loaded with module_dropout=0 (the same model)", stacklevel=4)
         return {"r": int(peft.get("r", 0)), "oft_block_size": int(peft["oft_block_size"]),
                 "use_cayley_neumann": neumann, "num_cayley_neumann_terms": int(peft.get("num_cayley_neumann_terms", 5)),
-                "block_share": bool(peft.get("block_share", False))}
+                "block_share": bool(peft.get("block_share", False)), "coft": bool(peft.get("coft", False)),
+                "eps": float(peft.get("eps", 6e-5))}
 
 
 class OftConv(ConvRotation, OftLayer):
     """OFT on a 1×1 ``nn.Conv2d``: rotates each pixel's channels (oft_conv.py)."""
 
 
+class OftEmbedding(EmbeddingRotation, OftLayer):
+    """OFT on an ``nn.Embedding``: rotates the looked-up rows, E[x] R, merged E R (oft_embedding.py)."""
+
+
 @register
 class Oft(LayerAdapter):
     name = "oft"
     config_cls = OftConfig
-    layer_classes = {nn.Linear: OftLayer, nn.Conv2d: OftConv}  # PEFT's (1×1 kernels: oft_conv.py)
+    layer_classes = {nn.Linear: OftLayer, nn.Conv2d: OftConv, nn.Embedding: OftEmbedding}  # PEFT's (Conv2d: 1×1 only)
     peft = OftCodec()
     # LR grid: the OFT paper's experiments are text-to-image diffusion (no GLUE setting); Q starts at 0 like LoRA's
     # B, and its gradients are of the same order: LoRA's grid
@@ -249,9 +276,8 @@ class Oft(LayerAdapter):
                              " e.g. r=4 with oft_block_size=0, as in PEFT")
         if min(config.r, config.oft_block_size) < 0:
             raise ValueError("OFT's r and oft_block_size must be >= 0")
-        if config.coft:
-            raise ValueError("OFT coft=True (constrained OFT) is not implemented in peftzoo: PEFT projects the "
-                             "trained entries in place inside forward; use coft=False")
+        if config.coft and not config.eps > 0:
+            raise ValueError(f"OFT coft=True needs eps > 0 (the radius Q is projected into), got eps={config.eps}")
         if config.module_dropout:
             raise ValueError(f"OFT module_dropout={config.module_dropout} is refused: PEFT 0.21.2 builds this "
                              "block dropout but never applies it, so it changes nothing there; use 0")
@@ -265,6 +291,6 @@ class Oft(LayerAdapter):
         other = {n: type(m).__name__ for n, m in found.items() if not isinstance(m, tuple(cls.layer_classes))}
         if other:  # "all-linear" also collects transformers' Conv1D, which PEFT's OFT refuses
             n, t = next(iter(other.items()))
-            raise TypeError(f"target {n!r} is a {t}: OFT adapts nn.Linear and nn.Conv2d only (PEFT 0.21.2's OFT "
-                            f"refuses {t} too); name other targets instead of {config.targets!r}")
+            raise TypeError(f"target {n!r} is a {t}: OFT adapts nn.Linear, nn.Conv2d and nn.Embedding only (PEFT "
+                            f"0.21.2's OFT refuses {t} too); name other targets instead of {config.targets!r}")
         return found
