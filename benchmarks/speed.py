@@ -1,9 +1,11 @@
 """Training-step time of every method as a ratio to the frozen-model floor, peftzoo and PEFT side by side.
 
 Floor: the frozen base model's forward + backward with gradients flowing to the input embeddings (and the
-classifier trained, as in every configuration). Each configuration runs `--steps` timed steps (forward, backward,
-the method's own optimizer step: AdamW, or GaLore's projected Adam; the adapter's hook) per round; rounds are interleaved so that drift hits all alike; we report the
-median over rounds and the spread (min..max of the round medians). Memory: bytes saved for backward in one step
+classifier trained, as in every configuration); a method that lengthens every sequence (prompt tuning's virtual
+tokens, in both libraries) is divided by the floor on that longer sequence, so its ratio is what it costs beyond the
+longer forward it cannot avoid (peftzoo / PEFT is the same either way). Each configuration runs `--steps` timed
+steps (forward, backward, the method's own optimizer step: AdamW, or GaLore's projected Adam; the adapter's hook) per
+round; rounds are interleaved so that drift hits all alike; we report the median over rounds and the spread (min..max of the round medians). Memory: bytes saved for backward in one step
 (autograd's saved tensors, distinct storages), and on CUDA the peak allocated. Rows come from ``CONFIGS`` (a
 registry method and, where Hugging Face PEFT has the method, PEFT's equivalent; "—" where it has none: BitFit,
 Delta-LoRA, GaLore).
@@ -42,6 +44,7 @@ class Config:
     peft_optimizer: Callable | None = None  # (peft model, lr) -> optimizer where PEFT's recipe has its own (LoRA+)
     peft_hook: Callable | None = None  # (peft model, step) after the optimizer step where PEFT's recipe has one
     note: str = ""  # what the ratio includes beyond forward, backward and AdamW, printed under the table
+    tokens: int = 0  # tokens the method puts before every sequence (both libraries): its floor runs seq + tokens
 
 
 def _loraplus_optimizer(pm, lr):
@@ -69,8 +72,9 @@ CONFIGS = {
     "oft b=32": Config("oft", dict(oft_block_size=32), lambda p, t: p.OFTConfig(oft_block_size=32, target_modules=t)),
     "prompt n=20": Config("prompt", dict(num_virtual_tokens=20),
                           lambda p, t: p.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20),
-                          note="the 20 virtual tokens lengthen every sequence by 20 (both sides; the floor runs the "
-                               "plain length)"),
+                          note="the 20 virtual tokens lengthen every sequence by 20 in both libraries, so this row's "
+                               "floor is the frozen model on seq + 20 tokens (the same longer forward and backward)",
+                          tokens=20),
     "bitfit": Config("bitfit", dict(layer_norm=True)),
     "deltalora r=8": Config("deltalora", dict(r=8, alpha=16, start_steps=0),
                             note="start_steps=0: W moves by λ·(α/r)·Δ(B A) after every timed step (the cost past "
@@ -90,6 +94,17 @@ def build(args):
     return BertForSequenceClassification(cfg)
 
 
+def floor_name(tokens: int) -> str:
+    return "floor" if tokens == 0 else f"floor+{tokens}"
+
+
+def make_batch(args, tokens: int, dev):
+    """A fixed batch of seq + tokens random ids (tokens = 0: the batch every method runs) and its labels."""
+    g = torch.Generator().manual_seed(0)
+    return {"input_ids": torch.randint(0, 30522, (args.batch, args.seq + tokens), generator=g).to(dev),
+            "labels": torch.randint(0, 2, (args.batch,), generator=g).to(dev)}
+
+
 def linear_targets(model):
     names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     return sorted(names - {"classifier"})
@@ -98,8 +113,8 @@ def linear_targets(model):
 class Step:
     """One configuration: a model, its optimizer and a step closure."""
 
-    def __init__(self, name, impl, base, args):
-        self.name, self.impl = name, impl
+    def __init__(self, name, impl, base, args, tokens=0):
+        self.name, self.impl, self.tokens = name, impl, tokens  # tokens: a floor's extra sequence length
         model = copy.deepcopy(base).to(args.device)
         self.hook = lambda s: None
         self.extra = lambda: None
@@ -189,13 +204,12 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     base = build(args)
-    g = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(0, 30522, (args.batch, args.seq), generator=g).to(dev),
-             "labels": torch.randint(0, 2, (args.batch,), generator=g).to(dev)}
+    floors = sorted({0} | {CONFIGS[m].tokens for m in args.methods})  # a floor per sequence length the rows run
+    batches = {n: make_batch(args, n, dev) for n in floors}
 
     def autocast():
         return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16)
-    steps = [Step("floor", "floor", base, args)]
+    steps = [Step(floor_name(n), "floor", base, args, tokens=n) for n in floors]
     for name in args.methods:
         steps.append(Step(name, "peftzoo", base, args))
         if not args.no_peft and CONFIGS[name].peft is not None:
@@ -204,6 +218,7 @@ def main(argv=None):
     mem = {}
     optim = {(s.name, s.impl): type(s.opt).__name__ for s in steps}
     for s in steps:  # warm-up, and saved-tensor bytes of one step
+        batch = batches[s.tokens]
         s.run(batch, autocast)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -216,20 +231,27 @@ def main(argv=None):
         for s in order:
             sync()
             t = clock()
+            batch = batches[s.tokens]
             for _ in range(args.steps):
                 s.run(batch, autocast)
             sync()
             times[(s.name, s.impl)].append((clock() - t) / args.steps)
-    floor = statistics.median(times[("floor", "floor")])
+    floor_of = {n: statistics.median(times[(floor_name(n), "floor")]) for n in floors}
+    floor = floor_of[0]
     rows = []
     for name in args.methods:
         row = {"method": name, **({"note": CONFIGS[name].note} if CONFIGS[name].note else {})}
+        n = CONFIGS[name].tokens
+        row["floor_seq"], row["floor_ms"] = args.seq + n, floor_of[n] * 1e3
+        if n:
+            row["note"] += f" ({floor_of[n] * 1e3:.1f} ms at seq {args.seq + n})"
         for impl in ("peftzoo", "peft"):
             ts = times.get((name, impl))
             if not ts:
                 continue
             med = statistics.median(ts)
-            row[impl] = {"ratio": med / floor, "min": min(ts) / floor, "max": max(ts) / floor, "step_ms": med * 1e3,
+            f = floor_of[n]
+            row[impl] = {"ratio": med / f, "min": min(ts) / f, "max": max(ts) / f, "step_ms": med * 1e3,
                          "optimizer": optim[(name, impl)], **mem[(name, impl)]}
         if "peft" in row:
             row["vs_peft"] = row["peftzoo"]["ratio"] / row["peft"]["ratio"]
@@ -248,7 +270,8 @@ def main(argv=None):
              f"{args.ffn}, seq {args.seq}, batch {args.batch}; all-linear targets, classifier trained, each "
              f"method's own optimizer (AdamW unless said below); "
              f"{'process CPU time' if args.clock == 'cpu' else 'wall clock'}. "
-             f"Floor (frozen forward + backward to the inputs): {floor * 1e3:.1f} ms. Median of {args.rounds} "
+             f"Floor (frozen forward + backward to the inputs): {floor * 1e3:.1f} ms at seq {args.seq} (rows "
+             f"whose method lengthens the sequence: their own floor, see †). Median of {args.rounds} "
              f"interleaved rounds of {args.steps} steps (spread: min..max round). `saved` = MB autograd keeps "
              f"for backward in one step.", "",
              "| method | peftzoo ratio | PEFT ratio | peftzoo / PEFT | peftzoo saved MB | PEFT saved MB |"
@@ -272,6 +295,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps({"args": vars(args), "device": devname, "floor_s": floor,
+                                                  "floors_s": {str(args.seq + n): f for n, f in floor_of.items()},
                                                   "rows": rows, "platform": platform.platform(),
                                                   "times": {f"{k[0]}|{k[1]}": v for k, v in times.items()}},
                                                  indent=2))

@@ -97,6 +97,35 @@ def test_fused_ia3_matches_plain(bias, feedforward):
         torch.testing.assert_close(a, b, msg=name)
 
 
+class _CountMatmuls(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the matrix products run inside it (aten mm/addmm/bmm)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("feedforward", [False, True])
+def test_fused_ia3_skips_the_input_gradient_nobody_needs(feedforward):
+    """With an input that needs no gradient (a first layer, fed by frozen embeddings) an output-scaled layer's
+    backward runs no matmul at all, and ∂l is still the plain one; an input-scaled layer needs g W for ∂l (one)."""
+    lin, x, _, _ = _setup(True)
+    x = x.detach()
+    n = 12 if feedforward else 10
+    scale = (1 + 0.3 * torch.randn((1, n) if feedforward else (n, 1), dtype=torch.float64)).requires_grad_()
+    ref = lin(x * scale) if feedforward else lin(x) * scale.reshape(-1)
+    out = FusedIa3.apply(x, lin.weight, lin.bias, scale, feedforward)
+    gy = torch.randn(ref.shape, dtype=torch.float64)
+    with _CountMatmuls() as count:
+        (gl,) = torch.autograd.grad(out, scale, gy)
+    assert count.n == (1 if feedforward else 0)
+    torch.testing.assert_close(gl, torch.autograd.grad(ref, scale, gy)[0])
+
+
 @pytest.mark.parametrize("share", [False, True])
 def test_fused_oft_matches_plain(share):
     """x (W Rᵀ)ᵀ + b with block-diagonal R equals the frozen layer applied to the block-rotated input, values and

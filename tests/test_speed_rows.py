@@ -43,3 +43,9 @@ def test_smallest_setting_writes_the_new_rows(tmp_path):
         assert lines[name].count("—") == 3, lines[name]  # PEFT ratio, peftzoo / PEFT, PEFT saved MB
     assert "—" not in lines["prompt n=20"]
     assert "galore r=4: the step includes GaLore's projected-Adam optimizer step" in md
+    # prompt tuning lengthens every sequence by its 20 tokens in both libraries: its row's floor is the frozen
+    # model timed on that longer sequence, every other row's the plain one
+    assert rows["prompt n=20"]["floor_seq"] == 8 + 20 and rows["lora r=8"]["floor_seq"] == 8
+    assert set(d["floors_s"]) == {"8", "28"} and {"floor|floor", "floor+20|floor"} <= set(d["times"])
+    z = rows["prompt n=20"]["peftzoo"]
+    assert math.isclose(z["ratio"], z["step_ms"] / 1e3 / d["floors_s"]["28"])

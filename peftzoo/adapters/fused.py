@@ -213,6 +213,8 @@ class FusedIa3(torch.autograd.Function):
     Backward: ∂x = g (l ⊙ W) (output-scaled) or g (W ⊙ l) = (g W) ⊙ l (input-scaled), one matmul with the folded
     weight again; ∂l = Σ_rows g ⊙ (x Wᵀ + b) = Σ_rows g ⊙ y / l, or Σ_rows x ⊙ (g W) = Σ_rows x ⊙ ∂x / l: one
     reduction over the activations. Where l_j = 0 those quotients vanish, so ∂l_j is computed from x (or g W).
+    An output-scaled layer whose input needs no gradient (the first adapted layers, fed by the frozen embeddings)
+    skips the ∂x matmul: ∂l reads only g and y (an input-scaled layer needs g W for ∂l anyway).
     """
 
     @staticmethod
@@ -231,20 +233,32 @@ class FusedIa3(torch.autograd.Function):
     def backward(ctx, gy):
         x2, weight, bias, scale, y = ctx.saved_tensors
         dt = ctx.dt
+        need_x, need_l = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
+        gx = gl = None
         with torch.autocast(gy.device.type, enabled=False):
             g, l, w = gy.reshape(-1, gy.shape[-1]).to(dt), scale.reshape(-1).to(dt), weight.to(dt)
-            gx = g @ _ia3_folded(weight, None, scale, ctx.feedforward)[0].to(dt)  # = g (l ⊙ W) or (g W) ⊙ l
-            # ∂l = Σ g ⊙ y / l, or Σ x ⊙ ∂x / l; where l_j = 0 both vanish: recomputed from x (resp. g W)
-            gl = _column_dots(x2, gx) if ctx.feedforward else _column_dots(g, y)
-            gl = gl / torch.where(l != 0, l, 1)
-            zero = l == 0
-            if bool(zero.any()):
-                if ctx.feedforward:
-                    gl[zero] = (x2[:, zero] * (g @ w[:, zero])).sum(0)
-                else:
-                    pre = x2 @ w[zero].t() + (0 if bias is None else bias.to(dt)[zero])
-                    gl[zero] = (g[:, zero] * pre).sum(0)
-        return gx.reshape(ctx.shape).to(ctx.xdt), None, None, gl.reshape(scale.shape).to(scale.dtype), None
+            if need_x or (need_l and ctx.feedforward):
+                gx = g @ _ia3_folded(weight, None, scale, ctx.feedforward)[0].to(dt)  # = g (l ⊙ W) or (g W) ⊙ l
+            if need_l:
+                gl = _ia3_scale_grad(ctx, g, gx, x2, w, bias, l, y)
+        gx = gx.reshape(ctx.shape).to(ctx.xdt) if need_x else None
+        gl = gl.reshape(scale.shape).to(scale.dtype) if need_l else None
+        return gx, None, None, gl, None
+
+
+def _ia3_scale_grad(ctx, g, gx, x2, w, bias, l, y):
+    """∂l = Σ g ⊙ y / l, or Σ x ⊙ ∂x / l (feedforward); where l_j = 0 both vanish: recomputed from x (resp. g W)."""
+    dt = ctx.dt
+    gl = _column_dots(x2, gx) if ctx.feedforward else _column_dots(g, y)
+    gl = gl / torch.where(l != 0, l, 1)
+    zero = l == 0
+    if bool(zero.any()):
+        if ctx.feedforward:
+            gl[zero] = (x2[:, zero] * (g @ w[:, zero])).sum(0)
+        else:
+            pre = x2 @ w[zero].t() + (0 if bias is None else bias.to(dt)[zero])
+            gl[zero] = (g[:, zero] * pre).sum(0)
+    return gl
 
 
 def _ia3_folded(weight, bias, scale, feedforward: bool):
