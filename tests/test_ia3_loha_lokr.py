@@ -59,11 +59,39 @@ def convnet(seed=0):
     return net
 
 
+class SeqNet(nn.Module):
+    """Conv1d layers only (LoKr's Conv1d cells): grouped, strided and dilated; 1-wide; small enough that W2 is whole
+    at r = 1 (4 -> 4, k = 3); a Linear head. Input (N, 8, 12)."""
+
+    def __init__(self):
+        super().__init__()
+        self.grouped = nn.Conv1d(8, 12, 3, stride=2, padding=2, dilation=2, groups=2)
+        self.point = nn.Conv1d(12, 4, 1)
+        self.small = nn.Conv1d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 6, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.small(torch.tanh(self.point(torch.tanh(self.grouped(x))))))
+        return self.head(h.flatten(1))
+
+
+def seqnet(seed=0):
+    torch.manual_seed(seed)
+    net = SeqNet().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if getattr(m, "bias", None) is not None:
+                m.bias.normal_(0, 0.3)
+    return net
+
+
 BUILD = {"bert": bert_with_biases, "gpt2": lambda seed=0: (torch.manual_seed(seed), ARCHS["gpt2"].build().eval())[1],
-         "conv": convnet}
+         "conv": convnet, "seq": seqnet}
 INPUTS = {"bert": lambda g: {"input_ids": torch.randint(0, 100, (3, 9), generator=g)},
           "gpt2": lambda g: {"input_ids": torch.randint(0, 100, (2, 6), generator=g)},
-          "conv": lambda g: {"x": torch.randn(2, 4, 4, 4, generator=g)}}
+          "conv": lambda g: {"x": torch.randn(2, 4, 4, 4, generator=g)},
+          "seq": lambda g: {"x": torch.randn(2, 8, 12, generator=g)}}
+SEQ = ["grouped", "point", "small"]
 CASES = {  # id: (model, method, config)
     "ia3": ("bert", "ia3", dict(targets=TARGETS)),
     "ia3-ff": ("bert", "ia3", dict(targets=["key", "value", "output.dense"], feedforward=["output.dense"])),
@@ -77,6 +105,11 @@ CASES = {  # id: (model, method, config)
     "lokr-both": ("bert", "lokr", dict(targets=TARGETS, r=1, decompose_both=True, decompose_factor=8)),
     "lokr-lycoris": ("bert", "lokr", dict(targets=TARGETS, r=2, init_weights="lycoris")),
     "lokr-conv": ("conv", "lokr", dict(targets=["conv", "pw", "head"], r=1)),
+    # Conv1d: W2 factored on grouped and point, whole (b × d × k, PEFT's kron layout) on small
+    "lokr-conv1d": ("seq", "lokr", dict(targets=SEQ, r=1, alpha=3)),
+    "lokr-conv1d-whole-w2": ("seq", "lokr", dict(targets=SEQ, r=3)),
+    "lokr-conv1d-both": ("seq", "lokr", dict(targets=SEQ, r=1, decompose_both=True, decompose_factor=4)),
+    "lokr-conv1d-k1-effective": ("seq", "lokr", dict(targets=["point", "head"], r=1, use_effective_conv2d=True)),
 }
 
 
@@ -205,6 +238,28 @@ def test_lokr_factors_and_counts_by_hand():
     torch.testing.assert_close(both.delta_weight(), torch.kron(both.w1_a @ both.w1_b, both.w2) * 4.0)
 
 
+def test_lokr_conv1d_counts_by_hand():
+    # grouped: c_out 12 = 3·4, c_in/groups 4 = 2·2, k 3; small: 4 = 2·2 both ways, k 3
+    assert peftzoo.count(seqnet(), "lokr", targets=["grouped"], r=1) == 3 * 2 + 1 * (4 + 2 * 3)  # W2 factored
+    assert peftzoo.count(seqnet(), "lokr", targets=["grouped"], r=2) == 3 * 2 + 4 * 2 * 3  # r >= 4/2: W2 whole
+    assert peftzoo.count(seqnet(), "lokr", targets=["small"], r=1) == 2 * 2 + 2 * 2 * 3
+
+
+def test_peft_lokr_conv1d_file_loads_with_the_same_outputs(tmp_path):
+    cfg = peft.LoKrConfig(target_modules=SEQ, r=1, alpha=2)
+    pm = peft.get_peft_model(seqnet(), cfg).eval()
+    randomize_peft(pm)
+    x = INPUTS["seq"](torch.Generator().manual_seed(2))
+    ref = pm(**x)
+    assert (ref - seqnet()(**x)).abs().max() > 1e-3
+    pm.save_pretrained(tmp_path)
+    model = seqnet()
+    ad = peftzoo.load_peft(model, tmp_path)
+    assert ad.name == "lokr" and sorted(ad.layers) == sorted(SEQ)
+    assert ad.num_trainable() == pm.get_nb_trainable_parameters()[0]
+    torch.testing.assert_close(model(**x), ref, **TOL)
+
+
 def test_loha_delta_by_hand():
     ad = peftzoo.attach(tiny_bert(), "loha", targets=["query"], r=4, alpha=12)
     randomize(ad)
@@ -248,6 +303,8 @@ def test_effective_conv2d_is_refused_on_kernels_only():
     with pytest.raises(ValueError, match=r"use_effective_conv2d=True .* on 'conv', a Conv2d with kernel \(3, 3\)"):
         peftzoo.attach(convnet(), "loha", targets=["conv"], use_effective_conv2d=True)
     peftzoo.attach(convnet(), "loha", targets=["pw", "head"], r=2, use_effective_conv2d=True)  # 1×1, linear: PEFT too
+    with pytest.raises(ValueError, match=r"use_effective_conv2d=True .* on 'small', a Conv1d with kernel \(3,\)"):
+        peftzoo.attach(seqnet(), "lokr", targets=["point", "small"], use_effective_conv2d=True)
 
 
 def test_lycoris_conv_with_padding_mode_is_refused():
@@ -256,7 +313,7 @@ def test_lycoris_conv_with_padding_mode_is_refused():
         peftzoo.attach(model, "lokr", targets=["0"])
 
 
-@pytest.mark.parametrize("method, target, kind", [("loha", "vol", "Conv3d"), ("lokr", "seq", "Conv1d"),
+@pytest.mark.parametrize("method, target, kind", [("loha", "vol", "Conv3d"), ("lokr", "vol", "Conv3d"),
                                                   ("ia3", "seq", "Conv1d")])
 def test_layer_types_peft_does_not_run_are_named(method, target, kind):
     with pytest.raises(TypeError, match=rf"'{target}' is a {kind}, not a layer type {method} adapts"):

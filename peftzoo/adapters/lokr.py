@@ -7,13 +7,18 @@
 dividing the size, (f, size/f); else the largest divisor m ≤ √size (and ≤ f when f > 0), (m, size/m). W2 is kept
 whole (b·d elements) once r ≥ max(b, d)/2, where its factors would cost more; W1 is whole unless
 ``decompose_both`` and r < max(a, c)/2 (then W1a W1b). A convolution splits c_in/groups and keeps its kernel in
-W2 (b × d × k₁ × k₂ whole, or W2b ∈ R^{r × d·∏k}). Init (PEFT's ``init_weights=True``): W1 (or W1a) = 0,
-the other factors Kaiming-uniform (a = √5, from ``seed``); ``"lycoris"``: W1's factors random, W2 (or W2b) = 0.
+W2 (b × d × k₁ × k₂ or b × d × k whole, or W2b ∈ R^{r × d·∏k}). Init (PEFT's ``init_weights=True``): W1 (or
+W1a) = 0, the other factors Kaiming-uniform (a = √5, from ``seed``); ``"lycoris"``: W1's factors random, W2 (or
+W2b) = 0.
 
 Trainable elements per adapted layer: |W1| + |W2|, |W1| = a·c or r·(a + c), |W2| = b·d·∏k or r·(b + d·∏k)
 (∏k = 1 for a linear layer). The count is not monotone in r (it drops where W2 becomes whole), so a parameter
-budget solves r below the first such point (``rank_fits``). Linear layers and ``nn.Conv2d`` (PEFT's
-``nn.Conv1d`` is not adapted here: naming one is a TypeError).
+budget solves r below the first such point (``rank_fits``). Layer types: PEFT's, ``nn.Linear``, ``nn.Conv1d``,
+``nn.Conv2d`` (``use_effective_conv2d`` is ignored on 1-wide and 1×1 kernels, as PEFT does, refused on larger ones).
+
+A ``nn.Conv1d`` whose W2 is whole (b × d × k) gets PEFT 0.21.2's layout, which is not W1 ⊗ W2 per kernel tap:
+PEFT adds kernel axes to W1 for a 4-d W2 only, so ``torch.kron`` pads W1 to (1, a, c), gives (b, a·d, c·k), and
+that is reshaped to (c_out, c_in/groups, k). peftzoo computes the same, so files and outputs agree with PEFT's.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from torch import nn
 from peftzoo.adapters.base import find_train
 from peftzoo.adapters.info import MethodInfo
 from peftzoo.adapters.layered import LayerAdapter
-from peftzoo.adapters.lycoris import DeltaLayer, LycorisCodec, LycorisConfig, check_layer, validate
+from peftzoo.adapters.lycoris import LAYER_TYPES, DeltaLayer, LycorisCodec, LycorisConfig, check_layer, validate
 from peftzoo.registry import register
 
 INITS = (True, "lycoris")
@@ -108,8 +113,8 @@ class LokrLayer(DeltaLayer):
 
     def build(self):
         w1, w2 = self.part(1), self.part(2)
-        if w2.dim() == 4:  # a whole conv W2 (b, d, k1, k2): W1 gets the kernel axes, as in PEFT
-            w1 = w1[:, :, None, None]
+        if w2.dim() == 4:  # a whole Conv2d W2 (b, d, k1, k2): W1 gets the kernel axes, as in PEFT
+            w1 = w1[:, :, None, None]  # a whole Conv1d W2 (b, d, k) does not, as in PEFT (module docstring)
         return torch.kron(w1, w2.contiguous())
 
 
@@ -131,7 +136,7 @@ class LokrCodec(LycorisCodec):
 class Lokr(LayerAdapter):
     name = "lokr"
     config_cls = LokrConfig
-    layer_classes = {nn.Linear: LokrLayer, nn.Conv2d: LokrLayer}
+    layer_classes = dict.fromkeys(LAYER_TYPES, LokrLayer)  # PEFT's LoKr layer types
     peft = LokrCodec()
     # LR grid: no GLUE setting in the papers; as LoHa's, above LoRA's
     info = MethodInfo(paper="Edalati et al. 2022, arXiv:2212.10650", equation="W x + (α/r)·(W1 ⊗ W2a W2b) x",
