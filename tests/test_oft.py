@@ -159,26 +159,16 @@ class PointwiseNet(torch.nn.Module):
         return self.head(torch.relu(self.pw2(torch.relu(self.pw(x)))).flatten(1))
 
 
-CONV_OPTIONS = [dict(oft_block_size=4), dict(oft_block_size=0, r=2), dict(oft_block_size=4, block_share=True),
-                dict(oft_block_size=4, use_cayley_neumann=False), dict(oft_block_size=5)]  # 5: moved to 4 / 6
-
-
-@pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("kw", CONV_OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
-def test_pointwise_conv_equals_peft_forward_gradients_merge_and_files(tmp_path, kw):
-    targets = ["pw", "pw2", "head"]
-    x = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(1))
-    model = PointwiseNet()
-    ad = peftzoo.attach(model, "oft", targets=targets, **kw)
-    assert {type(m).__name__ for m in ad.layers.values()} == {"OftConv", "OftLayer"}
-    _randomize(ad, std=0.2)
+def _equals_peft(net, model, ad, x, targets, kw, tmp_path, peft_unmerges=False):
+    """Our randomized adapter on `model` (a `net()`) against PEFT through our file: forward, count, gradients, merge,
+    unmerge; then PEFT's own moved values back through its file. Returns the PEFT model loaded from our file."""
     ad.save_peft(tmp_path / "ours")
-    pm = peft.PeftModel.from_pretrained(PointwiseNet(), tmp_path / "ours", is_trainable=True)
+    pm = peft.PeftModel.from_pretrained(net(), tmp_path / "ours", is_trainable=True)
     out, ref = model(x), pm(x)
     torch.testing.assert_close(out, ref, **TOL)
-    assert (out - PointwiseNet()(x)).abs().max() > 1e-3  # the rotation matters
+    assert (out - net()(x)).abs().max() > 1e-3  # the rotation matters
     theirs = [p for n, p in pm.named_parameters() if p.requires_grad]
-    assert peftzoo.count(PointwiseNet(), "oft", targets=targets, **kw) == sum(p.numel() for p in theirs) \
+    assert peftzoo.count(net(), "oft", targets=targets, **kw) == sum(p.numel() for p in theirs) \
         == ad.num_trainable()
     out.pow(2).mean().backward()
     ref.pow(2).mean().backward()
@@ -193,25 +183,43 @@ def test_pointwise_conv_equals_peft_forward_gradients_merge_and_files(tmp_path, 
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref, **TOL)
     ad.unmerge()
-    pm.unmerge_adapter()
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, weights[k], **TOL)
-    drift = max((pm.get_submodule("base_model.model." + n).base_layer.weight - weights[n + ".base.weight"]).abs().max()
-                for n in ad.layers)
-    assert drift < 1e-2  # PEFT's float32 inverse leaves its unmerged W off by this much; a fresh PEFT model below
-    pm = peft.PeftModel.from_pretrained(PointwiseNet(), tmp_path / "ours", is_trainable=True)
-    theirs = [p for n, p in pm.named_parameters() if p.requires_grad]
+    if peft_unmerges:
+        pm.unmerge_adapter()
+        drift = max((pm.get_submodule("base_model.model." + n).base_layer.weight - weights[n + ".base.weight"])
+                    .abs().max() for n in ad.layers)
+        assert drift < 1e-2  # PEFT's float32 inverse leaves its unmerged W off by this much; a fresh PEFT model below
+    loaded = pm = peft.PeftModel.from_pretrained(net(), tmp_path / "ours", is_trainable=True)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
-        for p in theirs:  # PEFT's own trained values, then its file
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        for p in pm.parameters():  # PEFT's own trained values, then its file
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
         ref2 = pm(x)
     assert (ref2 - ref).abs().max() > 1e-3
     pm.save_pretrained(tmp_path / "peft")
-    back = PointwiseNet()
+    back = net()
     peftzoo.load_peft(back, tmp_path / "peft")
     with torch.no_grad():
         torch.testing.assert_close(back(x), ref2, **TOL)
+    return loaded
+
+
+CONV_OPTIONS = [dict(oft_block_size=4), dict(oft_block_size=0, r=2), dict(oft_block_size=4, block_share=True),
+                dict(oft_block_size=4, use_cayley_neumann=False), dict(oft_block_size=5)]  # 5: moved to 4 / 6
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("kw", CONV_OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_pointwise_conv_equals_peft_forward_gradients_merge_and_files(tmp_path, kw):
+    targets = ["pw", "pw2", "head"]
+    x = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(1))
+    model = PointwiseNet()
+    ad = peftzoo.attach(model, "oft", targets=targets, **kw)
+    assert {type(m).__name__ for m in ad.layers.values()} == {"OftConv", "OftLayer"}
+    _randomize(ad, std=0.2)
+    _equals_peft(PointwiseNet, model, ad, x, targets, kw, tmp_path, peft_unmerges=True)
 
 
 def test_conv_refusals_name_the_reason():
@@ -266,43 +274,8 @@ def test_embedding_equals_peft_forward_gradients_merge_and_files(tmp_path, kw):
     layer = ad.layers["emb"]  # by hand: each looked-up row times the block-diagonal R (d = 16 rotated, not V)
     r = torch.block_diag(*layer.rotation())
     torch.testing.assert_close(layer(x), torch.nn.functional.embedding(x, EmbNet().emb.weight @ r), **TOL)
-    ad.save_peft(tmp_path / "ours")
-    pm = peft.PeftModel.from_pretrained(EmbNet(), tmp_path / "ours", is_trainable=True)
-    out, ref = model(x), pm(x)
-    torch.testing.assert_close(out, ref, **TOL)
-    assert (out - EmbNet()(x)).abs().max() > 1e-3  # the rotation matters
-    theirs = [p for n, p in pm.named_parameters() if p.requires_grad]
+    pm = _equals_peft(EmbNet, model, ad, x, targets, kw, tmp_path)
     assert any("oft_embedding_R" in n for n, p in pm.named_parameters() if p.requires_grad)
-    assert peftzoo.count(EmbNet(), "oft", targets=targets, **kw) == sum(p.numel() for p in theirs) \
-        == ad.num_trainable()
-    out.pow(2).mean().backward()
-    ref.pow(2).mean().backward()
-    for a, b in zip(ad.adapter_parameters(), theirs):
-        torch.testing.assert_close(a.grad, b.grad, **TOL)
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-    pm.merge_adapter()
-    ad.merge()
-    for n, layer in ad.layers.items():
-        torch.testing.assert_close(layer.base.weight, pm.get_submodule("base_model.model." + n).base_layer.weight,
-                                   **TOL)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), ref, **TOL)
-    ad.unmerge()
-    for k, v in model.state_dict().items():
-        torch.testing.assert_close(v, weights[k], **TOL)
-    pm = peft.PeftModel.from_pretrained(EmbNet(), tmp_path / "ours", is_trainable=True)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in pm.parameters():  # PEFT's own trained values, then its file
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
-        ref2 = pm(x)
-    assert (ref2 - ref).abs().max() > 1e-3
-    pm.save_pretrained(tmp_path / "peft")
-    back = EmbNet()
-    peftzoo.load_peft(back, tmp_path / "peft")
-    with torch.no_grad():
-        torch.testing.assert_close(back(x), ref2, **TOL)
 
 
 def test_embedding_with_max_norm_is_refused_and_why():
