@@ -11,19 +11,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from peftzoo.bench.preset_types import PresetError, check_value as _check
 from peftzoo.bench.protocol import Protocol, budget_entries, budget_grid
 from peftzoo.bench.spec import HEAD_FITS, LAST_LAYERS, REGRESSION_TARGETS
 from peftzoo.bench.train import PRECISIONS
-
-
-class PresetError(ValueError):
-    pass
 
 
 def setting(default, minimum=None, choices=None, per_task=True):
@@ -272,50 +268,6 @@ def _check_keys(d: dict, known, where: str) -> None:
             close = difflib.get_close_matches(str(k), list(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"
             raise PresetError(f"{where}: unknown key {k!r}{hint}")
-
-
-def _tname(t) -> str:
-    return {int: "an integer", tuple: "a list", float: "a number", str: "a string", bool: "true/false", dict: "an object",
-            type(None): "null"}.get(t, getattr(t, "__name__", str(t)))
-
-
-def _check(v, t, src: str, key: str, minimum=None):
-    """``v`` checked against the type hint ``t`` (lists become tuples); a PresetError otherwise."""
-    where = f"{src}: {key!r}"
-    origin, args = typing.get_origin(t), typing.get_args(t)
-    if origin in (typing.Union, types.UnionType):
-        if v is None and type(None) in args:
-            return None
-        alts = [a for a in args if a is not type(None)]
-        if len(alts) == 1:
-            return _check(v, alts[0], src, key, minimum)
-        for a in alts:
-            try:
-                return _check(v, a, src, key, minimum)
-            except PresetError:
-                pass
-        raise PresetError(f"{where} must be {' or '.join(_tname(typing.get_origin(a) or a) for a in alts)}, "
-                          f"got {json.dumps(v)}")
-    if origin is tuple:
-        if not isinstance(v, list):
-            raise PresetError(f"{where} must be a list, got {json.dumps(v)}")
-        return tuple(_check(x, args[0], src, f"{key}[{i}]") for i, x in enumerate(v))
-    if origin is dict:
-        if not isinstance(v, dict):
-            raise PresetError(f"{where} must be an object, got {json.dumps(v)}")
-        return {k: _check(x, args[1], src, f"{key}.{k}") for k, x in v.items()}
-    if t is type(None):
-        if v is not None:
-            raise PresetError(f"{where} must be null, got {json.dumps(v)}")
-        return v
-    ok = isinstance(v, t) and not (isinstance(v, bool) and t is not bool)
-    if t is float and isinstance(v, int) and not isinstance(v, bool):
-        v, ok = float(v), True
-    if not ok:
-        raise PresetError(f"{where} must be {_tname(t)}, got {json.dumps(v)}")
-    if minimum is not None and v < minimum:
-        raise PresetError(f"{where} is {v}: it must be >= {minimum}")
-    return v
 
 
 def normalise_tasks(names, where: str, defined=()) -> tuple[str, ...]:
