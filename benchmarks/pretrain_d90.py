@@ -8,7 +8,11 @@ fine-tuning against the trivial score, and the SAID d_90 (``peftzoo d90``, >= 3 
     python benchmarks/pretrain_d90.py              # the measurement (killed? run it again: it resumes)
 
 Resumable at every level: pre-training from its latest checkpoint (``lmpretrain.mlm``), each checkpoint's d90
-search from its cached points, and a checkpoint whose search is finished (or refused) is skipped. Checkpoints go to
+search from its cached points, and a checkpoint whose search is finished (or refused) is skipped. Two processes
+share the work (one core each): every pre-training and every checkpoint's search is claimed (``peftzoo.bench.claim``:
+an ``O_EXCL`` file, taken over from a dead holder), so a second ``--search-order reverse`` process started beside
+the first searches the checkpoints that exist from the last one down while the first goes up, and neither trains or
+searches what the other holds. Checkpoints go to
 ``--work`` (default ``<out>/checkpoints``, which gets a ``.gitignore`` of ``*``: never committed); the committed
 result is ``<out>/pretrain-d90.json``, ``.png``, ``README.md`` and ``d90/*.json``.
 """
@@ -19,6 +23,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -63,6 +68,8 @@ def arguments(argv=None):
     a("--dmax", type=int, default=100000)
     a("--allow-uninformative", action="store_true", help="search checkpoints whose full FT is at trivial, marked")
     a("--threads", type=int, default=1, help="torch threads (the budget is one core)")
+    a("--search-order", choices=("forward", "reverse"), default="forward", help="checkpoints searched from step 0 "
+      "up, or from the last down (a second process beside a running one: see the module docstring)")
     args = p.parse_args(argv)
     if args.smoke:
         vars(args).update(SMOKE)
@@ -179,6 +186,18 @@ def save(args, ledger: Ledger, c, trainers: list) -> dict:
     return result
 
 
+@contextmanager
+def claimed(path: Path):
+    """True inside when this process holds ``path``'s claim (released on leaving); False when a live one does."""
+    from peftzoo.bench import claim
+    mine, _ = claim.acquire(path)
+    try:
+        yield mine
+    finally:
+        if mine:
+            claim.release(path)
+
+
 def main(argv=None) -> int:
     args = arguments(argv)
     torch.set_num_threads(args.threads)
@@ -196,12 +215,24 @@ def main(argv=None) -> int:
     print(corpus_mod.describe(c.report))
     trainers = [mlm.Trainer(sh, sc, tok, blocks, held, args.work, cid) for sh, sc in schedules(args)]
     for t in trainers:  # every pre-training first: the curve's x axis exists before hours of searches
-        ledger.timed(f"pretrain/{t.name}", t.run, lambda s, loss: print(f"{t.name} step {s}: loss {loss:.3f}"))
+        with claimed(t.work / f"{t.name}.json") as mine:
+            if mine:
+                ledger.timed(f"pretrain/{t.name}", t.run,
+                             lambda s, loss: print(f"{t.name} step {s}: loss {loss:.3f}"))
+            else:
+                print(f"{t.name}: pre-training is held by another process; searching its finished checkpoints")
         save(args, ledger, c, trainers)
-    for t in trainers:
-        for s in t.sched.steps:
+    order = [(t, s) for t in trainers for s in t.sched.steps]
+    for t, s in (order if args.search_order == "forward" else order[::-1]):
+        if not t.done(s):
+            print(f"{t.name} step {s}: not pre-trained yet (another process holds it): skipped")
+            continue
+        with claimed(d90_path(args, t.checkpoint(s))) as mine:
+            if not mine:
+                print(f"{t.name} step {s}: searched by another process: skipped")
+                continue
             print(f"{t.name} step {s}: {ledger.timed(f'd90/{t.name}-{s}', measure, args, t.checkpoint(s))}")
-            save(args, ledger, c, trainers)
+        save(args, ledger, c, trainers)
     print(report.table(save(args, ledger, c, trainers)["rows"], DEFINITIONS) + f"wrote {args.out}")
     return 0
 

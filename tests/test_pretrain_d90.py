@@ -174,3 +174,45 @@ def test_an_allowed_search_is_marked_and_measured_from_the_local_checkpoint(glue
     assert d90["config"]["model"] == str(out / "checkpoints" / f"{row['name']}-step000000")
     assert {"30/0", "full/0"} <= set(d90["scores"]) <= {"30/0", "60/0", "full/0"} and d90["informative"] is False
     assert report.ALLOWED in (out / "README.md").read_text()
+
+
+def test_a_second_process_skips_what_a_live_one_holds_and_searches_in_reverse(glue, tmp_path, threads, monkeypatch):
+    """Two processes share the plan: a pre-training or a checkpoint's search claimed by a live process is skipped
+    (never trained or searched twice at once); ``--search-order reverse`` starts from the last checkpoint."""
+    import subprocess
+
+    import peftzoo.intrinsic.cli as cli
+    from peftzoo.bench import claim
+    out = tmp_path / "out"
+    argv = [*TINY, "--steps", "0", "2", "--out", str(out)]
+    holder = subprocess.Popen(["sleep", "60"])  # a live process on this host, standing for the other sweep
+    try:
+        def hold(path):
+            info = {"host": claim.socket.gethostname(), "pid": holder.pid, "start": claim._start_time(holder.pid),
+                    "since": 0.0}
+            claim.claim_path(path).parent.mkdir(parents=True, exist_ok=True)
+            claim.claim_path(path).write_text(json.dumps(info))
+        args = script.arguments(argv)
+        searched, run_d90, start = [], cli.run_d90, mlm.Trainer.start
+        monkeypatch.setattr(cli, "run_d90", lambda a: (searched.append(Path(a.model).name), run_d90(a))[1])
+        monkeypatch.setattr(mlm.Trainer, "start", lambda self, upto: pytest.fail("held pre-training ran"))
+        out.mkdir(parents=True)
+        real_init, trainers = mlm.Trainer.__init__, []
+        # the pre-training's claim path is known once the trainer is named: the other process holds it from there
+        monkeypatch.setattr(mlm.Trainer, "__init__", lambda self, *a: (real_init(self, *a), trainers.append(self),
+                                                                        hold(self.work / f"{self.name}.json"))[0])
+        assert script.main(argv) == 0
+        assert searched == [] and not any(t.done(0) for t in trainers)  # nothing pre-trained: nothing searched
+        (t,) = trainers[-1:]
+        claim.claim_path(t.work / f"{t.name}.json").unlink()  # the other process let go of it
+        monkeypatch.setattr(mlm.Trainer, "__init__", real_init)
+        monkeypatch.setattr(mlm.Trainer, "start", start)  # not monkeypatch.undo(): the glue fixture's data stays
+        hold(script.d90_path(args, t.checkpoint(0)))  # the other process searches step 0
+        assert script.main([*argv, "--search-order", "reverse"]) == 0
+        assert searched == [t.checkpoint(2).name]
+        rows = {r["step"]: r for r in json.loads((out / "pretrain-d90.json").read_text())["rows"]}
+        assert rows[2]["status"] == report.REFUSED and rows[0]["status"] == "pending"
+        assert not claim.claim_path(script.d90_path(args, t.checkpoint(2))).exists()  # released after its search
+    finally:
+        holder.kill()
+        holder.wait()
