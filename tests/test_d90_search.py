@@ -179,3 +179,32 @@ def test_the_lm_plan_measures_what_issue_22_asks():
     assert sst.max_train >= 1500 and sst.max_train * sst.epochs >= 3000
     low, high = lm_d90.planned_points(2.5), lm_d90.planned_points(4.5)
     assert 3 * 4 <= low < high <= 3 * (7 + 8 + 2 * 8)  # grid, fill and bisection of 3 seeds, two targets
+
+
+def test_point_times_add_up_over_invocations_a_killed_one_included(tmp_path):
+    import json
+    import time as _time
+
+    f = sigmoid({0: 2.0})
+    n = {"calls": 0}
+
+    def slow(d, s):  # the third point's run is "killed"
+        n["calls"] += 1
+        if n["calls"] == 3:
+            raise KeyboardInterrupt
+        _time.sleep(0.02)
+        return f(d, s)
+
+    path = tmp_path / "r.json"
+    with pytest.raises(KeyboardInterrupt):
+        Search(slow, baseline=0.9, seeds=[0], trivial=0.1, path=path).run(log_grid(10, 10000, 1))
+    first = json.loads(path.read_text())
+    assert sorted(first["point_wall_s"]) == sorted(first["scores"]) and len(first["scores"]) == 2
+    assert all(t >= 0.02 for t in first["point_wall_s"].values())
+    s = Search(lambda d, s: _time.sleep(0.02) or f(d, s), baseline=0.9, seeds=[0], trivial=0.1, path=path)
+    s.save(s.run(log_grid(10, 10000, 1)))
+    rec = json.loads(path.read_text())
+    assert {k: rec["point_wall_s"][k] for k in first["point_wall_s"]} == first["point_wall_s"]  # kept, not re-timed
+    assert sorted(rec["point_wall_s"]) == sorted(rec["scores"]) and len(rec["scores"]) > 2
+    assert rec["points_wall_s"] == pytest.approx(sum(rec["point_wall_s"].values()))
+    assert rec["points_wall_s"] >= 0.02 * len(rec["scores"])

@@ -146,7 +146,10 @@ def run_d90(args):
     search.save(result)
     if not args.baseline_only:
         plot({name: result}, out / f"{name}.png", title=name)
-    print(summary(name, result) + f"\nwall {result['wall_s']:.0f} s; wrote {out / (name + '.json')}"
+    timed = search.point_wall
+    print(summary(name, result) + f"\nwall {result['wall_s']:.0f} s this invocation, {sum(timed.values()):.0f} s "
+          f"scoring {len(timed)} of its {len(search.scores)} points over all invocations (points cached before "
+          f"timing was recorded are not counted); wrote {out / (name + '.json')}"
           + ("" if args.baseline_only else " and .png"))
     return result
 

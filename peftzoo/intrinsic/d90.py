@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -195,8 +196,12 @@ class Search:
         self.path = Path(path) if path else None
         self.config, self.meta, self.progress = config, meta or {}, progress
         self.scores: dict[str, float] = {}
+        self.point_wall: dict[str, float] = {}  # seconds from the previous result to each point's, every invocation
         if self.path and self.path.exists():
             self.scores = _cached(self.path, config, overwrite)
+            if self.scores:
+                old = json.loads(self.path.read_text()).get("point_wall_s", {})
+                self.point_wall = {k: float(v) for k, v in old.items() if k in self.scores}
 
     @property
     def baseline_scores(self) -> list[float]:
@@ -213,8 +218,11 @@ class Search:
     def score_points(self, points) -> None:
         """Evaluate (and cache, one save per point) the points (d, seed) not cached yet."""
         todo = [(d, s) for d, s in dict.fromkeys(points) if f"{d}/{s}" not in self.scores]
+        t = time.perf_counter()
         for (d, s), v in self.evaluate_many(todo):
             self.scores[f"{d}/{s}"] = float(v)
+            now = time.perf_counter()
+            self.point_wall[f"{d}/{s}"], t = now - t, now
             self.save()
             if self.progress is not None:
                 self.progress.update(1)
@@ -309,7 +317,10 @@ class Search:
         if self.path:
             write_json(self.path, {**self.meta, **(result or {}), "config": self.config,
                                    "config_id": config_id(self.config), "baseline": self.baseline,
-                                   "trivial": self.trivial, "scores": self.scores})
+                                   "trivial": self.trivial, "scores": self.scores,
+                                   # the search's time over all its invocations, killed ones included (a parallel
+                                   # executor's points overlap: then the time between results, not per point)
+                                   "point_wall_s": self.point_wall, "points_wall_s": sum(self.point_wall.values())})
 
 
 def config_id(config: dict | None) -> str | None:
